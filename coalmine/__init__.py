@@ -1,0 +1,1 @@
+"""coalmine: event-driven canary analysis."""

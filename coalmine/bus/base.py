@@ -1,0 +1,74 @@
+"""The one interface every transport implements (Kafka, MQTT, in-memory)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+Headers = tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One message as it came off the bus, with where it came from."""
+
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    headers: Headers = ()
+    partition: int = 0
+    offset: int = 0
+    timestamp_ms: int | None = None
+
+    @property
+    def source(self) -> str:
+        """``topic/partition/offset``: the ``coalmine-source`` dead-letter header."""
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+    def header(self, name: str) -> bytes | None:
+        """The first header called ``name`` (case-insensitive), if any."""
+        lname = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lname:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message coalmine publishes: a verdict or a dead letter."""
+
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    headers: Headers = field(default_factory=tuple)
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """A bus coalmine consumes from and publishes to.
+
+    Consumption is at-least-once: ``fetch`` hands out records in per-partition order,
+    and ``commit`` marks everything fetched so far as done. The caller commits only once
+    the effects of those records (their verdicts and dead letters) are acknowledged by
+    ``publish``.
+    """
+
+    async def start(self) -> None:
+        """Connect, subscribe to the input topics, and be ready to fetch."""
+
+    async def stop(self) -> None:
+        """Flush pending publishes and disconnect; safe to call twice."""
+
+    async def fetch(self, timeout: float) -> list[Record]:
+        """Return the next records (possibly none after ``timeout`` seconds)."""
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Publish ``messages`` and return once the broker has acknowledged all of them."""
+
+    async def commit(self) -> None:
+        """Commit the consumer position up to everything fetched so far."""
+
+    async def ready(self) -> bool:
+        """True when the broker is reachable and the topics exist."""

@@ -1,0 +1,362 @@
+"""The wire contract: decode and validate deploy and metric events, encode verdicts.
+
+Decoding is strict (a message that does not fit is rejected whole with a short reason,
+and goes to the dead-letter topic unchanged) and cheap: one ``orjson`` parse per message,
+sample values go straight into a numpy array.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import numpy as np
+import orjson
+
+from coalmine._exceptions import ContractError
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from coalmine.analyzers.result import MetricResult
+
+DeployEventKind = Literal["started", "step", "completed", "aborted"]
+Strategy = Literal["canary", "blue_green", "feature_flag"]
+Cohort = Literal["baseline", "canary"]
+Decision = Literal["continue", "promote", "rollback", "inconclusive"]
+
+_EVENT_KINDS: frozenset[str] = frozenset(get_args(DeployEventKind))
+_STRATEGIES: frozenset[str] = frozenset(get_args(Strategy))
+_COHORTS: frozenset[str] = frozenset(get_args(Cohort))
+_EMPTY: NDArray[np.float64] = np.empty(0, dtype=np.float64)
+_EMPTY.setflags(write=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DeployEvent:
+    """A pipeline's announcement about one deployment."""
+
+    event: DeployEventKind
+    deployment_id: str
+    service: str
+    time: float
+    strategy: Strategy = "canary"
+    profile: str = "default"
+    baseline_version: str | None = None
+    canary_version: str | None = None
+    traffic_weight: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricEvent:
+    """Samples (``values``) or counts (``good``/``total``) of one metric for one cohort."""
+
+    service: str
+    metric: str
+    time: float
+    values: NDArray[np.float64] = field(default_factory=lambda: _EMPTY)
+    good: int = 0
+    total: int = 0
+    is_ratio: bool = False
+    deployment_id: str | None = None
+    cohort: Cohort | None = None
+    version: str | None = None
+    instance: str | None = None
+
+    @property
+    def size(self) -> int:
+        """How many observations this event carries (samples or counted events)."""
+        return self.total if self.is_ratio else len(self.values)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The event-time span a verdict judged."""
+
+    start: float
+    end: float
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """coalmine's decision on a deployment at one judgement."""
+
+    verdict_id: str
+    deployment_id: str
+    service: str
+    decision: Decision
+    final: bool
+    score: float | None
+    summary: str
+    metrics: tuple[MetricResult, ...]
+    window: Window
+    time: float
+    config_digest: str
+    profile: str = "default"
+    strategy: Strategy = "canary"
+    traffic_weight: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The verdict as the JSON object of the wire contract."""
+        return {
+            "verdict_id": self.verdict_id,
+            "deployment_id": self.deployment_id,
+            "service": self.service,
+            "decision": self.decision,
+            "final": self.final,
+            "score": None if self.score is None else round(self.score, 2),
+            "summary": self.summary,
+            "metrics": [
+                {
+                    "metric": r.metric,
+                    "analyzer": r.analyzer,
+                    "outcome": r.outcome,
+                    "critical": r.critical,
+                    "measured": r.measured,
+                    "n_baseline": r.n_baseline,
+                    "n_canary": r.n_canary,
+                    "reason": r.reason,
+                    "detail": dict(r.detail),
+                }
+                for r in self.metrics
+            ],
+            "window": {
+                "start": format_time(self.window.start),
+                "end": format_time(self.window.end),
+            },
+            "time": format_time(self.time),
+            "config_digest": self.config_digest,
+            "profile": self.profile,
+            "strategy": self.strategy,
+            "traffic_weight": self.traffic_weight,
+        }
+
+
+def encode_verdict(verdict: Verdict) -> bytes:
+    """Serialise a verdict for the verdict topic."""
+    return orjson.dumps(verdict.to_dict())
+
+
+def format_time(seconds: float) -> str:
+    """RFC 3339 in UTC with a ``Z``, millisecond precision when needed."""
+    moment = datetime.fromtimestamp(seconds, tz=UTC)
+    text = moment.isoformat(timespec="milliseconds" if seconds % 1 else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+def parse_time(value: object, key: str = "time") -> float:
+    """Unix seconds from an RFC 3339 string or a number."""
+    if isinstance(value, bool):
+        raise ContractError("bad_time", f"'{key}' must be an RFC 3339 timestamp or Unix seconds")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise ContractError("bad_time", f"'{key}' is not RFC 3339: {value[:40]!r}") from None
+        if moment.tzinfo is None:
+            raise ContractError("bad_time", f"'{key}' needs a UTC offset or 'Z': {value[:40]!r}")
+        seconds = moment.timestamp()
+    else:
+        raise ContractError("bad_time", f"'{key}' must be an RFC 3339 timestamp or Unix seconds")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ContractError("bad_time", f"'{key}' must be a finite, non-negative time")
+    return seconds
+
+
+def _loads(value: bytes) -> Any:
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise ContractError("invalid_json", f"not valid JSON: {exc}") from None
+
+
+def _text(obj: Mapping[str, Any], key: str, *, required: bool = True) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise ContractError("missing_field", f"'{key}' is required")
+        return None
+    if not isinstance(value, str) or not value:
+        raise ContractError("wrong_type", f"'{key}' must be a non-empty string")
+    return value
+
+
+def _version(obj: Mapping[str, Any], key: str) -> str | None:
+    cohort = obj.get(key)
+    if cohort is None:
+        return None
+    if not isinstance(cohort, Mapping):
+        raise ContractError("wrong_type", f"'{key}' must be an object with a 'version'")
+    version = cohort.get("version")
+    if not isinstance(version, str) or not version:
+        raise ContractError("missing_field", f"'{key}.version' must be a non-empty string")
+    return version
+
+
+def _count(obj: Mapping[str, Any], key: str) -> int:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ContractError("wrong_type", f"'{key}' must be a whole number")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise ContractError("wrong_type", f"'{key}' must be a whole number")
+    if value < 0:
+        raise ContractError("negative_count", f"'{key}' must not be negative")
+    return int(value)
+
+
+def decode_deploy_event(value: bytes) -> DeployEvent:
+    """Decode one deploy event; raise ``ContractError`` if it does not fit the contract."""
+    obj = _loads(value)
+    if not isinstance(obj, dict):
+        raise ContractError("not_an_object", "a deploy event must be a JSON object")
+    return deploy_event_from_mapping(obj)
+
+
+def deploy_event_from_mapping(obj: Mapping[str, Any]) -> DeployEvent:
+    """Validate an already parsed deploy event (also used for CloudEvents ``data``)."""
+    kind = obj.get("event")
+    if kind is None:
+        raise ContractError("missing_field", "'event' is required")
+    if kind not in _EVENT_KINDS:
+        raise ContractError("unknown_event", f"'event' must be one of {sorted(_EVENT_KINDS)}")
+    deployment_id = _text(obj, "deployment_id")
+    service = _text(obj, "service")
+    if "time" not in obj:
+        raise ContractError("missing_field", "'time' is required")
+    time = parse_time(obj["time"])
+    strategy = obj.get("strategy", "canary")
+    if strategy not in _STRATEGIES:
+        raise ContractError("wrong_type", f"'strategy' must be one of {sorted(_STRATEGIES)}")
+    profile = obj.get("profile", "default")
+    if not isinstance(profile, str) or not profile:
+        raise ContractError("wrong_type", "'profile' must be a non-empty string")
+    weight = _weight(obj)
+    baseline = _version(obj, "baseline")
+    canary = _version(obj, "canary")
+    if kind == "started" and (baseline is None or canary is None):
+        raise ContractError("missing_field", "a 'started' event needs baseline and canary")
+    if kind == "step" and weight is None:
+        raise ContractError("missing_field", "a 'step' event needs 'traffic_weight'")
+    assert deployment_id is not None  # noqa: S101 - _text(required=True) never returns None
+    assert service is not None  # noqa: S101
+    return DeployEvent(
+        event=kind,
+        deployment_id=deployment_id,
+        service=service,
+        time=time,
+        strategy=strategy,
+        profile=profile,
+        baseline_version=baseline,
+        canary_version=canary,
+        traffic_weight=weight,
+    )
+
+
+def _weight(obj: Mapping[str, Any]) -> float | None:
+    weight = obj.get("traffic_weight")
+    if weight is None:
+        return None
+    if isinstance(weight, bool) or not isinstance(weight, int | float):
+        raise ContractError("wrong_type", "'traffic_weight' must be a number")
+    if not (math.isfinite(weight) and 0 <= weight <= 100):
+        raise ContractError("out_of_range", "'traffic_weight' must be between 0 and 100")
+    return float(weight)
+
+
+def decode_metric_events(value: bytes) -> list[MetricEvent]:
+    """Decode a metric message: one object or an array of objects, all valid or rejected."""
+    obj = _loads(value)
+    if isinstance(obj, dict):
+        return [metric_event_from_mapping(obj)]
+    if isinstance(obj, list):
+        if not obj:
+            raise ContractError("empty_batch", "an array of metric events must not be empty")
+        events = []
+        for index, item in enumerate(obj):
+            if not isinstance(item, dict):
+                raise ContractError("not_an_object", f"item {index} is not a JSON object")
+            try:
+                events.append(metric_event_from_mapping(item))
+            except ContractError as exc:
+                raise ContractError(exc.reason, f"item {index}: {exc.message}") from None
+        return events
+    raise ContractError("not_an_object", "a metric message is a JSON object or array of them")
+
+
+def metric_event_from_mapping(obj: Mapping[str, Any]) -> MetricEvent:
+    """Validate one parsed metric event."""
+    service = _text(obj, "service")
+    metric = _text(obj, "metric")
+    if "time" not in obj:
+        raise ContractError("missing_field", "'time' is required")
+    time = parse_time(obj["time"])
+    cohort = obj.get("cohort")
+    if cohort is not None and cohort not in _COHORTS:
+        raise ContractError("unknown_cohort", "'cohort' must be 'baseline' or 'canary'")
+    version = _text(obj, "version", required=False)
+    if cohort is None and version is None:
+        raise ContractError("missing_cohort", "either 'cohort' or 'version' is required")
+    deployment_id = _text(obj, "deployment_id", required=False)
+    instance = _text(obj, "instance", required=False)
+    labels = obj.get("labels")
+    if labels is not None and not (
+        isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())
+    ):
+        raise ContractError("wrong_type", "'labels' must be a map of strings")
+    has_value, has_values = "value" in obj, "values" in obj
+    has_counts = "good" in obj or "total" in obj
+    if has_value + has_values + has_counts != 1:
+        raise ContractError(
+            "ambiguous_payload", "exactly one of 'value', 'values' or 'good'+'total' is required"
+        )
+    assert service is not None  # noqa: S101 - required
+    assert metric is not None  # noqa: S101
+    common: dict[str, Any] = {
+        "service": service,
+        "metric": metric,
+        "time": time,
+        "deployment_id": deployment_id,
+        "cohort": cohort,
+        "version": version,
+        "instance": instance,
+    }
+    if has_counts:
+        good, total = _count(obj, "good"), _count(obj, "total")
+        if good > total:
+            raise ContractError("good_exceeds_total", "'good' must not exceed 'total'")
+        return MetricEvent(good=good, total=total, is_ratio=True, **common)
+    return MetricEvent(
+        values=_samples(obj["value"] if has_value else obj["values"], has_value), **common
+    )
+
+
+def _samples(raw: object, single: bool) -> NDArray[np.float64]:
+    key = "value" if single else "values"
+    if single:
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise ContractError("wrong_type", "'value' must be a number")
+        raw = [raw]
+    elif not isinstance(raw, list) or not raw:
+        raise ContractError("wrong_type", "'values' must be a non-empty array of numbers")
+    try:
+        values = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ContractError("wrong_type", f"'{key}' must hold numbers only") from None
+    if values.ndim != 1 or any(isinstance(v, bool) for v in _sequence(raw)):
+        raise ContractError("wrong_type", f"'{key}' must hold numbers only")
+    if not np.isfinite(values).all():
+        raise ContractError("non_finite", f"'{key}' must be finite (no NaN or infinity)")
+    return values
+
+
+def _sequence(raw: object) -> Sequence[object]:
+    # bool is a subclass of int; numpy would accept True as 1.0. Only scan when a bool is
+    # possible: orjson gives Python bools only for JSON true/false.
+    if isinstance(raw, list) and (True in raw or False in raw):
+        return raw
+    return ()

@@ -1,0 +1,93 @@
+"""Bounded per-cohort storage for one metric's samples and counts."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+
+class SampleReservoir:
+    """Samples of one cohort of one distribution metric, with a cap on memory.
+
+    Up to ``capacity`` samples are kept exactly. Past that, the reservoir keeps a uniform
+    random sample of everything seen (Vitter's algorithm R, vectorised per batch), so the
+    stored values stay an unbiased sample of the cohort while memory stays fixed. The random
+    generator is seeded from the deployment and metric, so a replay keeps the same samples.
+    """
+
+    __slots__ = ("_capacity", "_data", "_rng", "_size", "seen")
+
+    def __init__(self, capacity: int, seed: int) -> None:
+        self._capacity = capacity
+        self._data: NDArray[np.float64] = np.empty(min(capacity, 256), dtype=np.float64)
+        self._size = 0
+        self._rng = np.random.default_rng(seed)
+        self.seen = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def reduced(self) -> bool:
+        """True once more samples were seen than are stored."""
+        return self.seen > self._size
+
+    def values(self) -> NDArray[np.float64]:
+        """The stored samples (a read-only view; do not keep it across ``extend``)."""
+        view = self._data[: self._size]
+        view.flags.writeable = False
+        return view
+
+    def extend(self, values: NDArray[np.float64]) -> None:
+        """Add a batch of samples."""
+        count = len(values)
+        if count == 0:
+            return
+        room = self._capacity - self._size
+        if room > 0:
+            take = min(room, count)
+            self._reserve(self._size + take)
+            self._data[self._size : self._size + take] = values[:take]
+            self._size += take
+            self.seen += take
+            values = values[take:]
+            count -= take
+            if count == 0:
+                return
+        # Algorithm R: the i-th sample seen (1-based) replaces a random slot with p = k/i.
+        positions = self.seen + 1 + np.arange(count)
+        slots = (self._rng.random(count) * positions).astype(np.int64)
+        keep = slots < self._capacity
+        # Later samples win when two land on the same slot, as in the sequential algorithm.
+        self._data[slots[keep]] = values[keep]
+        self.seen += count
+
+    def _reserve(self, needed: int) -> None:
+        if needed <= len(self._data):
+            return
+        size = min(self._capacity, max(needed, 2 * len(self._data)))
+        grown = np.empty(size, dtype=np.float64)
+        grown[: self._size] = self._data[: self._size]
+        self._data = grown
+
+
+class EventCounts:
+    """Cumulative good/total counts of one cohort of one ratio metric."""
+
+    __slots__ = ("good", "total")
+
+    def __init__(self) -> None:
+        self.good = 0
+        self.total = 0
+
+    def __len__(self) -> int:
+        return self.total
+
+    def add(self, good: int, total: int) -> None:
+        """Add one interval's counts."""
+        self.good += good
+        self.total += total

@@ -1,0 +1,233 @@
+import math
+
+import numpy as np
+import orjson
+import pytest
+
+from coalmine._exceptions import ContractError
+from coalmine.analyzers.result import MetricResult
+from coalmine.contract import (
+    Verdict,
+    Window,
+    decode_deploy_event,
+    decode_metric_events,
+    encode_verdict,
+    format_time,
+    parse_time,
+)
+
+STARTED = {
+    "event": "started",
+    "deployment_id": "checkout-v42",
+    "service": "checkout",
+    "time": "2026-11-26T10:00:00Z",
+    "strategy": "canary",
+    "profile": "default",
+    "baseline": {"version": "v41"},
+    "canary": {"version": "v42"},
+    "traffic_weight": 5,
+}
+
+
+def dumps(obj: object) -> bytes:
+    return orjson.dumps(obj)
+
+
+def test_contract_example_deploy_event_decodes():
+    event = decode_deploy_event(dumps(STARTED))
+    assert event.event == "started"
+    assert event.deployment_id == "checkout-v42"
+    assert event.baseline_version == "v41"
+    assert event.canary_version == "v42"
+    assert event.traffic_weight == 5.0
+    assert event.time == parse_time("2026-11-26T10:00:00+00:00")
+
+
+def test_deploy_event_defaults_strategy_and_profile():
+    minimal = {k: v for k, v in STARTED.items() if k not in {"strategy", "profile"}}
+    event = decode_deploy_event(dumps(minimal))
+    assert (event.strategy, event.profile) == ("canary", "default")
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"event": "launched"}, "unknown_event"),
+        ({"event": None}, "missing_field"),
+        ({"deployment_id": ""}, "wrong_type"),
+        ({"service": 3}, "wrong_type"),
+        ({"time": "yesterday"}, "bad_time"),
+        ({"time": "2026-11-26T10:00:00"}, "bad_time"),
+        ({"strategy": "yolo"}, "wrong_type"),
+        ({"canary": None}, "missing_field"),
+        ({"baseline": {"version": ""}}, "missing_field"),
+        ({"traffic_weight": 101}, "out_of_range"),
+        ({"traffic_weight": "5"}, "wrong_type"),
+    ],
+)
+def test_invalid_deploy_events_name_their_reason(change, reason):
+    event = {**STARTED, **change}
+    event = {k: v for k, v in event.items() if v is not None}
+    with pytest.raises(ContractError) as info:
+        decode_deploy_event(dumps(event))
+    assert info.value.reason == reason
+
+
+def test_step_needs_traffic_weight():
+    step = {"event": "step", "deployment_id": "d", "service": "s", "time": 1}
+    with pytest.raises(ContractError, match="traffic_weight"):
+        decode_deploy_event(dumps(step))
+
+
+def test_the_three_metric_shapes_of_the_contract():
+    single, many, counts = decode_metric_events(
+        dumps(
+            [
+                {
+                    "service": "checkout",
+                    "deployment_id": "checkout-v42",
+                    "cohort": "canary",
+                    "metric": "latency_ms",
+                    "time": "2026-11-26T10:01:00Z",
+                    "value": 118.0,
+                },
+                {
+                    "service": "checkout",
+                    "cohort": "baseline",
+                    "metric": "latency_ms",
+                    "time": "2026-11-26T10:01:00Z",
+                    "values": [101.0, 97.5, 130.2],
+                },
+                {
+                    "service": "checkout",
+                    "version": "v42",
+                    "metric": "requests",
+                    "time": "2026-11-26T10:01:00Z",
+                    "good": 995,
+                    "total": 1000,
+                    "instance": "pod-1",
+                    "labels": {"zone": "a"},
+                },
+            ]
+        )
+    )
+    assert single.values.tolist() == [118.0]
+    assert single.deployment_id == "checkout-v42"
+    assert single.cohort == "canary"
+    assert many.values.dtype == np.float64
+    assert many.values.tolist() == [101.0, 97.5, 130.2]
+    assert many.size == 3
+    assert (counts.good, counts.total, counts.is_ratio) == (995, 1000, True)
+    assert counts.version == "v42"
+    assert counts.cohort is None
+    assert counts.instance == "pod-1"
+    assert counts.size == 1000
+
+
+METRIC = {"service": "s", "cohort": "canary", "metric": "m", "time": 5, "value": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"{not json", "invalid_json"),
+        (b'"a string"', "not_an_object"),
+        (b"[]", "empty_batch"),
+        (b"[1]", "not_an_object"),
+        (dumps({**METRIC, "service": None}), "missing_field"),
+        (dumps({**METRIC, "service": 7}), "wrong_type"),
+        (dumps({k: v for k, v in METRIC.items() if k != "metric"}), "missing_field"),
+        (dumps({k: v for k, v in METRIC.items() if k != "time"}), "missing_field"),
+        (dumps({**METRIC, "cohort": "control"}), "unknown_cohort"),
+        (dumps({k: v for k, v in METRIC.items() if k != "cohort"}), "missing_cohort"),
+        (dumps({**METRIC, "values": [1.0]}), "ambiguous_payload"),
+        (dumps({k: v for k, v in METRIC.items() if k != "value"}), "ambiguous_payload"),
+        (dumps({**METRIC, "value": "1.0"}), "wrong_type"),
+        (dumps({**METRIC, "value": True}), "wrong_type"),
+        (b'{"service":"s","cohort":"canary","metric":"m","time":5,"value":NaN}', "invalid_json"),
+        # orjson refuses NaN, Infinity and overflowing literals: non-finite never gets past JSON.
+        (b'{"service":"s","cohort":"canary","metric":"m","time":5,"values":[1e400]}', "invalid_json"),
+        (dumps({k: v for k, v in METRIC.items() if k != "value"} | {"values": []}), "wrong_type"),
+        (dumps({k: v for k, v in METRIC.items() if k != "value"} | {"values": [1, "x"]}), "wrong_type"),
+        (dumps({k: v for k, v in METRIC.items() if k != "value"} | {"values": [1, True]}), "wrong_type"),
+        (dumps({k: v for k, v in METRIC.items() if k != "value"} | {"values": [[1]]}), "wrong_type"),
+        (dumps({k: v for k, v in METRIC.items() if k != "value"} | {"good": -1, "total": 5}), "negative_count"),
+        (dumps({k: v for k, v in METRIC.items() if k != "value"} | {"good": 6, "total": 5}), "good_exceeds_total"),
+        (dumps({k: v for k, v in METRIC.items() if k != "value"} | {"good": 1.5, "total": 5}), "wrong_type"),
+        (dumps({k: v for k, v in METRIC.items() if k != "value"} | {"good": 1}), "wrong_type"),
+        (dumps({**METRIC, "labels": {"a": 1}}), "wrong_type"),
+        (dumps({**METRIC, "time": -5}), "bad_time"),
+    ],
+)
+def test_invalid_metric_messages_name_their_reason(payload, reason):
+    with pytest.raises(ContractError) as info:
+        decode_metric_events(payload)
+    assert info.value.reason == reason
+
+
+def test_one_bad_item_rejects_the_whole_array_and_says_which():
+    with pytest.raises(ContractError, match="item 1") as info:
+        decode_metric_events(dumps([METRIC, {**METRIC, "cohort": "x"}]))
+    assert info.value.reason == "unknown_cohort"
+
+
+def test_whole_number_floats_are_counts():
+    (event,) = decode_metric_events(
+        dumps({k: v for k, v in METRIC.items() if k != "value"} | {"good": 9.0, "total": 10.0})
+    )
+    assert (event.good, event.total) == (9, 10)
+
+
+def test_times_roundtrip_and_accept_numbers():
+    assert parse_time(1795687200) == 1795687200.0
+    assert parse_time("2026-11-26T10:00:00+01:00") == parse_time("2026-11-26T09:00:00Z")
+    assert format_time(parse_time("2026-11-26T10:00:00Z")) == "2026-11-26T10:00:00Z"
+    assert format_time(1795687200.25).endswith(".250Z")
+
+
+def test_verdict_encodes_the_contract_fields():
+    result = MetricResult(
+        metric="requests",
+        analyzer="burn_rate",
+        outcome="fail",
+        critical=True,
+        measured=True,
+        n_baseline=41000,
+        n_canary=2100,
+        reason="requests: 2.1% vs 0.1%",
+        detail={"burn_canary": 21.0},
+    )
+    verdict = Verdict(
+        verdict_id="checkout-v42/7",
+        deployment_id="checkout-v42",
+        service="checkout",
+        decision="rollback",
+        final=True,
+        score=0.0,
+        summary="requests: 2.1% vs 0.1%",
+        metrics=(result,),
+        window=Window(parse_time("2026-11-26T10:00:00Z"), parse_time("2026-11-26T10:07:00Z")),
+        time=parse_time("2026-11-26T10:07:00Z"),
+        config_digest="sha256:abc",
+    )
+    decoded = orjson.loads(encode_verdict(verdict))
+    for key in (
+        "verdict_id",
+        "deployment_id",
+        "service",
+        "decision",
+        "final",
+        "score",
+        "summary",
+        "metrics",
+        "window",
+        "time",
+        "config_digest",
+    ):
+        assert key in decoded
+    assert decoded["window"] == {"start": "2026-11-26T10:00:00Z", "end": "2026-11-26T10:07:00Z"}
+    metric = decoded["metrics"][0]
+    assert metric["outcome"] == "fail"
+    assert metric["detail"] == {"burn_canary": 21.0}
+    assert (metric["n_baseline"], metric["n_canary"]) == (41000, 2100)
+    assert not math.isnan(decoded["score"])

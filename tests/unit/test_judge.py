@@ -1,0 +1,87 @@
+import pytest
+
+from coalmine.analyzers.result import MetricResult
+from coalmine.config.models import MetricSpec, Profile
+from coalmine.judge import judge, score
+
+PROFILE = Profile(
+    min_duration=300,
+    max_duration=1800,
+    metrics=(
+        MetricSpec(name="latency_ms"),
+        MetricSpec(name="cpu", weight=3.0),
+        MetricSpec(name="requests", kind="ratio", objective=0.999, critical=True),
+    ),
+)
+
+
+def result(metric: str, outcome: str = "pass", *, measured: bool = True, critical: bool = False):
+    return MetricResult(
+        metric=metric,
+        analyzer="test",
+        outcome=outcome,  # type: ignore[arg-type]
+        critical=critical,
+        measured=measured,
+        n_baseline=100,
+        n_canary=100,
+        reason=f"{metric} {outcome}",
+    )
+
+
+def healthy():
+    return [result("latency_ms"), result("cpu"), result("requests", critical=True)]
+
+
+def test_critical_failure_rolls_back_before_min_duration():
+    results = [result("latency_ms"), result("cpu"), result("requests", "fail", critical=True)]
+    judgement = judge(PROFILE, results, elapsed=30, at_end=False)
+    assert judgement.decision == "rollback"
+    assert judgement.final
+    assert judgement.score == 0.0
+    assert "requests fail" in judgement.summary
+
+
+def test_score_is_weighted_and_ignores_nodata_and_error():
+    results = [result("latency_ms", "fail"), result("cpu"), result("requests", "nodata")]
+    assert score(PROFILE, results) == pytest.approx(75.0)
+    assert score(PROFILE, [result("cpu", "error"), result("latency_ms", "nodata")]) is None
+
+
+def test_score_below_marginal_rolls_back():
+    results = [result("latency_ms"), result("cpu", "fail"), result("requests", critical=True)]
+    judgement = judge(PROFILE, results, elapsed=60, at_end=False)
+    assert judgement.decision == "rollback"
+    assert judgement.score == pytest.approx(40.0)
+    assert "cpu fail" in judgement.summary
+
+
+def test_marginal_score_continues_then_ends_inconclusive():
+    results = [result("latency_ms", "fail"), result("cpu"), result("requests", critical=True)]
+    assert judge(PROFILE, results, elapsed=600, at_end=False).decision == "continue"
+    final = judge(PROFILE, results, elapsed=1800, at_end=True)
+    assert (final.decision, final.final) == ("inconclusive", True)
+    assert "marginal" in final.summary
+
+
+def test_no_promotion_before_min_duration():
+    early = judge(PROFILE, healthy(), elapsed=299, at_end=False)
+    assert (early.decision, early.final) == ("continue", False)
+    assert "min_duration" in early.summary
+    on_time = judge(PROFILE, healthy(), elapsed=300, at_end=False)
+    assert (on_time.decision, on_time.final, on_time.score) == ("promote", True, 100.0)
+
+
+@pytest.mark.parametrize("blocker", [result("cpu", measured=False), result("cpu", "nodata"), result("cpu", "error")])
+def test_unmeasured_nodata_or_error_blocks_promotion_and_ends_inconclusive(blocker):
+    results = [result("latency_ms"), blocker, result("requests", critical=True)]
+    assert judge(PROFILE, results, elapsed=600, at_end=False).decision == "continue"
+    final = judge(PROFILE, results, elapsed=1800, at_end=True)
+    assert final.decision == "inconclusive"
+    assert "cpu" in final.summary
+
+
+def test_nothing_known_at_the_end_is_inconclusive_not_promote():
+    results = [result(m, "nodata") for m in ("latency_ms", "cpu", "requests")]
+    final = judge(PROFILE, results, elapsed=1800, at_end=True)
+    assert final.decision == "inconclusive"
+    assert final.score is None
