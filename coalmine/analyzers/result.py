@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 Outcome = Literal["pass", "fail", "nodata", "error"]
 """``fail`` is a regression; ``nodata`` and ``error`` are kept apart from failures."""

@@ -16,7 +16,7 @@ def parse_duration(value: object) -> float:
     """Return ``value`` in seconds; raise ``ValueError`` saying what is accepted."""
     # ValueError, not TypeError: pydantic turns only ValueError into a validation error.
     if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string such as '90s', '5m'")  # noqa: TRY004
+        raise ValueError("a duration is a number of seconds or a string such as '90s', '5m'")  # noqa: TRY004 - pydantic reports ValueError only
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
