@@ -175,11 +175,16 @@ def _loads(value: bytes) -> Any:
         raise ContractError("invalid_json", f"not valid JSON: {exc}") from None
 
 
-def _text(obj: Mapping[str, Any], key: str, *, required: bool = True) -> str | None:
+def _required_text(obj: Mapping[str, Any], key: str) -> str:
+    value = _optional_text(obj, key)
+    if value is None:
+        raise ContractError("missing_field", f"'{key}' is required")
+    return value
+
+
+def _optional_text(obj: Mapping[str, Any], key: str) -> str | None:
     value = obj.get(key)
     if value is None:
-        if required:
-            raise ContractError("missing_field", f"'{key}' is required")
         return None
     if not isinstance(value, str) or not value:
         raise ContractError("wrong_type", f"'{key}' must be a non-empty string")
@@ -224,8 +229,8 @@ def deploy_event_from_mapping(obj: Mapping[str, Any]) -> DeployEvent:
         raise ContractError("missing_field", "'event' is required")
     if kind not in _EVENT_KINDS:
         raise ContractError("unknown_event", f"'event' must be one of {sorted(_EVENT_KINDS)}")
-    deployment_id = _text(obj, "deployment_id")
-    service = _text(obj, "service")
+    deployment_id = _required_text(obj, "deployment_id")
+    service = _required_text(obj, "service")
     if "time" not in obj:
         raise ContractError("missing_field", "'time' is required")
     time = parse_time(obj["time"])
@@ -242,8 +247,6 @@ def deploy_event_from_mapping(obj: Mapping[str, Any]) -> DeployEvent:
         raise ContractError("missing_field", "a 'started' event needs baseline and canary")
     if kind == "step" and weight is None:
         raise ContractError("missing_field", "a 'step' event needs 'traffic_weight'")
-    assert deployment_id is not None  # noqa: S101 - _text(required=True) never returns None
-    assert service is not None  # noqa: S101
     return DeployEvent(
         event=kind,
         deployment_id=deployment_id,
@@ -290,19 +293,19 @@ def decode_metric_events(value: bytes) -> list[MetricEvent]:
 
 def metric_event_from_mapping(obj: Mapping[str, Any]) -> MetricEvent:
     """Validate one parsed metric event."""
-    service = _text(obj, "service")
-    metric = _text(obj, "metric")
+    service = _required_text(obj, "service")
+    metric = _required_text(obj, "metric")
     if "time" not in obj:
         raise ContractError("missing_field", "'time' is required")
     time = parse_time(obj["time"])
     cohort = obj.get("cohort")
     if cohort is not None and cohort not in _COHORTS:
         raise ContractError("unknown_cohort", "'cohort' must be 'baseline' or 'canary'")
-    version = _text(obj, "version", required=False)
+    version = _optional_text(obj, "version")
     if cohort is None and version is None:
         raise ContractError("missing_cohort", "either 'cohort' or 'version' is required")
-    deployment_id = _text(obj, "deployment_id", required=False)
-    instance = _text(obj, "instance", required=False)
+    deployment_id = _optional_text(obj, "deployment_id")
+    instance = _optional_text(obj, "instance")
     labels = obj.get("labels")
     if labels is not None and not (
         isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())
@@ -314,8 +317,6 @@ def metric_event_from_mapping(obj: Mapping[str, Any]) -> MetricEvent:
         raise ContractError(
             "ambiguous_payload", "exactly one of 'value', 'values' or 'good'+'total' is required"
         )
-    assert service is not None  # noqa: S101 - required
-    assert metric is not None  # noqa: S101
     common: dict[str, Any] = {
         "service": service,
         "metric": metric,

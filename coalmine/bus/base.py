@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 Headers = tuple[tuple[str, bytes], ...]
 
@@ -61,7 +63,7 @@ class Transport(Protocol):
     async def stop(self) -> None:
         """Flush pending publishes and disconnect; safe to call twice."""
 
-    async def fetch(self, timeout: float) -> list[Record]:
+    async def fetch(self, timeout: float) -> list[Record]:  # noqa: ASYNC109 - a poll timeout, not a deadline
         """Return the next records (possibly none after ``timeout`` seconds)."""
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path  # noqa: TC003 - pydantic resolves annotations at runtime
+from pathlib import Path
 from typing import Literal, Self
 
 import orjson
@@ -47,6 +47,8 @@ class KafkaSettings(_Section):
     ssl_check_hostname: bool = True
     request_timeout: Duration = 30.0
     max_poll_records: int = Field(default=2000, gt=0)
+    session_timeout: Duration = 10.0
+    max_request_bytes: int = Field(default=1_048_576, gt=0)
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> Self:
@@ -85,7 +87,7 @@ class LimitSettings(_Section):
     max_open_deployments: int = Field(default=10_000, gt=0)
     max_metrics_per_deployment: int = Field(default=64, gt=0)
     max_samples_per_cohort: int = Field(default=200_000, gt=0)
-    max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    max_message_bytes: int = Field(default=1_000_000, gt=0)
 
 
 class MetricSpec(_Section):

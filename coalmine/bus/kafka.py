@@ -1,0 +1,432 @@
+"""The Kafka transport (aiokafka) and topic helpers.
+
+At-least-once: auto-commit is off and :meth:`KafkaTransport.commit` commits exactly the
+positions handed out by ``fetch`` (not the consumer's prefetch position). Consumed topics
+are subscribed by an exact-name pattern, so the consumer never asks the broker to
+auto-create a missing topic (a metadata request for a named topic does, on brokers with
+``auto.create.topics.enable``, and tansu always does): a missing topic keeps the transport
+not ready instead of appearing with a broker-default partition count, and is picked up
+within ``metadata_max_age`` once it is created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Literal
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.helpers import create_ssl_context
+
+from coalmine._exceptions import TransportError
+from coalmine.bus.base import Outgoing, Record
+
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+
+    from coalmine.config.models import KafkaSettings
+
+__all__ = ["KafkaTransport", "ensure_topics", "partition_counts"]
+
+_log = logging.getLogger(__name__)
+
+_TOPIC_EXISTS = 36
+"""Kafka error code TOPIC_ALREADY_EXISTS: another process created it first; fine."""
+_READY_TTL = 2.0
+"""Seconds a positive ``ready()`` answer is reused (negative answers are not cached)."""
+_READY_TIMEOUT = 5.0
+"""Upper bound on one readiness check, so a probe never waits ``request_timeout``."""
+_METADATA_MAX_AGE_MS = 30_000
+"""How often the consumer refreshes metadata: a topic created later is picked up by then."""
+
+TopicPartitionKey = tuple[str, int]
+"""``(topic, partition)``."""
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _ssl_context(settings: KafkaSettings) -> ssl.SSLContext | None:
+    """A TLS context from the ``ssl_*`` settings, for SSL and SASL_SSL."""
+    if not settings.security_protocol.endswith("SSL"):
+        return None
+    context: ssl.SSLContext = create_ssl_context(
+        cafile=settings.ssl_cafile,
+        certfile=settings.ssl_certfile,
+        keyfile=settings.ssl_keyfile,
+        password=(
+            settings.ssl_password.get_secret_value() if settings.ssl_password is not None else None
+        ),
+    )
+    context.check_hostname = settings.ssl_check_hostname
+    return context
+
+
+def _client_options(settings: KafkaSettings) -> dict[str, Any]:
+    """Connection and security options shared by the consumer, producer and admin client.
+
+    Build it right at the client's constructor and drop it: it holds the SASL password.
+    """
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.client_id,
+        "request_timeout_ms": _ms(settings.request_timeout),
+        "security_protocol": settings.security_protocol,
+        "ssl_context": _ssl_context(settings),
+    }
+    if settings.security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.sasl_mechanism or "PLAIN"
+        options["sasl_plain_username"] = settings.sasl_username
+        if settings.sasl_password is not None:
+            options["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    return options
+
+
+def _describe(error: BaseException) -> str:
+    name, text = type(error).__name__, str(error)
+    if not text:
+        return name
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
+@asynccontextmanager
+async def _bounded(seconds: float, what: str) -> AsyncIterator[None]:
+    """Turn a timeout or a Kafka/socket error inside the block into ``TransportError``."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError as err:
+        raise TransportError(f"{what}: no answer within {seconds:g}s") from err
+    except (KafkaError, OSError) as err:
+        raise TransportError(f"{what}: {_describe(err)}") from err
+
+
+@asynccontextmanager
+async def _admin(settings: KafkaSettings) -> AsyncIterator[Any]:
+    admin = AIOKafkaAdminClient(**_client_options(settings))
+    try:
+        async with _bounded(
+            settings.request_timeout, f"cannot reach Kafka at {settings.bootstrap_servers}"
+        ):
+            await admin.start()
+        yield admin
+    finally:
+        await admin.close()
+
+
+async def _existing_topics(admin: Any) -> dict[str, int]:
+    """Every topic the cluster has, with its partition count.
+
+    Asks for all topics: a metadata request naming a missing topic may create it.
+    """
+    described = await admin.describe_topics()
+    return {
+        str(topic["topic"]): len(topic["partitions"])
+        for topic in described
+        if topic["error_code"] == 0
+    }
+
+
+async def partition_counts(settings: KafkaSettings, topics: Iterable[str]) -> dict[str, int]:
+    """Partition count of each of ``topics`` that exists; missing topics are left out."""
+    wanted = set(topics)
+    async with _admin(settings) as admin, _bounded(settings.request_timeout, "describe topics"):
+        existing = await _existing_topics(admin)
+    return {name: count for name, count in existing.items() if name in wanted}
+
+
+async def ensure_topics(
+    settings: KafkaSettings, topics: Mapping[str, int], *, replication_factor: int = 1
+) -> None:
+    """Create those of ``topics`` (name -> partition count) that do not exist yet.
+
+    Existing topics are left alone, even with another partition count (logged).
+    """
+    what = f"create topics {', '.join(sorted(topics))}"
+    async with _admin(settings) as admin, _bounded(settings.request_timeout, what):
+        existing = await _existing_topics(admin)
+        for name, count in existing.items():
+            if name in topics and topics[name] != count:
+                _log.warning(
+                    "topic %s exists with %d partitions (wanted %d)", name, count, topics[name]
+                )
+        missing = {name: count for name, count in topics.items() if name not in existing}
+        if not missing:
+            return
+        response = await admin.create_topics(
+            [NewTopic(name, count, replication_factor) for name, count in missing.items()]
+        )
+        problems = [
+            f"{item['topic']}: {item.get('error_message') or 'error ' + str(item['error_code'])}"
+            for item in response.to_object()["topic_errors"]
+            if item["error_code"] not in (0, _TOPIC_EXISTS)
+        ]
+        if problems:
+            raise TransportError(f"{what}: {'; '.join(problems)}")
+        # Creation is asynchronous on a real cluster: poll the metadata until it shows them.
+        while not set(missing) <= (await _existing_topics(admin)).keys():  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        _log.info("created topics %s", ", ".join(f"{n} ({c})" for n, c in missing.items()))
+
+
+class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Forgets fetched positions of revoked partitions: their new owner reads them again."""
+
+    def __init__(self, transport: KafkaTransport) -> None:
+        self._transport = transport
+
+    async def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:
+        partitions = {(tp.topic, tp.partition) for tp in revoked}
+        self._transport._forget(partitions)  # noqa: SLF001 - the listener is the transport's own
+
+    async def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
+        _log.info("assigned partitions %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+
+
+class KafkaTransport:
+    """A :class:`~coalmine.bus.base.Transport` over Kafka.
+
+    Args:
+        settings: connection, security and client settings.
+        consume: topics to read as a member of the consumer group (none: publish only).
+        group_id: the consumer group; ``settings.group_id`` when not given.
+        auto_offset_reset: where a group starts on a partition it never committed.
+        produce: topics this transport publishes to; ``ready()`` requires them too.
+        session_timeout: overrides ``settings.session_timeout`` (tansu delays a group
+            join by about half of it, so tests use a short one).
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        consume: Sequence[str],
+        *,
+        group_id: str | None = None,
+        auto_offset_reset: Literal["earliest", "latest", "none"] = "earliest",
+        produce: Sequence[str] = (),
+        session_timeout: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.consume = tuple(consume)
+        self.produce = tuple(produce)
+        self.group_id = group_id or settings.group_id
+        self.auto_offset_reset = auto_offset_reset
+        self.session_timeout = (
+            settings.session_timeout if session_timeout is None else session_timeout
+        )
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._admin: Any = None
+        self._started = False
+        self._pending: dict[TopicPartitionKey, int] = {}
+        self._ready_until = 0.0
+        self._ready_lock = asyncio.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, then start the producer and join the group (bounded waits).
+
+        Raises:
+            TransportError: the broker cannot be reached or refused us.
+        """
+        if self._started:
+            return
+        settings = self.settings
+        timeout = settings.request_timeout
+        try:
+            self._admin = AIOKafkaAdminClient(**_client_options(settings))
+            async with _bounded(timeout, f"cannot reach Kafka at {settings.bootstrap_servers}"):
+                await self._admin.start()
+            self._producer = AIOKafkaProducer(
+                **_client_options(settings),
+                acks="all",
+                enable_idempotence=settings.idempotent_producer,
+                max_request_size=settings.max_request_bytes,
+            )
+            async with _bounded(timeout, "cannot start the Kafka producer"):
+                await self._producer.start()
+            if self.consume:
+                self._consumer = AIOKafkaConsumer(
+                    **_client_options(settings),
+                    group_id=self.group_id,
+                    enable_auto_commit=False,
+                    auto_offset_reset=self.auto_offset_reset,
+                    max_poll_records=settings.max_poll_records,
+                    session_timeout_ms=_ms(self.session_timeout),
+                    heartbeat_interval_ms=_ms(self.session_timeout / 3),
+                    metadata_max_age_ms=_METADATA_MAX_AGE_MS,
+                )
+                pattern = "^(?:" + "|".join(re.escape(t) for t in self.consume) + ")$"
+                self._consumer.subscribe(pattern=pattern, listener=_Revocations(self))
+                # Joining waits for the group to rebalance: allow for that beyond a request.
+                async with _bounded(
+                    2 * timeout + self.session_timeout,
+                    f"cannot join consumer group {self.group_id!r}",
+                ):
+                    await self._consumer.start()
+        except BaseException:
+            await self._close_clients()
+            raise
+        self._started = True
+        _log.info(
+            "kafka transport started: servers=%s group=%s consume=%s produce=%s",
+            settings.bootstrap_servers,
+            self.group_id,
+            ",".join(self.consume) or "-",
+            ",".join(self.produce) or "-",
+        )
+
+    async def stop(self) -> None:
+        """Flush the producer, leave the group and disconnect; safe to call twice."""
+        self._started = False
+        await self._close_clients()
+
+    async def _close_clients(self) -> None:
+        # The consumer first (it leaves the group), then flush the producer.
+        for attribute in ("_consumer", "_producer", "_admin"):
+            client = getattr(self, attribute)
+            setattr(self, attribute, None)
+            if client is None:
+                continue
+            try:
+                async with asyncio.timeout(self.settings.request_timeout):
+                    await (client.close() if attribute == "_admin" else client.stop())
+            except (KafkaError, OSError, TimeoutError) as err:
+                _log.warning("closing the kafka %s: %s", attribute[1:], _describe(err))
+        self._pending.clear()
+        self._ready_until = 0.0
+
+    # -- the Transport protocol ----------------------------------------------------------
+
+    async def fetch(self, timeout: float) -> list[Record]:  # noqa: ASYNC109 - the protocol's poll timeout
+        """Up to ``max_poll_records`` records, in order per partition; ``[]`` on timeout."""
+        if not self._started:
+            raise TransportError("the kafka transport is not started")
+        if self._consumer is None:
+            await asyncio.sleep(timeout)
+            return []
+        try:
+            batches = await self._consumer.getmany(
+                timeout_ms=_ms(timeout), max_records=self.settings.max_poll_records
+            )
+        except KafkaError as err:
+            raise TransportError(f"fetch from Kafka: {_describe(err)}") from err
+        records: list[Record] = []
+        for tp, messages in batches.items():
+            if not messages:
+                continue
+            records.extend(_record(message) for message in messages)
+            self._pending[tp.topic, tp.partition] = messages[-1].offset + 1
+        return records
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Send every message at once and return when the broker acknowledged them all.
+
+        Raises:
+            TransportError: a message was refused or not acknowledged in time.
+        """
+        if self._producer is None:
+            raise TransportError("the kafka transport is not started")
+        if not messages:
+            return
+        futures: list[Any] = []
+        outcomes: list[Any] = []
+        # aiokafka expires undelivered batches after request_timeout; this is the backstop.
+        async with _bounded(2 * self.settings.request_timeout + 1, "publish to Kafka"):
+            try:
+                for message in messages:  # a loop, so a failed send keeps the earlier futures
+                    futures.append(  # noqa: PERF401 - see the loop's comment
+                        await self._producer.send(
+                            message.topic,
+                            message.value,
+                            key=message.key,
+                            headers=list(message.headers),
+                        )
+                    )
+            finally:
+                # Await what was queued even when a later send failed: no orphan futures.
+                outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if failures:
+            count = f"{len(failures)} of {len(messages)} messages"
+            raise TransportError(
+                f"publish to Kafka: {count} not acknowledged: {_describe(failures[0])}"
+            ) from failures[0]
+
+    async def commit(self) -> None:
+        """Commit the positions after every record fetched so far (nothing beyond)."""
+        if self._consumer is None or not self._pending:
+            return
+        snapshot = dict(self._pending)
+        assigned = self._consumer.assignment()
+        offsets = {
+            tp: offset
+            for (topic, partition), offset in snapshot.items()
+            if (tp := TopicPartition(topic, partition)) in assigned
+        }
+        if offsets:
+            async with _bounded(self.settings.request_timeout, "commit offsets to Kafka"):
+                try:
+                    await self._consumer.commit(offsets)
+                except CommitFailedError as err:
+                    # The group rebalanced under us: the new owner of these partitions
+                    # (possibly us again) reads them from the last commit: at-least-once.
+                    _log.warning("commit skipped, the group rebalanced: %s", _describe(err))
+        for key, offset in snapshot.items():
+            if self._pending.get(key) == offset:
+                del self._pending[key]
+
+    async def ready(self) -> bool:
+        """True when the broker answers and every consumed and produced topic exists."""
+        admin = self._admin
+        if not self._started or admin is None:
+            return False
+        if time.monotonic() < self._ready_until:
+            return True
+        async with self._ready_lock:
+            if time.monotonic() < self._ready_until:
+                return True
+            try:
+                async with asyncio.timeout(min(self.settings.request_timeout, _READY_TIMEOUT)):
+                    existing = await _existing_topics(admin)
+            except Exception as err:  # noqa: BLE001 - readiness must never raise
+                _log.debug("readiness check failed: %s", _describe(err))
+                return False
+            missing = [t for t in (*self.consume, *self.produce) if t not in existing]
+            if missing:
+                _log.debug("not ready, missing topics: %s", ", ".join(missing))
+                return False
+            self._ready_until = time.monotonic() + _READY_TTL
+            return True
+
+    # -- extras --------------------------------------------------------------------------
+
+    def assignment(self) -> frozenset[TopicPartitionKey]:
+        """The partitions this member currently owns."""
+        if self._consumer is None:
+            return frozenset()
+        return frozenset((tp.topic, tp.partition) for tp in self._consumer.assignment())
+
+    def _forget(self, partitions: set[TopicPartitionKey]) -> None:
+        for key in partitions:
+            self._pending.pop(key, None)
+
+
+def _record(message: Any) -> Record:
+    return Record(
+        topic=message.topic,
+        value=message.value if message.value is not None else b"",
+        key=message.key,
+        headers=tuple((name, value or b"") for name, value in message.headers),
+        partition=message.partition,
+        offset=message.offset,
+        timestamp_ms=message.timestamp,
+    )

