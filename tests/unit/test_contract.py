@@ -146,14 +146,35 @@ METRIC = {"service": "s", "cohort": "canary", "metric": "m", "time": 5, "value":
         (dumps({**METRIC, "value": True}), "wrong_type"),
         (b'{"service":"s","cohort":"canary","metric":"m","time":5,"value":NaN}', "invalid_json"),
         # orjson refuses NaN, Infinity and overflowing literals: non-finite never gets past JSON.
-        (b'{"service":"s","cohort":"canary","metric":"m","time":5,"values":[1e400]}', "invalid_json"),
+        (
+            b'{"service":"s","cohort":"canary","metric":"m","time":5,"values":[1e400]}',
+            "invalid_json",
+        ),
         (dumps({k: v for k, v in METRIC.items() if k != "value"} | {"values": []}), "wrong_type"),
-        (dumps({k: v for k, v in METRIC.items() if k != "value"} | {"values": [1, "x"]}), "wrong_type"),
-        (dumps({k: v for k, v in METRIC.items() if k != "value"} | {"values": [1, True]}), "wrong_type"),
-        (dumps({k: v for k, v in METRIC.items() if k != "value"} | {"values": [[1]]}), "wrong_type"),
-        (dumps({k: v for k, v in METRIC.items() if k != "value"} | {"good": -1, "total": 5}), "negative_count"),
-        (dumps({k: v for k, v in METRIC.items() if k != "value"} | {"good": 6, "total": 5}), "good_exceeds_total"),
-        (dumps({k: v for k, v in METRIC.items() if k != "value"} | {"good": 1.5, "total": 5}), "wrong_type"),
+        (
+            dumps({k: v for k, v in METRIC.items() if k != "value"} | {"values": [1, "x"]}),
+            "wrong_type",
+        ),
+        (
+            dumps({k: v for k, v in METRIC.items() if k != "value"} | {"values": [1, True]}),
+            "wrong_type",
+        ),
+        (
+            dumps({k: v for k, v in METRIC.items() if k != "value"} | {"values": [[1]]}),
+            "wrong_type",
+        ),
+        (
+            dumps({k: v for k, v in METRIC.items() if k != "value"} | {"good": -1, "total": 5}),
+            "negative_count",
+        ),
+        (
+            dumps({k: v for k, v in METRIC.items() if k != "value"} | {"good": 6, "total": 5}),
+            "good_exceeds_total",
+        ),
+        (
+            dumps({k: v for k, v in METRIC.items() if k != "value"} | {"good": 1.5, "total": 5}),
+            "wrong_type",
+        ),
         (dumps({k: v for k, v in METRIC.items() if k != "value"} | {"good": 1}), "wrong_type"),
         (dumps({**METRIC, "labels": {"a": 1}}), "wrong_type"),
         (dumps({**METRIC, "time": -5}), "bad_time"),

@@ -71,7 +71,9 @@ def test_no_promotion_before_min_duration():
     assert (on_time.decision, on_time.final, on_time.score) == ("promote", True, 100.0)
 
 
-@pytest.mark.parametrize("blocker", [result("cpu", measured=False), result("cpu", "nodata"), result("cpu", "error")])
+@pytest.mark.parametrize(
+    "blocker", [result("cpu", measured=False), result("cpu", "nodata"), result("cpu", "error")]
+)
 def test_unmeasured_nodata_or_error_blocks_promotion_and_ends_inconclusive(blocker):
     results = [result("latency_ms"), blocker, result("requests", critical=True)]
     assert judge(PROFILE, results, elapsed=600, at_end=False).decision == "continue"

@@ -1,0 +1,1 @@
+"""The daemon: per-deployment state machines, routing, and the I/O shell around them."""

@@ -1,0 +1,164 @@
+"""The daemon: wires a transport to the router, publishes what it decides, commits.
+
+The loop is: fetch records -> hand them to the router (off the event loop, so broker
+heartbeats keep running) -> publish the verdicts and dead letters and wait for the broker's
+acknowledgement -> commit the consumer position. A batch whose effects could not be
+published is retried and never committed, so nothing is lost (at-least-once; verdict ids
+are deterministic, so a re-published verdict is a harmless duplicate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from typing import TYPE_CHECKING
+
+from coalmine._exceptions import CoalmineError, TransportError
+from coalmine.daemon.http import HttpServer, build_app
+from coalmine.daemon.router import Effects, Router
+from coalmine.daemon.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from coalmine.bus.base import Transport
+    from coalmine.config.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_FETCH_TIMEOUT = 0.5
+_EXPIRY_CHECK_EVERY = 1.0
+_STALL_AFTER = 60.0
+_MAX_BACKOFF = 30.0
+
+
+class Daemon:
+    """One coalmine daemon: a transport, a router, and the HTTP probes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        transport: Transport,
+        *,
+        telemetry: Telemetry | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.transport = transport
+        self.telemetry = telemetry or Telemetry()
+        self.router = Router(settings.profiles, settings.topics, settings.limits, self.telemetry)
+        self.http: HttpServer | None = None
+        self._wall_clock = wall_clock
+        self._stopping = asyncio.Event()
+        self._started = False
+        self._last_beat = time.monotonic()
+
+    def request_stop(self) -> None:
+        """Finish the batch in hand, publish and commit it, then stop."""
+        if not self._stopping.is_set():
+            log.info("stopping: finishing in-flight work")
+        self._stopping.set()
+
+    async def live(self) -> bool:
+        """The loop is turning (it beats at least every fetch timeout)."""
+        return time.monotonic() - self._last_beat < _STALL_AFTER
+
+    async def ready(self) -> bool:
+        """Started, and the broker reachable with its topics present."""
+        ok = self._started and not self._stopping.is_set() and await self.transport.ready()
+        self.telemetry.ready.set(1 if ok else 0)
+        return ok
+
+    async def run(self) -> None:
+        """Run until ``request_stop``; return after a clean shutdown."""
+        if self.settings.http.enabled:
+            app = build_app(self.telemetry, live=self.live, ready=self.ready)
+            self.http = HttpServer(app, self.settings.http.host, self.settings.http.port)
+            await self.http.start()
+            log.info("http: /metrics /livez /readyz on port %d", self.http.port)
+        try:
+            if await self._connect():
+                await self._loop()
+        finally:
+            with contextlib.suppress(CoalmineError):
+                await self.transport.stop()
+            if self.http is not None:
+                await self.http.stop()
+            log.info("stopped")
+
+    async def _connect(self) -> bool:
+        backoff = 0.5
+        while not self._stopping.is_set():
+            try:
+                await self.transport.start()
+            except TransportError as exc:
+                log.warning("broker not reachable (%s); retrying in %.1fs", exc, backoff)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                continue
+            self._started = True
+            log.info("connected; judging")
+            return True
+        return False
+
+    async def _loop(self) -> None:
+        next_expiry = time.monotonic() + _EXPIRY_CHECK_EVERY
+        while not self._stopping.is_set():
+            self._last_beat = time.monotonic()
+            records = await self.transport.fetch(_FETCH_TIMEOUT)
+            effects = Effects()
+            if records:
+                begun = time.perf_counter()
+                effects = await asyncio.to_thread(self.router.handle, records, self._wall_clock())
+                self.telemetry.analysis_duration.observe(time.perf_counter() - begun)
+            if time.monotonic() >= next_expiry:
+                effects.extend(self.router.expire_silent(self._wall_clock()))
+                next_expiry = time.monotonic() + _EXPIRY_CHECK_EVERY
+            if effects and not await self._publish(effects):
+                return  # stopping while the broker refuses: leave the batch uncommitted
+            if records:
+                await self._commit()
+        # A stop between fetches leaves nothing in hand: everything fetched was committed.
+
+    async def _publish(self, effects: Effects) -> bool:
+        messages = effects.messages(self.settings.topics)
+        backoff = 0.2
+        while True:
+            try:
+                await self.transport.publish(messages)
+            except TransportError as exc:
+                self.telemetry.publish_failures.inc()
+                if self._stopping.is_set():
+                    log.error(
+                        "could not publish %d message(s) before stopping: %s", len(messages), exc
+                    )
+                    return False
+                log.warning("publish failed (%s); retrying in %.1fs", exc, backoff)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                continue
+            acked = self._wall_clock()
+            for received in effects.received:
+                self.telemetry.verdict_lag.observe(max(0.0, acked - received))
+            return True
+
+    async def _commit(self) -> None:
+        try:
+            await self.transport.commit()
+        except TransportError as exc:
+            # Not fatal: the records are redelivered and their verdicts are idempotent.
+            log.warning("commit failed (%s); records will be redelivered", exc)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+
+def install_signal_handlers(daemon: Daemon) -> None:
+    """SIGTERM and SIGINT stop the daemon gracefully."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.request_stop)

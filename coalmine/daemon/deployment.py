@@ -1,0 +1,237 @@
+"""One deployment's analysis: a deterministic state machine driven by event time.
+
+It is fed deploy and metric events and told nothing else: no clock, no socket. Judgements
+fall due when the deployment's event time passes ``started + k x interval``; the k-th
+judgement gets the ``verdict_id`` ``<deployment_id>/<k>``. Because the schedule, the data
+and the ids depend only on the events and their order, a recorded stream replays to the
+same verdicts.
+
+Critical metrics are also checked as their data arrives (every message of a ratio metric;
+a distribution metric each time its canary samples grow by a tenth), so a critical failure
+rolls back on the message that decided it rather than at the next interval.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from coalmine.analyzers.burn_rate import analyze_ratio
+from coalmine.analyzers.mann_whitney import analyze_distribution
+from coalmine.contract import Cohort, DeployEvent, MetricEvent, Verdict, Window
+from coalmine.daemon.samples import EventCounts, SampleReservoir
+from coalmine.judge import Judgement, judge
+
+if TYPE_CHECKING:
+    from coalmine.analyzers.result import MetricResult
+    from coalmine.config.models import MetricSpec, Profile
+
+Status = Literal["open", "final", "ended"]
+
+_CRITICAL_GROWTH = 1.1
+"""A critical distribution metric is re-checked when its canary samples grow by 10%."""
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisLimits:
+    """Per-deployment caps (from ``[limits]``)."""
+
+    max_samples_per_cohort: int = 200_000
+
+
+class Deployment:
+    """The analysis of one deployment, from ``started`` to its final verdict."""
+
+    def __init__(
+        self,
+        started: DeployEvent,
+        profile: Profile,
+        *,
+        profile_name: str = "default",
+        limits: AnalysisLimits | None = None,
+    ) -> None:
+        self.deployment_id = started.deployment_id
+        self.service = started.service
+        self.strategy = started.strategy
+        self.profile_name = profile_name
+        self.profile = profile
+        self.digest = profile.digest()
+        self.started = started.time
+        self.baseline_version = started.baseline_version
+        self.canary_version = started.canary_version
+        self.traffic_weight = started.traffic_weight
+        self.status: Status = "open"
+        self.watermark = started.time
+        self.last_verdict: Verdict | None = None
+        self._limits = limits or AnalysisLimits()
+        self._look = 1
+        self._samples: dict[str, tuple[SampleReservoir, SampleReservoir]] = {}
+        self._counts: dict[str, tuple[EventCounts, EventCounts]] = {}
+        self._checked_at: dict[str, int] = {}
+
+    @property
+    def is_open(self) -> bool:
+        """True until a final verdict or a ``completed`` / ``aborted`` event."""
+        return self.status == "open"
+
+    @property
+    def end_time(self) -> float:
+        """Event time of the last judgement (``started + max_duration``)."""
+        return self.started + self.profile.max_duration
+
+    def cohort_of(self, event: MetricEvent) -> Cohort | None:
+        """The event's cohort: its ``cohort`` field, or its ``version`` matched to ours."""
+        if event.cohort is not None:
+            return event.cohort
+        if event.version == self.canary_version:
+            return "canary"
+        if event.version == self.baseline_version:
+            return "baseline"
+        return None
+
+    def observe(self, event: MetricEvent, cohort: Cohort) -> list[Verdict]:
+        """Take one metric event; return the verdicts it made due, in order."""
+        verdicts = self.advance(event.time)
+        spec = self.profile.metric(event.metric)
+        if not self.is_open or spec is None:
+            return verdicts
+        index = 1 if cohort == "canary" else 0
+        if spec.kind == "ratio":
+            self._counts_for(spec.name)[index].add(event.good, event.total)
+        else:
+            self._samples_for(spec.name)[index].extend(event.values)
+        if spec.critical and index == 1 and self._critical_due(spec):
+            verdict = self._check_critical(spec, max(event.time, self.started))
+            if verdict is not None:
+                verdicts.append(verdict)
+        return verdicts
+
+    def advance(self, time: float) -> list[Verdict]:
+        """Move event time to ``time``; return the judgements that fell due."""
+        verdicts: list[Verdict] = []
+        self.watermark = max(self.watermark, time)
+        while self.is_open and self.watermark > self._due(self._look):
+            verdicts.append(self._judge(self._look, self._due(self._look)))
+            self._look += 1
+        return verdicts
+
+    def step(self, event: DeployEvent) -> list[Verdict]:
+        """Record a traffic change; analysis goes on."""
+        verdicts = self.advance(event.time)
+        if self.is_open:
+            self.traffic_weight = event.traffic_weight
+        return verdicts
+
+    def end(self) -> None:
+        """The pipeline completed or aborted the deployment: no more verdicts."""
+        if self.is_open:
+            self.status = "ended"
+            self._release()
+
+    def expire(self) -> Verdict:
+        """Close a deployment that went silent: a final ``inconclusive`` verdict."""
+        results = self._analyze_all()
+        silent = (
+            "inconclusive: no events for max_duration "
+            f"({self.profile.max_duration:g}s of wall time) since the last one"
+        )
+        return self._verdict(
+            self._look, self.watermark, results, Judgement("inconclusive", True, None, silent)
+        )
+
+    def metric_sizes(self) -> dict[str, tuple[int, int]]:
+        """Observations seen per metric, (baseline, canary)."""
+        sizes = {name: (pair[0].seen, pair[1].seen) for name, pair in self._samples.items()}
+        sizes.update({name: (pair[0].total, pair[1].total) for name, pair in self._counts.items()})
+        return sizes
+
+    def _due(self, look: int) -> float:
+        return min(self.started + look * self.profile.interval, self.end_time)
+
+    def _last_look(self, look: int) -> bool:
+        return self._due(look) >= self.end_time
+
+    def _samples_for(self, name: str) -> tuple[SampleReservoir, SampleReservoir]:
+        pair = self._samples.get(name)
+        if pair is None:
+            cap = self._limits.max_samples_per_cohort
+            seed = zlib.crc32(f"{self.deployment_id}\0{name}".encode())
+            pair = (SampleReservoir(cap, seed), SampleReservoir(cap, seed + 1))
+            self._samples[name] = pair
+        return pair
+
+    def _counts_for(self, name: str) -> tuple[EventCounts, EventCounts]:
+        pair = self._counts.get(name)
+        if pair is None:
+            pair = (EventCounts(), EventCounts())
+            self._counts[name] = pair
+        return pair
+
+    def _critical_due(self, spec: MetricSpec) -> bool:
+        if spec.kind == "ratio":
+            return True
+        seen = len(self._samples_for(spec.name)[1])
+        if seen < spec.min_samples or seen < self._checked_at.get(spec.name, 0) * _CRITICAL_GROWTH:
+            return False
+        self._checked_at[spec.name] = seen
+        return True
+
+    def _analyze(self, spec: MetricSpec) -> MetricResult:
+        alpha = self.profile.alpha
+        if spec.kind == "ratio":
+            base, canary = self._counts_for(spec.name)
+            return analyze_ratio(spec, base.good, base.total, canary.good, canary.total, alpha)
+        base_s, canary_s = self._samples_for(spec.name)
+        return analyze_distribution(spec, base_s.values(), canary_s.values(), alpha)
+
+    def _analyze_all(self) -> tuple[MetricResult, ...]:
+        return tuple(self._analyze(spec) for spec in self.profile.metrics)
+
+    def _check_critical(self, spec: MetricSpec, time: float) -> Verdict | None:
+        if self._analyze(spec).outcome != "fail":
+            return None
+        results = self._analyze_all()
+        elapsed = time - self.started
+        judgement = judge(
+            self.profile, results, elapsed=elapsed, at_end=self._last_look(self._look)
+        )
+        return self._verdict(self._look, time, results, judgement)
+
+    def _judge(self, look: int, time: float) -> Verdict:
+        results = self._analyze_all()
+        at_end = self._last_look(look)
+        judgement = judge(self.profile, results, elapsed=time - self.started, at_end=at_end)
+        return self._verdict(look, time, results, judgement)
+
+    def _verdict(
+        self, look: int, time: float, results: tuple[MetricResult, ...], judgement: Judgement
+    ) -> Verdict:
+        verdict = Verdict(
+            verdict_id=f"{self.deployment_id}/{look}",
+            deployment_id=self.deployment_id,
+            service=self.service,
+            decision=judgement.decision,
+            final=judgement.final,
+            score=None
+            if judgement.score is None or math.isnan(judgement.score)
+            else judgement.score,
+            summary=judgement.summary,
+            metrics=results,
+            window=Window(self.started, time),
+            time=time,
+            config_digest=self.digest,
+            profile=self.profile_name,
+            strategy=self.strategy,
+            traffic_weight=self.traffic_weight,
+        )
+        self.last_verdict = verdict
+        if verdict.final:
+            self.status = "final"
+            self._release()
+        return verdict
+
+    def _release(self) -> None:
+        self._samples.clear()
+        self._counts.clear()

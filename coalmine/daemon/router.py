@@ -1,0 +1,263 @@
+"""Routes decoded events to deployments and collects what must be published.
+
+The router is the pure core the daemon, the demo and replay share: records go in (with the
+wall time they were received), verdicts and dead letters come out. It never touches a
+socket; the shell publishes what it returns and commits only after that is acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from coalmine._exceptions import ContractError
+from coalmine.bus.base import Outgoing, Record
+from coalmine.config.models import LimitSettings, Profile, TopicsSettings
+from coalmine.contract import (
+    Cohort,
+    DeployEvent,
+    MetricEvent,
+    Verdict,
+    decode_deploy_event,
+    decode_metric_events,
+    encode_verdict,
+)
+from coalmine.daemon.deployment import AnalysisLimits, Deployment
+from coalmine.daemon.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+log = logging.getLogger(__name__)
+
+_FINISHED_MEMORY = 100_000
+"""How many finished deployment ids are remembered to ignore a second ``started``."""
+
+
+@dataclass(slots=True)
+class Effects:
+    """What handling some records produced, in the order it must be published."""
+
+    verdicts: list[Verdict] = field(default_factory=list)
+    dead_letters: list[Outgoing] = field(default_factory=list)
+    received: list[float] = field(default_factory=list)
+    """Wall time the record that made each verdict due was received (verdict lag)."""
+
+    def __bool__(self) -> bool:
+        return bool(self.verdicts or self.dead_letters)
+
+    def extend(self, other: Effects) -> None:
+        """Append another batch of effects."""
+        self.verdicts.extend(other.verdicts)
+        self.dead_letters.extend(other.dead_letters)
+        self.received.extend(other.received)
+
+    def messages(self, topics: TopicsSettings) -> list[Outgoing]:
+        """The verdicts and dead letters as messages for the bus."""
+        out = [
+            Outgoing(topics.verdicts, encode_verdict(v), v.deployment_id.encode())
+            for v in self.verdicts
+        ]
+        out.extend(self.dead_letters)
+        return out
+
+
+class Router:
+    """Keeps the open deployments and feeds each event to the one it belongs to."""
+
+    def __init__(
+        self,
+        profiles: Mapping[str, Profile],
+        topics: TopicsSettings | None = None,
+        limits: LimitSettings | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self.profiles = dict(profiles)
+        self.topics = topics or TopicsSettings()
+        self.limits = limits or LimitSettings()
+        self.telemetry = telemetry or Telemetry()
+        self.deployments: dict[str, Deployment] = {}
+        self.finished: OrderedDict[str, str] = OrderedDict()
+        self._by_service: dict[str, list[str]] = {}
+        self._last_seen: dict[str, float] = {}
+        self._analysis_limits = AnalysisLimits(self.limits.max_samples_per_cohort)
+
+    def handle(self, records: Iterable[Record], now: float) -> Effects:
+        """Handle records in order; ``now`` is the wall time they were received."""
+        effects = Effects()
+        for record in records:
+            self.telemetry.events_consumed.labels(record.topic).inc()
+            try:
+                verdicts = self._on_record(record, now)
+            except ContractError as exc:
+                effects.dead_letters.append(self._dead_letter(record, exc))
+                continue
+            if verdicts:
+                self._settle(verdicts)
+                effects.verdicts.extend(verdicts)
+                effects.received.extend(now for _ in verdicts)
+        return effects
+
+    def _on_record(self, record: Record, now: float) -> list[Verdict]:
+        if len(record.value) > self.limits.max_message_bytes:
+            raise ContractError("too_large", f"{len(record.value)} bytes")
+        if record.topic == self.topics.deployments:
+            return self._on_deploy(decode_deploy_event(record.value), now)
+        if record.topic == self.topics.metrics:
+            return self._on_metrics(decode_metric_events(record.value), now)
+        return []
+
+    def expire_silent(self, now: float) -> Effects:
+        """Close, as ``inconclusive``, deployments with no events for ``max_duration``."""
+        effects = Effects()
+        for dep_id, seen in list(self._last_seen.items()):
+            deployment = self.deployments[dep_id]
+            if now - seen >= deployment.profile.max_duration:
+                effects.verdicts.append(deployment.expire())
+                effects.received.append(now)
+        self._settle(effects.verdicts)
+        return effects
+
+    def open_deployments(self) -> list[Deployment]:
+        """Deployments still under analysis."""
+        return list(self.deployments.values())
+
+    def _on_deploy(self, event: DeployEvent, now: float) -> list[Verdict]:
+        if event.event == "started":
+            return self._start(event, now)
+        deployment = self.deployments.get(event.deployment_id)
+        if deployment is None:
+            self.telemetry.ignored("deploy_event_for_unknown_deployment")
+            return []
+        self._last_seen[event.deployment_id] = now
+        if event.event == "step":
+            return deployment.step(event)
+        deployment.end()
+        self.telemetry.ended(event.event)
+        self._forget(deployment, event.event)
+        return []
+
+    def _start(self, event: DeployEvent, now: float) -> list[Verdict]:
+        if event.deployment_id in self.deployments or event.deployment_id in self.finished:
+            self.telemetry.ignored("duplicate_started")
+            return []
+        profile = self.profiles.get(event.profile)
+        if profile is None:
+            raise ContractError("unknown_profile", f"no profile named {event.profile!r}")
+        if len(self.deployments) >= self.limits.max_open_deployments:
+            raise ContractError(
+                "too_many_deployments",
+                f"{len(self.deployments)} deployments open (limits.max_open_deployments)",
+            )
+        deployment = Deployment(
+            event, profile, profile_name=event.profile, limits=self._analysis_limits
+        )
+        self.deployments[event.deployment_id] = deployment
+        self._by_service.setdefault(event.service, []).append(event.deployment_id)
+        self._last_seen[event.deployment_id] = now
+        self.telemetry.active_deployments.set(len(self.deployments))
+        log.info(
+            "deployment %s of %s started (profile %s, %s -> %s)",
+            event.deployment_id,
+            event.service,
+            event.profile,
+            event.baseline_version,
+            event.canary_version,
+        )
+        return []
+
+    def _on_metrics(self, events: list[MetricEvent], now: float) -> list[Verdict]:
+        # Resolve every event before applying any: a message is taken or rejected whole.
+        routed: list[tuple[Deployment, MetricEvent, Cohort]] = []
+        for index, event in enumerate(events):
+            try:
+                target = self._route(event)
+            except ContractError as exc:
+                if len(events) == 1:
+                    raise
+                raise ContractError(exc.reason, f"item {index}: {exc.message}") from None
+            if target is not None:
+                routed.append(target)
+        verdicts: list[Verdict] = []
+        for deployment, event, cohort in routed:
+            if not deployment.is_open:
+                continue
+            self._last_seen[deployment.deployment_id] = now
+            verdicts.extend(deployment.observe(event, cohort))
+        return verdicts
+
+    def _route(self, event: MetricEvent) -> tuple[Deployment, MetricEvent, Cohort] | None:
+        deployment = self._deployment_for(event)
+        if deployment is None:
+            self.telemetry.dropped("no_open_deployment", event.size)
+            return None
+        cohort = deployment.cohort_of(event)
+        if cohort is None:
+            raise ContractError(
+                "unknown_cohort",
+                f"version {event.version!r} is neither baseline {deployment.baseline_version!r}"
+                f" nor canary {deployment.canary_version!r} of {deployment.deployment_id}",
+            )
+        spec = deployment.profile.metric(event.metric)
+        if spec is None:
+            self.telemetry.dropped("metric_not_in_profile", event.size)
+            return None
+        if (spec.kind == "ratio") != event.is_ratio:
+            wanted = "'good' and 'total'" if spec.kind == "ratio" else "'value' or 'values'"
+            raise ContractError(
+                "kind_mismatch", f"{event.metric} is a {spec.kind} metric: it needs {wanted}"
+            )
+        return deployment, event, cohort
+
+    def _deployment_for(self, event: MetricEvent) -> Deployment | None:
+        if event.deployment_id is not None:
+            return self.deployments.get(event.deployment_id)
+        candidates = self._by_service.get(event.service)
+        if not candidates:
+            return None
+        if event.cohort is None:
+            for dep_id in reversed(candidates):
+                deployment = self.deployments[dep_id]
+                if event.version in (deployment.canary_version, deployment.baseline_version):
+                    return deployment
+        return self.deployments[candidates[-1]]
+
+    def _settle(self, verdicts: list[Verdict]) -> None:
+        for verdict in verdicts:
+            self.telemetry.verdicts.labels(verdict.decision).inc()
+            if verdict.final:
+                deployment = self.deployments.get(verdict.deployment_id)
+                if deployment is not None:
+                    self._forget(deployment, verdict.decision)
+                log.info("verdict %s: %s", verdict.verdict_id, verdict.summary)
+
+    def _forget(self, deployment: Deployment, outcome: str) -> None:
+        dep_id = deployment.deployment_id
+        self.deployments.pop(dep_id, None)
+        self._last_seen.pop(dep_id, None)
+        siblings = self._by_service.get(deployment.service, [])
+        if dep_id in siblings:
+            siblings.remove(dep_id)
+        if not siblings:
+            self._by_service.pop(deployment.service, None)
+        self.finished[dep_id] = outcome
+        while len(self.finished) > _FINISHED_MEMORY:
+            self.finished.popitem(last=False)
+        self.telemetry.active_deployments.set(len(self.deployments))
+
+    def _dead_letter(self, record: Record, error: ContractError) -> Outgoing:
+        self.telemetry.invalid_events.labels(error.reason).inc()
+        log.warning("invalid event at %s: %s", record.source, error)
+        headers = (
+            *record.headers,
+            ("coalmine-error", str(error).encode()[:512]),
+            ("coalmine-source", record.source.encode()),
+        )
+        value = record.value
+        if error.reason == "too_large":
+            # The original cannot be re-published whole: keep its head and say so.
+            value = value[: self.limits.max_message_bytes]
+            headers = (*headers, ("coalmine-truncated-from", str(len(record.value)).encode()))
+        return Outgoing(self.topics.dead_letter, value, record.key, headers)

@@ -1,0 +1,81 @@
+"""coalmine's own Prometheus metrics, on a registry per daemon instance."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Telemetry:
+    """The counters, gauges and histograms of the wire contract, plus a few more.
+
+    Each instance has its own ``CollectorRegistry`` so that several daemons (tests, the
+    demo) can live in one process.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events_consumed = Counter(
+            "coalmine_events_consumed", "Messages consumed, per topic.", ["topic"], registry=r
+        )
+        self.invalid_events = Counter(
+            "coalmine_invalid_events",
+            "Messages sent to the dead-letter topic, per reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.verdicts = Counter(
+            "coalmine_verdicts", "Verdicts published, per decision.", ["decision"], registry=r
+        )
+        self.active_deployments = Gauge(
+            "coalmine_active_deployments", "Deployments under analysis.", registry=r
+        )
+        self.analysis_duration = Histogram(
+            "coalmine_analysis_duration_seconds",
+            "Time to handle one fetched batch: decode, route, buffer and judge.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.verdict_lag = Histogram(
+            "coalmine_verdict_lag_seconds",
+            "Wall time from receipt of the event that closed a judgement to the broker's ack.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.dropped_samples = Counter(
+            "coalmine_dropped_samples",
+            "Valid observations not analysed, per reason (no open deployment, metric not in "
+            "the profile).",
+            ["reason"],
+            registry=r,
+        )
+        self.ignored_events = Counter(
+            "coalmine_ignored_events",
+            "Deploy events ignored, per reason (a second 'started', an unknown deployment).",
+            ["reason"],
+            registry=r,
+        )
+        self.ended_deployments = Counter(
+            "coalmine_ended_deployments",
+            "Deployments the pipeline completed or aborted itself.",
+            ["event"],
+            registry=r,
+        )
+        self.publish_failures = Counter(
+            "coalmine_publish_failures", "Publishes that failed and will be retried.", registry=r
+        )
+        self.ready = Gauge("coalmine_ready", "1 when the daemon is ready to judge.", registry=r)
+
+    def dropped(self, reason: str, count: int) -> None:
+        """Count observations that were valid but not analysed."""
+        self.dropped_samples.labels(reason).inc(count)
+
+    def ignored(self, reason: str) -> None:
+        """Count a deploy event that changed nothing."""
+        self.ignored_events.labels(reason).inc()
+
+    def ended(self, event: str) -> None:
+        """Count a deployment the pipeline ended itself."""
+        self.ended_deployments.labels(event).inc()

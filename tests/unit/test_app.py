@@ -1,0 +1,158 @@
+import asyncio
+import signal
+
+import aiohttp
+import orjson
+
+from coalmine.bus.memory import MemoryBroker, MemoryTransport
+from coalmine.config.models import HttpSettings, MetricSpec, Profile, TopicsSettings
+from coalmine.config.settings import Settings
+from coalmine.daemon.app import Daemon, install_signal_handlers
+from coalmine.simulator import simulate, three_deployments
+
+T0 = 1_800_000_000.0
+TOPICS = TopicsSettings()
+PROFILE = Profile(
+    interval=60,
+    min_duration=300,
+    max_duration=900,
+    metrics=(
+        MetricSpec(name="latency_ms"),
+        MetricSpec(name="requests", kind="ratio", objective=0.999, critical=True),
+    ),
+)
+
+
+def make_broker() -> MemoryBroker:
+    broker = MemoryBroker()
+    for name in (TOPICS.deployments, TOPICS.metrics, TOPICS.verdicts, TOPICS.dead_letter):
+        broker.create_topic(name, partitions=2)
+    return broker
+
+
+def fill(broker: MemoryBroker) -> None:
+    topic = {"deployments": TOPICS.deployments, "metrics": TOPICS.metrics}
+    for message in simulate(three_deployments(), start=T0, duration=900.0, step=10.0, seed=3):
+        broker.append(topic[message.topic], message.value, key=message.key)
+    broker.append(TOPICS.metrics, b"not json", key=b"checkout")
+
+
+def daemon_for(broker: MemoryBroker, *, http: bool = False) -> Daemon:
+    settings = Settings(
+        profiles={"default": PROFILE},
+        http=HttpSettings(enabled=http, port=0),
+    )
+    transport = MemoryTransport(broker, [TOPICS.deployments, TOPICS.metrics], "coalmine")
+    return Daemon(settings, transport)
+
+
+async def wait_for(predicate, timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+def finals(broker: MemoryBroker) -> dict[str, str]:
+    verdicts = [orjson.loads(r.value) for r in broker.records(TOPICS.verdicts)]
+    return {v["deployment_id"]: v["decision"] for v in verdicts if v["final"]}
+
+
+async def test_daemon_judges_publishes_dead_letters_and_commits():
+    broker = make_broker()
+    fill(broker)
+    daemon = daemon_for(broker)
+    task = asyncio.create_task(daemon.run())
+    await wait_for(lambda: len(finals(broker)) == 3 and broker.records(TOPICS.dead_letter))
+    daemon.request_stop()
+    await asyncio.wait_for(task, 10)
+    assert finals(broker) == {
+        "checkout-v42": "promote",
+        "search-v7": "rollback",
+        "payments-v3": "rollback",
+    }
+    (letter,) = broker.records(TOPICS.dead_letter)
+    assert letter.value == b"not json"
+    # Everything consumed was committed once its effects were published.
+    ends = broker.end_positions([TOPICS.deployments, TOPICS.metrics])
+    assert broker.committed("coalmine") == ends
+    # Verdicts are keyed by deployment id.
+    assert {r.key for r in broker.records(TOPICS.verdicts)} == {
+        b"checkout-v42",
+        b"search-v7",
+        b"payments-v3",
+    }
+
+
+async def test_failed_publishes_are_retried_and_nothing_is_committed_before():
+    broker = make_broker()
+    fill(broker)
+    broker.fail_next_publishes(3)
+    daemon = daemon_for(broker)
+    task = asyncio.create_task(daemon.run())
+    await wait_for(lambda: len(finals(broker)) == 3)
+    daemon.request_stop()
+    await asyncio.wait_for(task, 10)
+    assert daemon.telemetry.publish_failures._value.get() == 3
+    assert broker.committed("coalmine") == broker.end_positions(
+        [TOPICS.deployments, TOPICS.metrics]
+    )
+
+
+async def test_a_restarted_daemon_resumes_after_the_committed_position():
+    broker = make_broker()
+    fill(broker)
+    first = daemon_for(broker)
+    task = asyncio.create_task(first.run())
+    await wait_for(lambda: len(finals(broker)) == 3)
+    first.request_stop()
+    await asyncio.wait_for(task, 10)
+    published = len(broker.records(TOPICS.verdicts))
+    second = daemon_for(broker)
+    task = asyncio.create_task(second.run())
+    await asyncio.sleep(0.5)
+    second.request_stop()
+    await asyncio.wait_for(task, 10)
+    assert len(broker.records(TOPICS.verdicts)) == published
+
+
+async def test_http_probes_and_metrics():
+    broker = make_broker()
+    fill(broker)
+    daemon = daemon_for(broker, http=True)
+    task = asyncio.create_task(daemon.run())
+    await wait_for(lambda: len(finals(broker)) == 3)
+    assert daemon.http is not None
+    base = f"http://127.0.0.1:{daemon.http.port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/livez") as response:
+            assert response.status == 200
+        async with session.get(f"{base}/readyz") as response:
+            assert response.status == 200
+        async with session.get(f"{base}/metrics") as response:
+            text = await response.text()
+    daemon.request_stop()
+    await asyncio.wait_for(task, 10)
+    assert 'coalmine_verdicts_total{decision="promote"} 1.0' in text
+    assert 'coalmine_verdicts_total{decision="rollback"} 2.0' in text
+    assert 'coalmine_invalid_events_total{reason="invalid_json"} 1.0' in text
+    assert 'coalmine_events_consumed_total{topic="coalmine.metrics"}' in text
+    assert "coalmine_active_deployments 0.0" in text
+    assert "coalmine_verdict_lag_seconds_count" in text
+    assert "coalmine_analysis_duration_seconds_count" in text
+
+
+async def test_sigterm_stops_the_daemon_gracefully():
+    broker = make_broker()
+    daemon = daemon_for(broker)
+    task = asyncio.create_task(daemon.run())
+    await asyncio.sleep(0.1)
+    install_signal_handlers(daemon)
+    try:
+        signal.raise_signal(signal.SIGTERM)
+        await asyncio.wait_for(task, 10)
+    finally:
+        loop = asyncio.get_running_loop()
+        loop.remove_signal_handler(signal.SIGTERM)
+        loop.remove_signal_handler(signal.SIGINT)
+    assert task.done()
+    assert not await daemon.ready()

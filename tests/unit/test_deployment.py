@@ -1,0 +1,196 @@
+import numpy as np
+import pytest
+
+from coalmine.config.models import MetricSpec, Profile
+from coalmine.contract import DeployEvent, MetricEvent
+from coalmine.daemon.deployment import AnalysisLimits, Deployment
+
+T0 = 1_800_000_000.0
+PROFILE = Profile(
+    interval=60,
+    min_duration=300,
+    max_duration=900,
+    metrics=(
+        MetricSpec(name="latency_ms"),
+        MetricSpec(name="requests", kind="ratio", objective=0.999, critical=True),
+    ),
+)
+
+
+def started(profile_name: str = "default") -> DeployEvent:
+    return DeployEvent(
+        event="started",
+        deployment_id="checkout-v42",
+        service="checkout",
+        time=T0,
+        profile=profile_name,
+        baseline_version="v41",
+        canary_version="v42",
+    )
+
+
+def latency(cohort: str, time: float, values: np.ndarray) -> MetricEvent:
+    return MetricEvent(
+        service="checkout", metric="latency_ms", time=time, values=values, cohort=cohort
+    )
+
+
+def requests(cohort: str, time: float, good: int, total: int) -> MetricEvent:
+    return MetricEvent(
+        service="checkout",
+        metric="requests",
+        time=time,
+        good=good,
+        total=total,
+        is_ratio=True,
+        cohort=cohort,
+    )
+
+
+def feed(
+    deployment: Deployment,
+    *,
+    until: float,
+    latency_factor: float = 1.0,
+    canary_errors: float = 0.0002,
+    errors_from: float = 0.0,
+    samples: int = 50,
+    requests_per_step: int = 2000,
+    seed: int = 1,
+):
+    """Every 10 s of event time: latency samples and request counts for both cohorts."""
+    rng = np.random.default_rng(seed)
+    verdicts = []
+    t = 10.0
+    while t <= until and deployment.is_open:
+        now = T0 + t
+        for cohort in ("baseline", "canary"):
+            factor = latency_factor if cohort == "canary" else 1.0
+            values = np.round(100 * factor * rng.lognormal(0, 0.5, samples), 1)
+            verdicts += deployment.observe(latency(cohort, now, values), cohort)
+            ratio = canary_errors if cohort == "canary" and t > errors_from else 0.0002
+            bad = int(rng.binomial(requests_per_step, ratio))
+            verdicts += deployment.observe(
+                requests(cohort, now, requests_per_step - bad, requests_per_step), cohort
+            )
+        t += 10.0
+    return verdicts
+
+
+def test_judgements_fall_due_on_event_time_with_sequential_ids():
+    deployment = Deployment(started(), PROFILE)
+    verdicts = feed(deployment, until=130)
+    # Samples up to t=130 pass the boundaries at 60 and 120 (a boundary is judged when a
+    # later event arrives), so two interim judgements, both before min_duration.
+    assert [v.verdict_id for v in verdicts] == ["checkout-v42/1", "checkout-v42/2"]
+    assert [v.decision for v in verdicts] == ["continue", "continue"]
+    assert [v.window.end - T0 for v in verdicts] == [60.0, 120.0]
+    assert all(not v.final for v in verdicts)
+    assert verdicts[0].config_digest == PROFILE.digest()
+
+
+def test_healthy_canary_is_promoted_at_min_duration_not_before():
+    deployment = Deployment(started(), PROFILE)
+    verdicts = feed(deployment, until=900)
+    final = verdicts[-1]
+    assert final.decision == "promote", final.summary
+    assert final.final
+    assert final.time - T0 == 300.0
+    assert all(v.decision == "continue" for v in verdicts[:-1])
+    assert not deployment.is_open
+    # Nothing after the final verdict.
+    assert feed(deployment, until=900) == []
+
+
+def test_latency_regression_rolls_back():
+    deployment = Deployment(started(), PROFILE)
+    verdicts = feed(deployment, until=900, latency_factor=1.5)
+    final = verdicts[-1]
+    assert final.decision == "rollback"
+    assert final.time - T0 <= 120.0
+    latency_result = next(m for m in final.metrics if m.metric == "latency_ms")
+    assert latency_result.outcome == "fail"
+    assert latency_result.detail["relative_change"] > 0.3
+    assert "latency_ms" in final.summary
+
+
+def test_critical_failure_rolls_back_on_the_message_that_decided_it():
+    deployment = Deployment(started(), PROFILE)
+    verdicts = feed(deployment, until=900, canary_errors=0.05, errors_from=185.0)
+    final = verdicts[-1]
+    assert final.decision == "rollback"
+    # Errors start after t=185; the rollback comes between interval boundaries, on the
+    # first messages carrying them (event time 190 s), not at the 240 s judgement.
+    assert 185.0 < final.time - T0 < 240.0
+    assert final.verdict_id == "checkout-v42/4"
+    assert "critical" in final.summary
+    requests_result = next(m for m in final.metrics if m.metric == "requests")
+    assert requests_result.outcome == "fail"
+    assert requests_result.critical
+
+
+def test_too_little_traffic_ends_inconclusive_at_max_duration():
+    deployment = Deployment(started(), PROFILE)
+    verdicts = feed(deployment, until=960, samples=2, requests_per_step=20)
+    final = verdicts[-1]
+    assert final.decision == "inconclusive"
+    assert final.final
+    assert final.time - T0 == 900.0
+    assert final.verdict_id == "checkout-v42/15"
+
+
+def test_same_events_same_verdicts():
+    first = [v.to_dict() for v in feed(Deployment(started(), PROFILE), until=900, seed=4)]
+    again = [v.to_dict() for v in feed(Deployment(started(), PROFILE), until=900, seed=4)]
+    assert first == again
+    assert first
+
+
+def test_time_jump_judges_every_interval_up_to_the_end_once():
+    deployment = Deployment(started(), PROFILE)
+    verdicts = deployment.advance(T0 + 5000)
+    assert [v.verdict_id for v in verdicts][-1] == "checkout-v42/15"
+    assert len(verdicts) == 15
+    assert verdicts[-1].decision == "inconclusive"
+    assert deployment.advance(T0 + 6000) == []
+
+
+def test_end_stops_the_analysis():
+    deployment = Deployment(started(), PROFILE)
+    feed(deployment, until=50)
+    deployment.end()
+    assert deployment.status == "ended"
+    assert deployment.advance(T0 + 1000) == []
+
+
+def test_expire_is_a_final_inconclusive():
+    deployment = Deployment(started(), PROFILE)
+    feed(deployment, until=50)
+    verdict = deployment.expire()
+    assert (verdict.decision, verdict.final) == ("inconclusive", True)
+    assert "no events" in verdict.summary
+    assert not deployment.is_open
+
+
+def test_cohort_from_version():
+    deployment = Deployment(started(), PROFILE)
+    event = MetricEvent(service="checkout", metric="m", time=T0, version="v42")
+    assert deployment.cohort_of(event) == "canary"
+    assert (
+        deployment.cohort_of(MetricEvent(service="checkout", metric="m", time=T0, version="v41"))
+        == "baseline"
+    )
+    assert (
+        deployment.cohort_of(MetricEvent(service="checkout", metric="m", time=T0, version="v0"))
+        is None
+    )
+
+
+@pytest.mark.parametrize("cap", [100, 1000])
+def test_samples_per_cohort_are_capped(cap):
+    deployment = Deployment(started(), PROFILE, limits=AnalysisLimits(max_samples_per_cohort=cap))
+    feed(deployment, until=50, samples=400)
+    baseline_seen, canary_seen = deployment.metric_sizes()["latency_ms"]
+    assert baseline_seen == canary_seen == 2000
+    stored = deployment._samples["latency_ms"][0]
+    assert len(stored) == min(cap, 2000)

@@ -1,0 +1,222 @@
+import orjson
+import pytest
+
+from coalmine.bus.base import Record
+from coalmine.config.models import LimitSettings, MetricSpec, Profile, TopicsSettings
+from coalmine.daemon.router import Router
+from coalmine.simulator import Scenario, simulate, started_event, three_deployments
+
+T0 = 1_800_000_000.0
+TOPICS = TopicsSettings()
+PROFILE = Profile(
+    interval=60,
+    min_duration=300,
+    max_duration=900,
+    metrics=(
+        MetricSpec(name="latency_ms"),
+        MetricSpec(name="requests", kind="ratio", objective=0.999, critical=True),
+    ),
+)
+
+
+def router(**limits) -> Router:
+    return Router({"default": PROFILE}, TOPICS, LimitSettings(**limits))
+
+
+def deploy(value: bytes, offset: int = 0) -> Record:
+    return Record(TOPICS.deployments, value, b"svc", offset=offset)
+
+
+def metric(obj: object, offset: int = 0, key: bytes = b"checkout") -> Record:
+    return Record(TOPICS.metrics, orjson.dumps(obj), key, offset=offset, partition=2)
+
+
+CHECKOUT = Scenario("checkout-v42", "checkout")
+
+
+def start(r: Router, scenario: Scenario = CHECKOUT) -> None:
+    effects = r.handle([deploy(started_event(scenario, T0))], now=0.0)
+    assert not effects
+
+
+def sample(**fields):
+    base = {"service": "checkout", "metric": "latency_ms", "time": T0 + 1, "values": [1.0, 2.0]}
+    return base | fields
+
+
+def seen(r: Router) -> dict[str, tuple[int, int]]:
+    return r.deployments["checkout-v42"].metric_sizes()
+
+
+def test_metrics_route_by_id_by_version_and_by_cohort():
+    r = router()
+    start(r)
+    effects = r.handle(
+        [
+            metric(sample(deployment_id="checkout-v42", cohort="canary")),
+            metric(sample(version="v1")),
+            metric(sample(cohort="baseline", values=[3.0])),
+            metric(
+                {"service": "checkout", "version": "v2", "metric": "requests", "time": T0 + 1}
+                | {"good": 9, "total": 10}
+            ),
+        ],
+        now=1.0,
+    )
+    assert not effects.dead_letters
+    assert seen(r) == {"latency_ms": (3, 2), "requests": (0, 10)}
+
+
+def test_dead_letter_keeps_the_original_and_says_why_and_where():
+    r = router()
+    start(r)
+    bad = Record(
+        TOPICS.metrics,
+        b'{"service": "checkout"',
+        b"checkout",
+        headers=(("trace", b"1"),),
+        partition=3,
+        offset=41,
+    )
+    effects = r.handle([bad], now=1.0)
+    (letter,) = effects.dead_letters
+    assert letter.topic == TOPICS.dead_letter
+    assert (letter.key, letter.value) == (bad.key, bad.value)
+    headers = dict(letter.headers)
+    assert headers["trace"] == b"1"
+    assert headers["coalmine-error"].startswith(b"invalid_json")
+    assert headers["coalmine-source"] == b"coalmine.metrics/3/41"
+    assert r.telemetry.invalid_events.labels("invalid_json")._value.get() == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"version": "v9"}, b"unknown_cohort"),
+        ({"metric": "requests", "cohort": "canary"}, b"kind_mismatch"),
+    ],
+)
+def test_events_that_do_not_fit_the_deployment_are_dead_lettered(fields, reason):
+    r = router()
+    start(r)
+    effects = r.handle([metric(sample(**fields))], now=1.0)
+    (letter,) = effects.dead_letters
+    assert dict(letter.headers)["coalmine-error"].startswith(reason)
+
+
+def test_a_bad_item_rejects_the_whole_message_and_applies_none_of_it():
+    r = router()
+    start(r)
+    message = [sample(cohort="canary"), sample(version="v9")]
+    effects = r.handle([metric(message)], now=1.0)
+    assert dict(effects.dead_letters[0].headers)["coalmine-error"].startswith(
+        b"unknown_cohort: item 1"
+    )
+    assert seen(r) == {}
+
+
+def test_samples_for_no_deployment_or_unanalysed_metrics_are_dropped_and_counted():
+    r = router()
+    start(r)
+    effects = r.handle(
+        [
+            metric(sample(service="other", cohort="canary")),
+            metric(sample(metric="cpu", cohort="canary")),
+        ],
+        now=1.0,
+    )
+    assert not effects
+    dropped = r.telemetry.dropped_samples
+    assert dropped.labels("no_open_deployment")._value.get() == 2
+    assert dropped.labels("metric_not_in_profile")._value.get() == 2
+
+
+def test_second_started_is_ignored_not_a_reset():
+    r = router()
+    start(r)
+    r.handle([metric(sample(cohort="canary"))], now=1.0)
+    r.handle([deploy(started_event(Scenario("checkout-v42", "checkout"), T0 + 5))], now=2.0)
+    assert seen(r) == {"latency_ms": (0, 2)}
+    assert r.telemetry.ignored_events.labels("duplicate_started")._value.get() == 1
+
+
+def test_unknown_profile_and_too_many_deployments_are_dead_lettered():
+    r = router(max_open_deployments=1)
+    effects = r.handle(
+        [
+            deploy(started_event(Scenario("a-1", "a", profile="nope"), T0)),
+            deploy(started_event(Scenario("b-1", "b"), T0)),
+            deploy(started_event(Scenario("c-1", "c"), T0)),
+        ],
+        now=0.0,
+    )
+    reasons = [dict(d.headers)["coalmine-error"].split(b":")[0] for d in effects.dead_letters]
+    assert reasons == [b"unknown_profile", b"too_many_deployments"]
+    assert list(r.deployments) == ["b-1"]
+
+
+def test_oversized_messages_are_dead_lettered_truncated():
+    r = router(max_message_bytes=100)
+    effects = r.handle([metric(sample(values=[1.0] * 200))], now=0.0)
+    (letter,) = effects.dead_letters
+    assert len(letter.value) == 100
+    assert int(dict(letter.headers)["coalmine-truncated-from"]) > 100
+
+
+def test_completed_stops_verdicts_for_the_deployment():
+    r = router()
+    start(r)
+    done = orjson.dumps(
+        {
+            "event": "completed",
+            "deployment_id": "checkout-v42",
+            "service": "checkout",
+            "time": T0 + 30,
+        }
+    )
+    r.handle([deploy(done)], now=1.0)
+    effects = r.handle([metric(sample(cohort="canary", time=T0 + 600))], now=2.0)
+    assert not effects
+    assert r.finished["checkout-v42"] == "completed"
+    assert r.telemetry.active_deployments._value.get() == 0
+
+
+def test_silent_deployments_close_inconclusive_on_wall_time():
+    r = router()
+    start(r)
+    assert not r.expire_silent(now=899.0)
+    effects = r.expire_silent(now=900.0)
+    (verdict,) = effects.verdicts
+    assert (verdict.decision, verdict.final) == ("inconclusive", True)
+    assert r.deployments == {}
+
+
+def records_of(scenarios, *, duration=900.0):
+    topic = {"deployments": TOPICS.deployments, "metrics": TOPICS.metrics}
+    return [
+        Record(topic[m.topic], m.value, m.key, offset=i)
+        for i, m in enumerate(simulate(scenarios, start=T0, duration=duration, step=10.0, seed=3))
+    ]
+
+
+def test_three_deployments_promote_rollback_rollback_with_one_final_each():
+    r = router()
+    effects = r.handle(records_of(three_deployments()), now=0.0)
+    finals = {v.deployment_id: v for v in effects.verdicts if v.final}
+    assert {k: v.decision for k, v in finals.items()} == {
+        "checkout-v42": "promote",
+        "search-v7": "rollback",
+        "payments-v3": "rollback",
+    }
+    assert sum(v.final for v in effects.verdicts) == 3
+    # 5% errors from minute 3 on a critical metric: decided by minute 5 of event time.
+    assert finals["payments-v3"].time - T0 <= 300.0
+    assert not effects.dead_letters
+
+
+def test_batching_does_not_change_verdicts():
+    records = records_of(three_deployments())
+    whole = router().handle(records, now=0.0).verdicts
+    one_by_one = router()
+    single = [v for rec in records for v in one_by_one.handle([rec], now=0.0).verdicts]
+    assert [v.to_dict() for v in whole] == [v.to_dict() for v in single]
