@@ -57,6 +57,7 @@ class DemoResult:
     finals: dict[str, dict[str, Any]] = field(default_factory=dict)
     verdicts: int = 0
     wall_seconds: float = 0.0
+    start: float = 0.0
 
 
 async def run_demo(
@@ -76,9 +77,9 @@ async def run_demo(
     reader = MemoryTransport(broker, [topics.verdicts], "demo-reader")
     await producer.start()
     await reader.start()
-    result = DemoResult()
     began = time.monotonic()
     start = round(time.time())
+    result = DemoResult(start=start)
 
     console.print(
         f"[bold]coalmine demo[/]: {len(DEMO_SCENARIOS)} canaries on the in-memory bus, "
@@ -134,21 +135,26 @@ def _show(console: Console, verdict: dict[str, Any], start: float) -> None:
     decision = str(verdict["decision"])
     colour = _COLOURS.get(decision, "white")
     window = verdict["window"]
-    minutes, seconds = divmod(int(parse_time(str(window["end"])) - start), 60)
+    elapsed = _elapsed(parse_time(str(window["end"])) - start)
     score = verdict["score"]
     score_text = "  -  " if score is None else f"{score:5.1f}"
     console.print(
-        f"[dim]+{minutes:02d}:{seconds:02d}[/] {verdict['deployment_id']:<14} "
+        f"[dim]{elapsed}[/] {verdict['deployment_id']:<14} "
         f"[{colour}]{decision:<12}[/] score {score_text}  {verdict['summary']}",
         highlight=False,
     )
+
+
+def _elapsed(seconds: float) -> str:
+    minutes, rest = divmod(int(seconds), 60)
+    return f"+{minutes:02d}:{rest:02d}"
 
 
 def _final_table(console: Console, result: DemoResult) -> None:
     table = Table(title=f"final verdicts ({result.verdicts} published, {result.wall_seconds:.1f}s)")
     table.add_column("deployment")
     table.add_column("decision")
-    table.add_column("at (event time)")
+    table.add_column("decided at")
     table.add_column("why")
     for dep_id, verdict in result.finals.items():
         decision = str(verdict["decision"])
@@ -156,7 +162,7 @@ def _final_table(console: Console, result: DemoResult) -> None:
         table.add_row(
             dep_id,
             f"[{_COLOURS.get(decision, 'white')}]{decision}[/]",
-            str(window["end"]),
+            _elapsed(parse_time(str(window["end"])) - result.start),
             str(verdict["summary"]),
         )
     console.print(table)

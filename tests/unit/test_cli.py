@@ -1,0 +1,54 @@
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from coalmine.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_check_accepts_the_shipped_example():
+    result = CliRunner().invoke(main, ["check", "--config", str(ROOT / "config" / "coalmine.toml")])
+    assert result.exit_code == 0, result.output
+    assert "ok" in result.output
+    assert "default" in result.output
+
+
+def test_check_lists_every_problem_and_exits_2(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        """
+[kafka]
+bootstrap_server = "typo:9092"
+
+[profiles.default]
+interval = "5 minutes"
+
+[[profiles.default.metrics]]
+name = "requests"
+kind = "ratio"
+"""
+    )
+    result = CliRunner().invoke(main, ["check", "--config", str(config)], env={"COALMINE_CONFIG": None})
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.startswith(str(config))]
+    assert len(lines) == 3, result.output
+    text = "\n".join(lines)
+    assert "kafka.bootstrap_server" in text
+    assert "profiles.default.interval" in text
+    assert "objective" in text
+
+
+def test_check_reports_a_missing_file_with_exit_2(tmp_path):
+    result = CliRunner().invoke(main, ["check", "--config", str(tmp_path / "nope.toml")])
+    assert result.exit_code == 2
+
+
+def test_help_lists_the_commands():
+    result = subprocess.run(
+        [sys.executable, "-m", "coalmine", "--help"], capture_output=True, text=True, check=True
+    )
+    for command in ("run", "demo", "check"):
+        assert command in result.stdout
