@@ -31,7 +31,9 @@ name = "requests"
 kind = "ratio"
 """
     )
-    result = CliRunner().invoke(main, ["check", "--config", str(config)], env={"COALMINE_CONFIG": None})
+    result = CliRunner().invoke(
+        main, ["check", "--config", str(config)], env={"COALMINE_CONFIG": None}
+    )
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.startswith(str(config))]
     assert len(lines) == 3, result.output
