@@ -90,6 +90,7 @@ def run(config_path: Path | None) -> None:
             settings.kafka,
             [topics.deployments, topics.metrics],
             produce=[topics.verdicts, topics.dead_letter],
+            first=[topics.deployments],
         )
         daemon = Daemon(settings, transport)
         install_signal_handlers(daemon)

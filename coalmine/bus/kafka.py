@@ -187,7 +187,9 @@ class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
         self._transport._forget(partitions)  # noqa: SLF001 - the listener is the transport's own
 
     async def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
+        assigned = list(assigned)
         _log.info("assigned partitions %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+        await self._transport._catch_up_first(assigned)  # noqa: SLF001
 
 
 class KafkaTransport:
@@ -199,6 +201,9 @@ class KafkaTransport:
         group_id: the consumer group; ``settings.group_id`` when not given.
         auto_offset_reset: where a group starts on a partition it never committed.
         produce: topics this transport publishes to; ``ready()`` requires them too.
+        first: topics read up to their end, on every assignment, before the other topics
+            are fetched (the deployments topic: Kafka orders partitions, not topics, and
+            a metric read before its deployment's ``started`` could not be routed).
         session_timeout: overrides ``settings.session_timeout`` (tansu delays a group
             join by about half of it, so tests use a short one).
     """
@@ -211,11 +216,14 @@ class KafkaTransport:
         group_id: str | None = None,
         auto_offset_reset: Literal["earliest", "latest", "none"] = "earliest",
         produce: Sequence[str] = (),
+        first: Sequence[str] = (),
         session_timeout: float | None = None,
     ) -> None:
         self.settings = settings
         self.consume = tuple(consume)
         self.produce = tuple(produce)
+        self.first = frozenset(first)
+        self._catch_up: dict[Any, int] = {}
         self.group_id = group_id or settings.group_id
         self.auto_offset_reset = auto_offset_reset
         self.session_timeout = (
@@ -325,6 +333,8 @@ class KafkaTransport:
                 continue
             records.extend(_record(message) for message in messages)
             self._pending[tp.topic, tp.partition] = messages[-1].offset + 1
+        if self._catch_up:
+            await self._check_caught_up()
         return records
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:
@@ -418,6 +428,40 @@ class KafkaTransport:
     def _forget(self, partitions: set[TopicPartitionKey]) -> None:
         for key in partitions:
             self._pending.pop(key, None)
+        self._catch_up = {
+            tp: end
+            for tp, end in self._catch_up.items()
+            if (tp.topic, tp.partition) not in partitions
+        }
+
+    async def _catch_up_first(self, assigned: list[Any]) -> None:
+        """Pause all but the ``first`` topics until those are read to their current end."""
+        first = [tp for tp in assigned if tp.topic in self.first]
+        if not first or self._consumer is None:
+            return
+        try:
+            ends = await self._consumer.end_offsets(first)
+        except KafkaError as err:
+            _log.warning(
+                "cannot read end offsets (%s); not reading %s first", _describe(err), self.first
+            )
+            return
+        self._catch_up = {tp: end for tp, end in ends.items() if end > 0}
+        others = [tp for tp in assigned if tp.topic not in self.first]
+        if self._catch_up and others:
+            self._consumer.pause(*others)
+            _log.info(
+                "reading %s to its end before the other topics", ", ".join(sorted(self.first))
+            )
+
+    async def _check_caught_up(self) -> None:
+        consumer = self._consumer
+        for tp, end in list(self._catch_up.items()):
+            if await consumer.position(tp) >= end:
+                del self._catch_up[tp]
+        if not self._catch_up and consumer.paused():
+            consumer.resume(*consumer.paused())
+            _log.info("caught up on %s; reading every topic", ", ".join(sorted(self.first)))
 
 
 def _record(message: Any) -> Record:

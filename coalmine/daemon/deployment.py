@@ -1,10 +1,13 @@
 """One deployment's analysis: a deterministic state machine driven by event time.
 
-It is fed deploy and metric events and told nothing else: no clock, no socket. Judgements
-fall due when the deployment's event time passes ``started + k x interval``; the k-th
-judgement gets the ``verdict_id`` ``<deployment_id>/<k>``. Because the schedule, the data
-and the ids depend only on the events and their order, a recorded stream replays to the
-same verdicts.
+It is fed deploy and metric events and told nothing else: no clock, no socket. Event time
+is driven by the metric events alone; judgements fall due when it passes
+``started + k x interval``, and the k-th judgement gets the ``verdict_id``
+``<deployment_id>/<k>``. Deploy events take effect at their own event time, whenever they
+are read: a ``step`` changes the traffic weight reported from its time on, and ``completed``
+/ ``aborted`` stop the analysis at their time (judgements due later are not made). So the
+verdicts do not depend on how the deployments and metrics topics interleave, and a recorded
+stream replays to the same verdicts.
 
 Critical metrics are also checked as their data arrives (every message of a ratio metric;
 a distribution metric each time its canary samples grow by a tenth), so a critical failure
@@ -61,9 +64,11 @@ class Deployment:
         self.started = started.time
         self.baseline_version = started.baseline_version
         self.canary_version = started.canary_version
-        self.traffic_weight = started.traffic_weight
         self.status: Status = "open"
         self.watermark = started.time
+        self.ends_at: float | None = None
+        self.end_reason: str | None = None
+        self._steps: list[tuple[float, float | None]] = [(started.time, started.traffic_weight)]
         self.last_verdict: Verdict | None = None
         self._limits = limits or AnalysisLimits()
         self._look = 1
@@ -103,6 +108,8 @@ class Deployment:
         else:
             self._samples_for(spec.name)[index].extend(event.values)
         if spec.critical and index == 1 and self._critical_due(spec):
+            if self.ends_at is not None and event.time > self.ends_at:
+                return verdicts
             verdict = self._check_critical(spec, max(event.time, self.started))
             if verdict is not None:
                 verdicts.append(verdict)
@@ -113,25 +120,36 @@ class Deployment:
         verdicts: list[Verdict] = []
         self.watermark = max(self.watermark, time)
         while self.is_open and self.watermark > self._due(self._look):
-            verdicts.append(self._judge(self._look, self._due(self._look)))
+            due = self._due(self._look)
+            if self.ends_at is not None and due > self.ends_at:
+                break
+            verdicts.append(self._judge(self._look, due))
             self._look += 1
+        if self.is_open and self.ends_at is not None and self.watermark > self.ends_at:
+            self._close("ended")
         return verdicts
 
-    def step(self, event: DeployEvent) -> list[Verdict]:
-        """Record a traffic change; analysis goes on."""
-        verdicts = self.advance(event.time)
-        if self.is_open:
-            self.traffic_weight = event.traffic_weight
-        return verdicts
+    def step(self, event: DeployEvent) -> None:
+        """Record a traffic change at its event time; analysis goes on."""
+        self._steps.append((event.time, event.traffic_weight))
+        self._steps.sort(key=lambda step: step[0])
 
-    def end(self) -> None:
-        """The pipeline completed or aborted the deployment: no more verdicts."""
-        if self.is_open:
-            self.status = "ended"
-            self._release()
+    def end(self, event: DeployEvent) -> None:
+        """The pipeline completed or aborted the deployment: nothing is judged after its time."""
+        if self.ends_at is None or event.time < self.ends_at:
+            self.ends_at = event.time
+            self.end_reason = event.event
+        if self.is_open and self.watermark >= self.ends_at:
+            self._close("ended")
 
-    def expire(self) -> Verdict:
-        """Close a deployment that went silent: a final ``inconclusive`` verdict."""
+    def expire(self) -> Verdict | None:
+        """Close a deployment that went silent: a final ``inconclusive`` verdict.
+
+        A deployment the pipeline already ended closes without one.
+        """
+        if self.ends_at is not None:
+            self._close("ended")
+            return None
         results = self._analyze_all()
         silent = (
             "inconclusive: no events for max_duration "
@@ -146,6 +164,15 @@ class Deployment:
         sizes = {name: (pair[0].seen, pair[1].seen) for name, pair in self._samples.items()}
         sizes.update({name: (pair[0].total, pair[1].total) for name, pair in self._counts.items()})
         return sizes
+
+    def weight_at(self, time: float) -> float | None:
+        """The announced traffic weight in force at event time ``time``."""
+        weight = self._steps[0][1]
+        for at, value in self._steps:
+            if at > time:
+                break
+            weight = value
+        return weight
 
     def _due(self, look: int) -> float:
         return min(self.started + look * self.profile.interval, self.end_time)
@@ -224,14 +251,14 @@ class Deployment:
             config_digest=self.digest,
             profile=self.profile_name,
             strategy=self.strategy,
-            traffic_weight=self.traffic_weight,
+            traffic_weight=self.weight_at(time),
         )
         self.last_verdict = verdict
         if verdict.final:
-            self.status = "final"
-            self._release()
+            self._close("final")
         return verdict
 
-    def _release(self) -> None:
+    def _close(self, status: Status) -> None:
+        self.status = status
         self._samples.clear()
         self._counts.clear()

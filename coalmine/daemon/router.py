@@ -87,7 +87,11 @@ class Router:
     def handle(self, records: Iterable[Record], now: float) -> Effects:
         """Handle records in order; ``now`` is the wall time they were received."""
         effects = Effects()
-        for record in records:
+        # Deploy events first: Kafka orders each partition, not the two topics, and a
+        # metric read before its deployment's `started` could not be routed.
+        batch = list(records)
+        batch.sort(key=lambda record: record.topic != self.topics.deployments)
+        for record in batch:
             self.telemetry.events_consumed.labels(record.topic).inc()
             try:
                 verdicts = self._on_record(record, now)
@@ -115,7 +119,11 @@ class Router:
         for dep_id, seen in list(self._last_seen.items()):
             deployment = self.deployments[dep_id]
             if now - seen >= deployment.profile.max_duration:
-                effects.verdicts.append(deployment.expire())
+                verdict = deployment.expire()
+                if verdict is None:
+                    self._forget(deployment, deployment.end_reason or "ended")
+                    continue
+                effects.verdicts.append(verdict)
                 effects.received.append(now)
         self._settle(effects.verdicts)
         return effects
@@ -133,10 +141,10 @@ class Router:
             return []
         self._last_seen[event.deployment_id] = now
         if event.event == "step":
-            return deployment.step(event)
-        deployment.end()
-        self.telemetry.ended(event.event)
-        self._forget(deployment, event.event)
+            deployment.step(event)
+        else:
+            deployment.end(event)
+            self._forget_if_ended(deployment)
         return []
 
     def _start(self, event: DeployEvent, now: float) -> list[Verdict]:
@@ -186,12 +194,22 @@ class Router:
                 continue
             self._last_seen[deployment.deployment_id] = now
             verdicts.extend(deployment.observe(event, cohort))
+            self._forget_if_ended(deployment)
         return verdicts
+
+    def _forget_if_ended(self, deployment: Deployment) -> None:
+        if deployment.status == "ended":
+            reason = deployment.end_reason or "ended"
+            self.telemetry.ended(reason)
+            self._forget(deployment, reason)
 
     def _route(self, event: MetricEvent) -> tuple[Deployment, MetricEvent, Cohort] | None:
         deployment = self._deployment_for(event)
         if deployment is None:
             self.telemetry.dropped("no_open_deployment", event.size)
+            return None
+        if event.time < deployment.started:
+            self.telemetry.dropped("before_started", event.size)
             return None
         cohort = deployment.cohort_of(event)
         if cohort is None:

@@ -138,6 +138,7 @@ async def run_daemon(settings: Settings) -> tuple[Daemon, asyncio.Task[None]]:
         settings.kafka,
         [topics.deployments, topics.metrics],
         produce=[topics.verdicts, topics.dead_letter],
+        first=[topics.deployments],
     )
     daemon = Daemon(settings, transport)
     task = asyncio.create_task(daemon.run())

@@ -281,3 +281,20 @@ async def test_two_members_share_the_partitions(
         assert time.monotonic() < deadline, (first.assignment(), second.assignment())
         await asyncio.gather(first.fetch(0.2), second.fetch(0.2))
     assert first.assignment().isdisjoint(second.assignment())
+
+
+async def test_first_topics_are_read_to_their_end_before_the_others(
+    kafka_settings: KafkaSettings, transports: Callable[..., Any], topic_name: Callable[[str], str]
+) -> None:
+    control, bulk = topic_name("control"), topic_name("bulk")
+    await ensure_topics(kafka_settings, {control: 2, bulk: 2})
+    writer = await transports([])
+    # A large backlog on the bulk topic, written before the few control records.
+    await writer.publish([Outgoing(bulk, b"m%d" % i, b"k%d" % (i % 5)) for i in range(3000)])
+    await writer.publish([Outgoing(control, b"d%d" % i, b"k%d" % i) for i in range(6)])
+    settings = kafka_settings.model_copy(update={"max_poll_records": 50})
+    reader = await transports([control, bulk], settings=settings, first=[control])
+    records = await fetch_n(reader, 3006, within=30.0)
+    topics = [r.topic for r in records]
+    assert topics.count(control) == 6
+    assert max(i for i, t in enumerate(topics) if t == control) < topics.index(bulk)

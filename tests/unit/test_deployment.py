@@ -155,18 +155,51 @@ def test_time_jump_judges_every_interval_up_to_the_end_once():
     assert deployment.advance(T0 + 6000) == []
 
 
-def test_end_stops_the_analysis():
+def ended(kind: str, at: float) -> DeployEvent:
+    return DeployEvent(event=kind, deployment_id="checkout-v42", service="checkout", time=T0 + at)
+
+
+def test_end_stops_the_analysis_at_its_event_time():
     deployment = Deployment(started(), PROFILE)
     feed(deployment, until=50)
-    deployment.end()
+    deployment.end(ended("completed", 30))
     assert deployment.status == "ended"
+    assert deployment.end_reason == "completed"
     assert deployment.advance(T0 + 1000) == []
+
+
+def test_an_end_read_early_still_lets_earlier_judgements_happen():
+    # `aborted` at 150 s is read before the metrics (as a replay reads the deployments
+    # topic first): the judgements due at 60 and 120 s are still made, none after.
+    deployment = Deployment(started(), PROFILE)
+    deployment.end(ended("aborted", 150))
+    assert deployment.is_open
+    verdicts = feed(deployment, until=400)
+    assert [v.verdict_id for v in verdicts] == ["checkout-v42/1", "checkout-v42/2"]
+    assert deployment.status == "ended"
+    assert deployment.expire() is None
+
+
+def test_steps_apply_at_their_event_time_whenever_they_are_read():
+    deployment = Deployment(started(), PROFILE)
+    deployment.step(
+        DeployEvent(
+            event="step",
+            deployment_id="checkout-v42",
+            service="checkout",
+            time=T0 + 90,
+            traffic_weight=25,
+        )
+    )
+    verdicts = feed(deployment, until=190)
+    assert [v.traffic_weight for v in verdicts] == [None, 25.0, 25.0]
 
 
 def test_expire_is_a_final_inconclusive():
     deployment = Deployment(started(), PROFILE)
     feed(deployment, until=50)
     verdict = deployment.expire()
+    assert verdict is not None
     assert (verdict.decision, verdict.final) == ("inconclusive", True)
     assert "no events" in verdict.summary
     assert not deployment.is_open

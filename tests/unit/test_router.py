@@ -214,6 +214,65 @@ def test_three_deployments_promote_rollback_rollback_with_one_final_each():
     assert not effects.dead_letters
 
 
+def test_metrics_read_before_their_started_event_in_a_batch_are_still_routed():
+    r = router()
+    effects = r.handle(
+        [
+            metric(sample(cohort="canary")),
+            deploy(started_event(CHECKOUT, T0)),
+        ],
+        now=0.0,
+    )
+    assert not effects
+    assert seen(r) == {"latency_ms": (0, 2)}
+
+
+def test_samples_from_before_started_are_ignored():
+    r = router()
+    start(r)
+    r.handle([metric(sample(cohort="canary", time=T0 - 1))], now=1.0)
+    assert seen(r) == {}
+    assert r.telemetry.dropped_samples.labels("before_started")._value.get() == 2
+
+
+def test_deploy_events_read_first_give_the_same_verdicts_as_interleaved():
+    # A replay reads the whole deployments topic before the metrics; live, they interleave.
+    records = records_of(three_deployments())
+    step = orjson.dumps(
+        {
+            "event": "step",
+            "deployment_id": "search-v7",
+            "service": "search",
+            "time": T0 + 45,
+            "traffic_weight": 20,
+        }
+    )
+    abort = orjson.dumps(
+        {
+            "event": "aborted",
+            "deployment_id": "checkout-v42",
+            "service": "checkout",
+            "time": T0 + 200,
+        }
+    )
+    # Live, each deploy event is read among the metrics of its own time: the step (45 s)
+    # before the 50 s metrics (index 15), the abort (200 s) before the 210 s ones.
+    interleaved = list(records)
+    interleaved.insert(15, deploy(step))
+    assert orjson.loads(interleaved[16].value)[0]["time"].endswith("00:50Z")
+    interleaved.insert(64, deploy(abort))
+    assert orjson.loads(interleaved[65].value)[0]["time"].endswith("03:30Z")
+    deploys_first = sorted(interleaved, key=lambda rec: rec.topic != TOPICS.deployments)
+    live_router = router()
+    live = [v.to_dict() for rec in interleaved for v in live_router.handle([rec], now=0.0).verdicts]
+    r = router()
+    replay = [v.to_dict() for rec in deploys_first for v in r.handle([rec], now=0.0).verdicts]
+    assert live == replay
+    assert not any(v["deployment_id"] == "checkout-v42" and v["final"] for v in replay)
+    assert r.finished["checkout-v42"] == "aborted"
+    assert {v["traffic_weight"] for v in replay if v["deployment_id"] == "search-v7"} == {20.0}
+
+
 def test_batching_does_not_change_verdicts():
     records = records_of(three_deployments())
     whole = router().handle(records, now=0.0).verdicts
