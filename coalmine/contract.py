@@ -48,6 +48,7 @@ class DeployEvent:
     baseline_version: str | None = None
     canary_version: str | None = None
     traffic_weight: float | None = None
+    baseline_weight: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,7 @@ class Verdict:
     window: Window
     time: float
     config_digest: str
+    checks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     profile: str = "default"
     strategy: Strategy = "canary"
     traffic_weight: float | None = None
@@ -129,6 +131,7 @@ class Verdict:
             },
             "time": format_time(self.time),
             "config_digest": self.config_digest,
+            "checks": {name: dict(check) for name, check in self.checks.items()},
             "profile": self.profile,
             "strategy": self.strategy,
             "traffic_weight": self.traffic_weight,
@@ -241,6 +244,8 @@ def deploy_event_from_mapping(obj: Mapping[str, Any]) -> DeployEvent:
     if not isinstance(profile, str) or not profile:
         raise ContractError("wrong_type", "'profile' must be a non-empty string")
     weight = _weight(obj)
+    baseline_obj = obj.get("baseline")
+    baseline_weight = _weight(baseline_obj) if isinstance(baseline_obj, Mapping) else None
     baseline = _version(obj, "baseline")
     canary = _version(obj, "canary")
     if kind == "started" and (baseline is None or canary is None):
@@ -257,6 +262,7 @@ def deploy_event_from_mapping(obj: Mapping[str, Any]) -> DeployEvent:
         baseline_version=baseline,
         canary_version=canary,
         traffic_weight=weight,
+        baseline_weight=baseline_weight,
     )
 
 

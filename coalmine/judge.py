@@ -6,9 +6,12 @@ module alone turns those results into ``continue``, ``promote``, ``rollback`` or
 ``inconclusive``:
 
 1. A **critical** metric that fails rolls the canary back at once.
-2. The **score** is 100 x the weight of passing metrics over the weight of metrics that
-   passed or failed (``nodata`` and ``error`` are kept apart: they neither pass nor fail).
-   A score below ``marginal_score`` rolls back.
+2. The **score**, per group, is 100 x the weight of passing metrics over the weight of
+   metrics that passed or failed; the groups' scores are averaged with the profile's group
+   weights (Kayenta's scorer). ``nodata`` and ``error`` are kept apart: they neither pass
+   nor fail, except that a ``must_have_data`` metric still without data once
+   ``min_duration`` has passed counts as failing. A score below ``marginal_score`` rolls
+   back.
 3. Once ``min_duration`` has passed, a canary is **promoted** when every metric passed and
    is measured and the score reaches ``pass_score``.
 4. At ``max_duration`` a canary that could not be promoted or rolled back is
@@ -40,14 +43,33 @@ class Judgement:
     summary: str
 
 
-def score(profile: Profile, results: Sequence[MetricResult]) -> float | None:
-    """Weighted share of passing metrics among those that passed or failed, 0-100."""
-    weights = {spec.name: spec.weight for spec in profile.metrics}
-    passed = sum(weights.get(r.metric, 1.0) for r in results if r.outcome == "pass")
-    failed = sum(weights.get(r.metric, 1.0) for r in results if r.outcome == "fail")
-    if passed + failed == 0:
+def score(
+    profile: Profile, results: Sequence[MetricResult], *, missing: Sequence[str] = ()
+) -> float | None:
+    """Group-weighted share of passing metrics among those that passed or failed, 0-100.
+
+    ``missing`` names metrics that count as failing for want of data (``must_have_data``).
+    """
+    tally: dict[str, list[float]] = {}
+    for result in results:
+        spec = profile.metric(result.metric)
+        weight, group = (spec.weight, spec.group) if spec else (1.0, "default")
+        passed, failed = tally.setdefault(group, [0.0, 0.0])
+        if result.outcome == "pass":
+            tally[group][0] = passed + weight
+        elif result.outcome == "fail" or result.metric in missing:
+            tally[group][1] = failed + weight
+    scored = {group: pf for group, pf in tally.items() if pf[0] + pf[1] > 0}
+    if not scored:
         return None
-    return 100.0 * passed / (passed + failed)
+    total_weight = sum(profile.group_weight(group) for group in scored)
+    return (
+        sum(
+            profile.group_weight(group) * 100.0 * passed / (passed + failed)
+            for group, (passed, failed) in scored.items()
+        )
+        / total_weight
+    )
 
 
 def judge(
@@ -61,11 +83,17 @@ def judge(
         elapsed: event time since the deployment started, in seconds.
         at_end: this is the last look (``max_duration`` reached).
     """
-    value = score(profile, results)
-    critical = [r for r in results if r.critical and r.outcome == "fail"]
+    required = {spec.name for spec in profile.metrics if spec.must_have_data}
+    missing = [
+        r.metric
+        for r in results
+        if r.metric in required and r.outcome == "nodata" and elapsed >= profile.min_duration
+    ]
+    value = score(profile, results, missing=missing)
+    critical = [r for r in results if r.critical and (r.outcome == "fail" or r.metric in missing)]
     if critical:
         return Judgement("rollback", True, 0.0, _sentence("critical", critical))
-    failed = [r for r in results if r.outcome == "fail"]
+    failed = [r for r in results if r.outcome == "fail" or r.metric in missing]
     if value is not None and value < profile.marginal_score:
         why = f"score {value:.0f} < marginal {profile.marginal_score:g}"
         return Judgement("rollback", True, value, _sentence(why, failed))

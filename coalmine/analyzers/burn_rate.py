@@ -18,18 +18,20 @@ It runs on every message of a critical metric, so it only calls scalar special f
 
 from __future__ import annotations
 
+import bisect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from scipy import special
 
 from coalmine.analyzers.result import DetailValue, MetricResult, Outcome
+from coalmine.analyzers.sequential import RateRatioEProcess, binomial_guard_log_e
 
 if TYPE_CHECKING:
     from coalmine.config.models import MetricSpec
 
-__all__ = ["analyze_ratio"]
+__all__ = ["BurnWindow", "RatioEvidence", "analyze_ratio"]
 
 ANALYZER = "burn_rate"
 
@@ -37,25 +39,99 @@ _UNSEEN = (1.0, math.inf)
 """Rate ratio when the baseline has no bad events: 1 if the canary has none either."""
 
 
-def analyze_ratio(
+@dataclass(slots=True)
+class RatioEvidence:
+    """What a ratio metric remembers between looks (sequential test and burn windows).
+
+    ``observe`` takes each message's counts with its event time; the analyzer reads the
+    rate-ratio e-process, the running maximum of each guard's e-value and the cumulative
+    counts at past times (for the burn-rate windows).
+    """
+
+    rate: RateRatioEProcess
+    guard_max_log_e: dict[str, float] = field(default_factory=dict)
+    times: list[float] = field(default_factory=list)
+    cumulative: list[tuple[int, int, int, int]] = field(default_factory=list)
+
+    @classmethod
+    def for_spec(cls, spec: MetricSpec) -> RatioEvidence:
+        """Evidence against "no change", or against the tolerance when ``null`` says so."""
+        r0 = 1.0 + spec.tolerance if spec.null == "tolerance" else 1.0
+        return cls(rate=RateRatioEProcess(r0=r0))
+
+    def observe(self, time: float, bad_c: int, total_c: int, bad_b: int, total_b: int) -> None:
+        """Add one message's counts (one cohort's are zero) at event time ``time``."""
+        self.rate.add(bad_c, total_c, bad_b, total_b)
+        last = self.cumulative[-1] if self.cumulative else (0, 0, 0, 0)
+        now = (last[0] + bad_c, last[1] + total_c, last[2] + bad_b, last[3] + total_b)
+        if self.times and time <= self.times[-1]:
+            self.cumulative[-1] = now  # same or earlier time: fold into the latest point
+        else:
+            self.times.append(time)
+            self.cumulative.append(now)
+
+    def window(self, since: float) -> tuple[int, int, int, int]:
+        """Counts (bad_c, total_c, bad_b, total_b) observed after event time ``since``."""
+        if not self.cumulative:
+            return (0, 0, 0, 0)
+        index = bisect.bisect_right(self.times, since) - 1
+        start = self.cumulative[index] if index >= 0 else (0, 0, 0, 0)
+        end = self.cumulative[-1]
+        return (end[0] - start[0], end[1] - start[1], end[2] - start[2], end[3] - start[3])
+
+
+@dataclass(frozen=True, slots=True)
+class BurnWindow:
+    """Where a look stands in the canary's life, for the burn-rate windows and budget.
+
+    Attributes:
+        now: event time of the look.
+        duration: the canary's planned length (``max_duration``): the burn-rate windows
+            are scaled to it as the SRE workbook's 1 h / 6 h windows are to 30 days.
+        elapsed: event time since the deployment started.
+        canary_share: fraction of the service's traffic the canary gets, if announced.
+        period: the SLO period the error budget belongs to.
+    """
+
+    now: float
+    duration: float
+    elapsed: float
+    canary_share: float | None = None
+    period: float = 30 * 86400.0
+
+
+def analyze_ratio(  # noqa: PLR0913 - two cohorts' counts are the natural inputs
     spec: MetricSpec,
     baseline_good: int,
     baseline_total: int,
     canary_good: int,
     canary_total: int,
     alpha: float,
+    *,
+    evidence: RatioEvidence | None = None,
+    window: BurnWindow | None = None,
 ) -> MetricResult:
     """Judge one ratio metric from the good and total event counts of both cohorts.
 
-    Fails iff either test rejects at ``alpha / 2``: the exact binomial test of the canary's
-    bad count against ``p0 = min(1, fast_burn * budget)``, or the conditional binomial test
-    of the canary/baseline rate ratio against ``r0 = 1 + tolerance`` (which also needs the
-    observed ratio above ``r0``). Given ``K`` bad events in total, each is the canary's with
-    probability ``theta = rho r / (rho r + 1 - rho)``, ``rho`` the canary's share of events.
+    Two questions, each at ``alpha / 2``:
+
+    * **relative**: is the canary's bad-event rate more than the baseline's? Sequentially
+      (``spec.test == "sequential"`` and an ``evidence`` state kept across looks) by the
+      rate-ratio e-process; otherwise by the exact conditional binomial test of
+      ``r <= 1 + tolerance``. A failure also needs the observed ratio beyond
+      ``1 + tolerance``.
+    * **absolute** (burn rate): is the canary burning its error budget at a paging rate?
+      Two multiwindow rules scaled to the canary's ``duration`` (the SRE workbook's 1 h/5 min
+      at ``fast_burn`` and 6 h/30 min at ``slow_burn``, over 30 days, become
+      ``duration/6`` and ``duration`` long windows with short windows 1/12 of those). A rule
+      fires when the canary's bad ratio is significantly above ``factor x budget`` (an
+      e-value sequentially, the exact binomial test otherwise) and the burn rate over both
+      of its windows is at least ``factor``. Not while the baseline burns at that rate too
+      (a shared outage). The fixed mode checks only the fast rule, over all data.
 
     The metric is *measured* when the one-sided ``1 - alpha`` Clopper-Pearson upper bound of
     the canary's bad ratio is within the budget, or the matching upper bound of the rate
-    ratio (from the bound on ``theta``) is within ``r0``; a failing metric is measured.
+    ratio is within ``1 + tolerance``; a failing metric is measured.
 
     Args:
         spec: the metric's profile entry (needs ``objective``).
@@ -64,6 +140,8 @@ def analyze_ratio(
         canary_good: good events in the canary.
         canary_total: all events in the canary.
         alpha: overall significance level, in (0, 0.5).
+        evidence: the metric's sequential state, kept across looks.
+        window: the look's place in the canary's life (burn windows, budget spent).
 
     Raises:
         ValueError: ``spec`` has no objective or ``alpha`` is outside (0, 0.5).
@@ -89,56 +167,183 @@ def analyze_ratio(
     bad_c = canary_total - canary_good
     ratio_c = bad_c / canary_total
     ratio_b = bad_b / baseline_total if baseline_total else None
+    sequential = spec.test == "sequential" and evidence is not None
 
-    # Absolute guard: P[X >= bad_c], X ~ Binom(canary_total, p0).
-    fast_level = min(1.0, spec.fast_burn * budget)
-    p_absolute = _binom_at_least(bad_c, canary_total, fast_level)
-    shared_outage = ratio_b is not None and ratio_b >= fast_level
-    absolute_fails = p_absolute < alpha / 2.0 and not shared_outage
-    canary_upper = _clopper_pearson_upper(bad_c, canary_total, alpha)
     relative = (
         _RelativeTest.run(bad_c, canary_total, bad_b, baseline_total, 1.0 + tol, alpha)
         if baseline_total
         else None
     )
-    relative_fails = relative is not None and relative.fails
-    failed = absolute_fails or relative_fails
+    relative_p: float | None
+    if sequential and evidence is not None:
+        evidence.rate.update()
+        relative_p = evidence.rate.p_value
+        relative_fails = (
+            relative is not None
+            and evidence.rate.max_log_e >= math.log(2.0 / alpha)
+            and relative.ratio > 1.0 + tol
+        )
+    else:
+        relative_p = None if relative is None else relative.p_value
+        relative_fails = relative is not None and relative.fails
+
+    rules = _burn_rules(spec, budget, counts, alpha, evidence if sequential else None, window)
+    fired = [rule for rule in rules if rule.fires]
+    shared_outage = any(rule.shared_outage for rule in rules)
+    failed = bool(fired) or relative_fails
+    canary_upper = _clopper_pearson_upper(bad_c, canary_total, alpha)
     measured = (
         failed
         or canary_upper <= budget
         or (relative is not None and relative.ratio_upper <= relative.r0)
     )
 
-    burn_c = ratio_c / budget
-    tails: list[str] = []
-    if absolute_fails:
-        tails.append(f"above the {spec.fast_burn:g}x fast-burn guard")
-    elif shared_outage:
+    tails: list[str] = [rule.describe() for rule in fired]
+    if not fired and shared_outage:
         tails.append(f"baseline burns at {spec.fast_burn:g}x too (shared outage)")
-    if relative is not None and relative.fails:
+    if relative_fails and relative is not None:
         tails.append(relative.describe())
     if not measured:
         tails.append(f"not measurable yet: error ratio could be {canary_upper:.2%}")
     reason = _reason(spec.name, ratio_c, ratio_b, budget, tails)
 
+    burn_c = ratio_c / budget
+    burn_b = None if ratio_b is None else ratio_b / budget
     detail: dict[str, DetailValue] = {
         "bad_ratio_baseline": ratio_b,
         "bad_ratio_canary": ratio_c,
-        "burn_baseline": None if ratio_b is None else ratio_b / budget,
+        "burn_baseline": burn_b,
         "burn_canary": burn_c,
         "objective": spec.objective,
         "budget": budget,
-        "fast_burn": spec.fast_burn,
-        "p_absolute": p_absolute,
-        "shared_outage": shared_outage,
-        "p_relative": None if relative is None else relative.p_value,
+        "test": "sequential" if sequential else "fixed",
+        "null": spec.null,
+        "p_relative": relative_p,
+        "e_relative": _e(evidence.rate.max_log_e) if sequential and evidence else None,
         "rate_ratio": None if relative is None else _json(relative.ratio),
         "rate_ratio_upper": None if relative is None else _json(relative.ratio_upper),
+        "detectable_ratio": _json(
+            _detectable_ratio(bad_c, canary_total, bad_b, baseline_total, budget, alpha)
+        ),
         "bad_ratio_canary_upper": canary_upper,
         "allowed_change": tol,
+        "shared_outage": shared_outage,
+        "p_absolute": min(rule.p_value for rule in rules),
+        **{key: value for rule in rules for key, value in rule.detail().items()},
+        **_budget_spent(burn_c, burn_b, window),
     }
     outcome: Outcome = "fail" if failed else "pass"
     return _result(spec, outcome, counts, measured=measured, reason=reason, extra=detail)
+
+
+@dataclass(frozen=True, slots=True)
+class _BurnRule:
+    """One multiwindow burn-rate rule at one look."""
+
+    name: str
+    factor: float
+    long_window: float | None
+    burn_long: float
+    burn_short: float
+    p_value: float
+    significant: bool
+    shared_outage: bool
+
+    @property
+    def fires(self) -> bool:
+        return (
+            self.significant
+            and self.burn_long >= self.factor
+            and self.burn_short >= self.factor
+            and not self.shared_outage
+        )
+
+    def describe(self) -> str:
+        return f"above the {self.factor:g}x {self.name}-burn guard"
+
+    def detail(self) -> dict[str, DetailValue]:
+        return {
+            f"{self.name}_burn": self.factor,
+            f"{self.name}_burn_long": self.burn_long,
+            f"{self.name}_burn_short": self.burn_short,
+            f"{self.name}_window": self.long_window,
+            f"p_{self.name}_burn": self.p_value,
+        }
+
+
+def _burn_rules(
+    spec: MetricSpec,
+    budget: float,
+    counts: tuple[int, int, int, int],
+    alpha: float,
+    evidence: RatioEvidence | None,
+    window: BurnWindow | None,
+) -> list[_BurnRule]:
+    baseline_good, baseline_total, canary_good, canary_total = counts
+    bad_c, bad_b = canary_total - canary_good, baseline_total - baseline_good
+    plan = [("fast", spec.fast_burn, 6.0)]
+    if evidence is not None:
+        plan.append(("slow", spec.slow_burn, 1.0))
+    rules = []
+    for name, factor, divisor in plan:
+        level = min(1.0, factor * budget)
+        long_window = None if window is None else window.duration / divisor
+        if evidence is not None and window is not None and long_window is not None:
+            long = evidence.window(window.now - long_window)
+            short = evidence.window(window.now - long_window / 12.0)
+            log_e = binomial_guard_log_e(bad_c, canary_total, level)
+            best = max(evidence.guard_max_log_e.get(name, 0.0), log_e)
+            evidence.guard_max_log_e[name] = best
+            p_value = min(1.0, math.exp(-best))
+            significant = best >= math.log(2.0 * len(plan) / alpha)
+        else:
+            long = short = (bad_c, canary_total, bad_b, baseline_total)
+            p_value = _binom_at_least(bad_c, canary_total, level)
+            significant = p_value < alpha / 2.0
+        rules.append(
+            _BurnRule(
+                name=name,
+                factor=factor,
+                long_window=long_window,
+                burn_long=_burn(long[0], long[1], budget),
+                burn_short=_burn(short[0], short[1], budget),
+                p_value=p_value,
+                significant=significant,
+                shared_outage=long[3] > 0 and long[2] / long[3] >= level,
+            )
+        )
+    return rules
+
+
+def _burn(bad: int, total: int, budget: float) -> float:
+    return bad / total / budget if total else 0.0
+
+
+def _budget_spent(
+    burn_c: float, burn_b: float | None, window: BurnWindow | None
+) -> dict[str, DetailValue]:
+    """Error budget (fraction of the period's) the canary spent, and its excess over baseline."""
+    if window is None or window.canary_share is None:
+        return {"budget_spent": None, "budget_excess": None}
+    scale = window.canary_share * window.elapsed / window.period
+    excess = None if burn_b is None else (burn_c - burn_b) * scale
+    return {"budget_spent": burn_c * scale, "budget_excess": excess}
+
+
+def _detectable_ratio(
+    bad_c: int, total_c: int, bad_b: int, total_b: int, budget: float, alpha: float
+) -> float:
+    """Rate ratio detectable at 80% power with this traffic (normal approximation on log r)."""
+    if total_c == 0 or total_b == 0:
+        return math.inf
+    pooled = (bad_c + bad_b) / (total_c + total_b) or budget
+    expected_c, expected_b = pooled * total_c, pooled * total_b
+    z = float(special.ndtri(1.0 - alpha / 2.0)) + float(special.ndtri(0.8))
+    return math.exp(z * math.sqrt(1.0 / expected_c + 1.0 / expected_b))
+
+
+def _e(log_e: float) -> float:
+    return math.exp(min(log_e, 700.0))
 
 
 def _reason(

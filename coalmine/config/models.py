@@ -21,6 +21,9 @@ from coalmine.config.durations import Duration, format_duration
 
 MetricKind = Literal["distribution", "ratio"]
 Direction = Literal["increase", "decrease", "either"]
+TestMode = Literal["sequential", "fixed"]
+NullHypothesis = Literal["no_change", "tolerance"]
+Unit = Literal["auto", "request", "instance"]
 
 DEFAULT_ALLOWED_CHANGE: dict[MetricKind, float] = {"distribution": 0.10, "ratio": 0.5}
 
@@ -101,7 +104,16 @@ class MetricSpec(_Section):
     min_samples: int = Field(default=50, ge=1)
     objective: float | None = Field(default=None, gt=0, lt=1, validate_default=True)
     fast_burn: float = Field(default=14.4, gt=0)
+    slow_burn: float = Field(default=6.0, gt=0)
     weight: float = Field(default=1.0, gt=0)
+    group: str = Field(default="default", min_length=1)
+    must_have_data: bool = False
+    test: TestMode = "sequential"
+    null: NullHypothesis = "no_change"
+    unit: Unit = "auto"
+    remove_outliers: bool = False
+    nan_strategy: Literal["remove", "replace"] = "remove"
+    prior_width: float = Field(default=0.03, gt=0, le=0.5)
 
     @field_validator("objective")
     @classmethod
@@ -113,6 +125,13 @@ class MetricSpec(_Section):
             raise ValueError("a ratio metric needs an objective, e.g. objective = 0.999")
         if kind == "distribution" and value is not None:
             raise ValueError("objective applies to ratio metrics only")
+        return value
+
+    @field_validator("null")
+    @classmethod
+    def _tolerance_null_is_one_sided(cls, value: str, info: ValidationInfo) -> str:
+        if value == "tolerance" and info.data.get("direction") == "either":
+            raise ValueError("null = 'tolerance' needs direction 'increase' or 'decrease'")
         return value
 
     @property
@@ -132,6 +151,9 @@ class Profile(_Section):
     pass_score: float = Field(default=95.0, ge=0, le=100)
     marginal_score: float = Field(default=75.0, ge=0, le=100, validate_default=True)
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    groups: dict[str, float] = Field(default_factory=dict)
+    slo_period: Duration = Field(default=30 * 86400.0, gt=0)
+    sample_ratio_alpha: float = Field(default=0.001, gt=0, lt=0.5)
     metrics: tuple[MetricSpec, ...] = Field(min_length=1)
 
     # Cross-field checks are field validators on the later field (``info.data`` holds the
@@ -166,6 +188,23 @@ class Profile(_Section):
         if dupes:
             raise ValueError(f"metric names must be unique: {', '.join(dupes)} repeated")
         return value
+
+    @field_validator("groups")
+    @classmethod
+    def _positive_group_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = sorted(name for name, weight in value.items() if not weight > 0)
+        if bad:
+            raise ValueError(f"group weights must be greater than 0: {', '.join(bad)}")
+        return value
+
+    @property
+    def metric_alpha(self) -> float:
+        """Each metric's share of ``alpha``: false alarms add up across metrics."""
+        return self.alpha / len(self.metrics)
+
+    def group_weight(self, group: str) -> float:
+        """A group's weight in the score (1 unless ``groups`` says otherwise)."""
+        return self.groups.get(group, 1.0)
 
     def metric(self, name: str) -> MetricSpec | None:
         """The metric spec called ``name``, if the profile has one."""

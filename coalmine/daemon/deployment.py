@@ -21,14 +21,17 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from coalmine.analyzers.burn_rate import analyze_ratio
+from coalmine.analyzers.burn_rate import BurnWindow, RatioEvidence, analyze_ratio
+from coalmine.analyzers.instances import InstanceMeans, analyze_instances
 from coalmine.analyzers.mann_whitney import analyze_distribution
+from coalmine.analyzers.sample_ratio import sample_ratio_check
+from coalmine.analyzers.sequential import AucMixture
 from coalmine.contract import Cohort, DeployEvent, MetricEvent, Verdict, Window
-from coalmine.daemon.samples import EventCounts, SampleReservoir
+from coalmine.daemon.samples import EventCounts, InstanceTally, SampleReservoir
 from coalmine.judge import Judgement, judge
 
 if TYPE_CHECKING:
-    from coalmine.analyzers.result import MetricResult
+    from coalmine.analyzers.result import DetailValue, MetricResult
     from coalmine.config.models import MetricSpec, Profile
 
 Status = Literal["open", "final", "ended"]
@@ -74,7 +77,11 @@ class Deployment:
         self._look = 1
         self._samples: dict[str, tuple[SampleReservoir, SampleReservoir]] = {}
         self._counts: dict[str, tuple[EventCounts, EventCounts]] = {}
+        self._instances: dict[str, tuple[InstanceTally, InstanceTally]] = {}
+        self._auc: dict[str, AucMixture] = {}
+        self._ratio: dict[str, RatioEvidence] = {}
         self._checked_at: dict[str, int] = {}
+        self.baseline_weight = started.baseline_weight
 
     @property
     def is_open(self) -> bool:
@@ -105,8 +112,16 @@ class Deployment:
         index = 1 if cohort == "canary" else 0
         if spec.kind == "ratio":
             self._counts_for(spec.name)[index].add(event.good, event.total)
+            bad = event.total - event.good
+            evidence = self._ratio_evidence(spec)
+            if index:
+                evidence.observe(event.time, bad, event.total, 0, 0)
+            else:
+                evidence.observe(event.time, 0, 0, bad, event.total)
         else:
             self._samples_for(spec.name)[index].extend(event.values)
+            if event.instance is not None:
+                self._instances_for(spec.name)[index].add(event.instance, event.values)
         if spec.critical and index == 1 and self._critical_due(spec):
             if self.ends_at is not None and event.time > self.ends_at:
                 return verdicts
@@ -150,7 +165,7 @@ class Deployment:
         if self.ends_at is not None:
             self._close("ended")
             return None
-        results = self._analyze_all()
+        results = self._analyze_all(self.watermark)
         silent = (
             "inconclusive: no events for max_duration "
             f"({self.profile.max_duration:g}s of wall time) since the last one"
@@ -205,21 +220,88 @@ class Deployment:
         self._checked_at[spec.name] = seen
         return True
 
-    def _analyze(self, spec: MetricSpec) -> MetricResult:
-        alpha = self.profile.alpha
+    def _instances_for(self, name: str) -> tuple[InstanceTally, InstanceTally]:
+        pair = self._instances.get(name)
+        if pair is None:
+            pair = (InstanceTally(), InstanceTally())
+            self._instances[name] = pair
+        return pair
+
+    def _ratio_evidence(self, spec: MetricSpec) -> RatioEvidence:
+        evidence = self._ratio.get(spec.name)
+        if evidence is None:
+            evidence = self._ratio[spec.name] = RatioEvidence.for_spec(spec)
+        return evidence
+
+    def _analyze(self, spec: MetricSpec, time: float) -> MetricResult:
+        alpha = self.profile.metric_alpha
         if spec.kind == "ratio":
             base, canary = self._counts_for(spec.name)
-            return analyze_ratio(spec, base.good, base.total, canary.good, canary.total, alpha)
+            weight = self.weight_at(time)
+            window = BurnWindow(
+                now=time,
+                duration=self.profile.max_duration,
+                elapsed=max(0.0, time - self.started),
+                canary_share=None if weight is None else weight / 100.0,
+                period=self.profile.slo_period,
+            )
+            return analyze_ratio(
+                spec,
+                base.good,
+                base.total,
+                canary.good,
+                canary.total,
+                alpha,
+                evidence=self._ratio_evidence(spec),
+                window=window,
+            )
+        if self._by_instance(spec):
+            base_i, canary_i = (InstanceMeans(*t.means()) for t in self._instances_for(spec.name))
+            return analyze_instances(spec, base_i, canary_i, alpha)
         base_s, canary_s = self._samples_for(spec.name)
-        return analyze_distribution(spec, base_s.values(), canary_s.values(), alpha)
+        evidence = self._auc.get(spec.name)
+        if evidence is None:
+            evidence = self._auc[spec.name] = AucMixture(tau=spec.prior_width)
+        return analyze_distribution(
+            spec, base_s.values(), canary_s.values(), alpha, evidence=evidence
+        )
 
-    def _analyze_all(self) -> tuple[MetricResult, ...]:
-        return tuple(self._analyze(spec) for spec in self.profile.metrics)
+    def _by_instance(self, spec: MetricSpec) -> bool:
+        """Judge per instance: asked for, or (``auto``) when the events name instances."""
+        if spec.unit == "request":
+            return False
+        if spec.unit == "instance":
+            return True
+        tallies = self._instances.get(spec.name)
+        return tallies is not None and len(tallies[0]) >= 2 and len(tallies[1]) >= 1
+
+    def _analyze_all(self, time: float) -> tuple[MetricResult, ...]:
+        return tuple(self._analyze(spec, time) for spec in self.profile.metrics)
+
+    def _checks(self, time: float) -> dict[str, dict[str, DetailValue]]:
+        """Deployment-level checks reported with every verdict (sample-ratio mismatch)."""
+        canary_weight = self.weight_at(time)
+        if canary_weight is None or not (self._counts or self._samples):
+            return {}
+        baseline_weight = self.baseline_weight
+        if baseline_weight is None:
+            baseline_weight = 100.0 - canary_weight
+        if canary_weight + baseline_weight <= 0:
+            return {}
+        if self._counts:
+            base, canary = next(iter(self._counts.values()))
+            observed = (canary.total, base.total)
+        else:
+            base_s, canary_s = next(iter(self._samples.values()))
+            observed = (canary_s.seen, base_s.seen)
+        expected = canary_weight / (canary_weight + baseline_weight)
+        check = sample_ratio_check(*observed, expected, self.profile.sample_ratio_alpha)
+        return {"sample_ratio": check}
 
     def _check_critical(self, spec: MetricSpec, time: float) -> Verdict | None:
-        if self._analyze(spec).outcome != "fail":
+        if self._analyze(spec, time).outcome != "fail":
             return None
-        results = self._analyze_all()
+        results = self._analyze_all(time)
         elapsed = time - self.started
         judgement = judge(
             self.profile, results, elapsed=elapsed, at_end=self._last_look(self._look)
@@ -227,7 +309,7 @@ class Deployment:
         return self._verdict(self._look, time, results, judgement)
 
     def _judge(self, look: int, time: float) -> Verdict:
-        results = self._analyze_all()
+        results = self._analyze_all(time)
         at_end = self._last_look(look)
         judgement = judge(self.profile, results, elapsed=time - self.started, at_end=at_end)
         return self._verdict(look, time, results, judgement)
@@ -235,6 +317,14 @@ class Deployment:
     def _verdict(
         self, look: int, time: float, results: tuple[MetricResult, ...], judgement: Judgement
     ) -> Verdict:
+        checks = self._checks(time)
+        summary = judgement.summary
+        mismatch = checks.get("sample_ratio", {})
+        if mismatch.get("mismatch"):
+            summary += (
+                f"; sample-ratio mismatch: canary has {mismatch['observed_share']:.1%} of the"
+                f" traffic, {mismatch['expected_share']:.1%} announced"
+            )
         verdict = Verdict(
             verdict_id=f"{self.deployment_id}/{look}",
             deployment_id=self.deployment_id,
@@ -244,11 +334,12 @@ class Deployment:
             score=None
             if judgement.score is None or math.isnan(judgement.score)
             else judgement.score,
-            summary=judgement.summary,
+            summary=summary,
             metrics=results,
             window=Window(self.started, time),
             time=time,
             config_digest=self.digest,
+            checks=checks,
             profile=self.profile_name,
             strategy=self.strategy,
             traffic_weight=self.weight_at(time),
@@ -262,3 +353,6 @@ class Deployment:
         self.status = status
         self._samples.clear()
         self._counts.clear()
+        self._instances.clear()
+        self._auc.clear()
+        self._ratio.clear()

@@ -91,3 +91,45 @@ class EventCounts:
         """Add one interval's counts."""
         self.good += good
         self.total += total
+
+
+class InstanceTally:
+    """Per-instance sample counts, sums and sums of logs for one cohort of one metric.
+
+    Fixed memory per instance, whatever the traffic; the instance-level analysis needs only
+    each instance's mean (of logs while every sample is positive).
+    """
+
+    __slots__ = ("_index", "_stats", "log")
+
+    def __init__(self) -> None:
+        self._index: dict[str, int] = {}
+        self._stats: list[list[float]] = []
+        self.log = True
+
+    def __len__(self) -> int:
+        return len(self._stats)
+
+    def add(self, instance: str, values: NDArray[np.float64]) -> None:
+        """Add one message's samples from ``instance``."""
+        slot = self._index.get(instance)
+        if slot is None:
+            slot = self._index[instance] = len(self._stats)
+            self._stats.append([0.0, 0.0, 0.0])
+        stats = self._stats[slot]
+        stats[0] += len(values)
+        stats[1] += float(values.sum())
+        if self.log:
+            if (values > 0).all():
+                stats[2] += float(np.log(values).sum())
+            else:
+                self.log = False
+
+    def means(self) -> tuple[NDArray[np.float64], NDArray[np.float64], bool]:
+        """Counts, means (of logs if ``log``) per instance, and whether they are log means."""
+        table = np.asarray(self._stats, dtype=np.float64).reshape(-1, 3)
+        counts = table[:, 0]
+        totals = table[:, 2] if self.log else table[:, 1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(counts > 0, totals / np.maximum(counts, 1.0), 0.0)
+        return counts, means, self.log

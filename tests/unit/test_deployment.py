@@ -227,3 +227,67 @@ def test_samples_per_cohort_are_capped(cap):
     assert baseline_seen == canary_seen == 2000
     stored = deployment._samples["latency_ms"][0]
     assert len(stored) == min(cap, 2000)
+
+
+def test_events_naming_instances_are_judged_per_instance_by_default():
+    deployment = Deployment(started(), PROFILE)
+    rng = np.random.default_rng(5)
+    verdicts = []
+    for step in range(1, 20):
+        for cohort in ("baseline", "canary"):
+            for pod in range(4):
+                event = MetricEvent(
+                    service="checkout",
+                    metric="latency_ms",
+                    time=T0 + 10 * step,
+                    values=np.round(rng.lognormal(4.6, 0.5, 20)),
+                    cohort=cohort,
+                    instance=f"{cohort}-{pod}",
+                )
+                verdicts += deployment.observe(event, cohort)
+    latency = next(m for m in verdicts[-1].metrics if m.metric == "latency_ms")
+    assert latency.analyzer == "instance_welch"
+    assert latency.detail["unit"] == "instance"
+    assert latency.detail["instances_canary"] == 4
+
+
+def test_sample_ratio_mismatch_is_reported_in_every_verdict():
+    event = DeployEvent(
+        event="started",
+        deployment_id="checkout-v42",
+        service="checkout",
+        time=T0,
+        baseline_version="v41",
+        canary_version="v42",
+        traffic_weight=50,
+    )
+    deployment = Deployment(event, PROFILE)
+    verdicts = []
+    for step in range(1, 13):
+        now = T0 + 10 * step
+        verdicts += deployment.observe(requests("baseline", now, 3000, 3000), "baseline")
+        verdicts += deployment.observe(requests("canary", now, 2000, 2000), "canary")
+    check = verdicts[-1].checks["sample_ratio"]
+    assert check["mismatch"] is True
+    assert check["observed_share"] == pytest.approx(0.4)
+    assert "sample-ratio mismatch" in verdicts[-1].summary
+
+
+def test_ratio_verdicts_carry_burn_windows_and_sequential_evidence():
+    deployment = Deployment(started(), PROFILE)
+    verdicts = feed(deployment, until=130)
+    detail = next(m for m in verdicts[-1].metrics if m.metric == "requests").detail
+    assert detail["test"] == "sequential"
+    assert detail["fast_window"] == PROFILE.max_duration / 6
+    assert detail["slow_window"] == PROFILE.max_duration
+    for key in (
+        "fast_burn_long",
+        "fast_burn_short",
+        "slow_burn_long",
+        "p_relative",
+        "detectable_ratio",
+    ):
+        assert key in detail
+    latency = next(m for m in verdicts[-1].metrics if m.metric == "latency_ms").detail
+    assert latency["test"] == "sequential"
+    assert latency["unit"] == "request"

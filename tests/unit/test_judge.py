@@ -87,3 +87,33 @@ def test_nothing_known_at_the_end_is_inconclusive_not_promote():
     final = judge(PROFILE, results, elapsed=1800, at_end=True)
     assert final.decision == "inconclusive"
     assert final.score is None
+
+
+GROUPED = Profile(
+    min_duration=300,
+    max_duration=1800,
+    groups={"latency": 3.0, "errors": 1.0},
+    metrics=(
+        MetricSpec(name="p50", group="latency"),
+        MetricSpec(name="p99", group="latency"),
+        MetricSpec(name="errors", kind="ratio", objective=0.999, group="errors"),
+        MetricSpec(name="saturation", must_have_data=True, group="errors"),
+    ),
+)
+
+
+def test_groups_are_scored_separately_and_weighted():
+    results = [result("p50"), result("p99", "fail"), result("errors"), result("saturation")]
+    # latency group 50, errors group 100: (3 x 50 + 1 x 100) / 4 = 62.5
+    assert score(GROUPED, results) == pytest.approx(62.5)
+
+
+def test_must_have_data_counts_as_failing_only_after_min_duration():
+    results = [result("p50"), result("p99"), result("errors"), result("saturation", "nodata")]
+    early = judge(GROUPED, results, elapsed=120, at_end=False)
+    assert early.decision == "continue"
+    late = judge(GROUPED, results, elapsed=300, at_end=False)
+    # errors group: 1 pass + 1 missing = 50; latency 100: (3 x 100 + 50) / 4 = 87.5
+    assert late.score == pytest.approx(87.5)
+    assert late.decision == "continue"
+    assert "saturation" in late.summary

@@ -17,6 +17,7 @@ from coalmine.analyzers.mann_whitney import (
     hodges_lehmann,
     rank_sum_test,
 )
+from coalmine.analyzers.sequential import AucMixture
 from coalmine.config.models import MetricSpec
 
 ALTERNATIVES = ("greater", "less", "two-sided")
@@ -232,12 +233,69 @@ def test_too_few_samples_is_nodata() -> None:
     assert result.reason == "latency_ms: 12 canary samples < min_samples 50"
 
 
-def test_non_finite_input_is_error() -> None:
+def test_infinite_input_is_error() -> None:
     canary = _lognormal(9, 100)
-    canary[3] = np.nan
+    canary[3] = np.inf
     result = analyze_distribution(LATENCY, _lognormal(10, 100), canary, 0.05)
     assert result.outcome == "error"
     assert not result.measured
+
+
+def test_nan_strategy_removes_or_replaces() -> None:
+    canary = _lognormal(9, 100)
+    canary[:5] = np.nan
+    removed = analyze_distribution(LATENCY, _lognormal(10, 100), canary, 0.05)
+    assert removed.n_canary == 95
+    replace = LATENCY.model_copy(update={"nan_strategy": "replace"})
+    replaced = analyze_distribution(replace, _lognormal(10, 100), canary, 0.05)
+    assert replaced.n_canary == 100
+    assert replaced.detail["median_canary"] < removed.detail["median_canary"]
+
+
+def test_outlier_removal_drops_far_out_samples_only_when_asked() -> None:
+    canary = _lognormal(9, 200)
+    canary[:3] = 1e6
+    kept = analyze_distribution(LATENCY, _lognormal(10, 200), canary, 0.05)
+    assert kept.n_canary == 200
+    trimmed_spec = LATENCY.model_copy(update={"remove_outliers": True})
+    trimmed = analyze_distribution(trimmed_spec, _lognormal(10, 200), canary, 0.05)
+    assert trimmed.n_canary <= 197
+
+
+def test_sequential_evidence_accumulates_and_never_forgets() -> None:
+    evidence = AucMixture()
+    base, slow = _lognormal(1, 400), 1.5 * _lognormal(2, 400)
+    first = analyze_distribution(LATENCY, base, slow, 0.05, evidence=evidence)
+    assert first.outcome == "fail"
+    assert first.detail["test"] == "sequential"
+    assert first.detail["e_value"] >= 20
+    # The running maximum stands: a later, weaker look does not undo the rejection's e-value.
+    analyze_distribution(LATENCY, base, _lognormal(3, 400), 0.05, evidence=evidence)
+    assert evidence.p_value <= 0.05
+    assert evidence.looks == 2
+
+
+def test_tolerance_null_is_stricter_near_the_tolerance() -> None:
+    # A clear +12% shift on a large sample: beyond 10% against "no change", but not
+    # significantly beyond "worse by 10%".
+    base, canary = _lognormal(4, 1500), 1.12 * _lognormal(5, 1500)
+    plain = analyze_distribution(LATENCY, base, canary, 0.05)
+    strict_spec = LATENCY.model_copy(update={"null": "tolerance"})
+    strict = analyze_distribution(strict_spec, base, canary, 0.05)
+    assert plain.outcome == "fail"
+    assert strict.outcome == "pass"
+    assert strict.detail["null"] == "tolerance"
+
+
+def test_hodges_lehmann_is_thinned_above_the_cap_but_stays_close() -> None:
+    base, canary = _lognormal(6, 20_000), 1.05 * _lognormal(7, 20_000)
+    result = analyze_distribution(LATENCY, base, canary, 0.05)
+    exact = hodges_lehmann(base, canary, result.detail["confidence"])
+    # Thinning to 4096 order statistics moves the estimate by far less than the interval.
+    assert abs(result.detail["shift"] - exact.estimate) < 0.25 * (exact.high - exact.low)
+    assert result.detail["shift_high"] - result.detail["shift_low"] >= 0.95 * (
+        exact.high - exact.low
+    )
 
 
 def test_underpowered_pass_is_not_measured() -> None:

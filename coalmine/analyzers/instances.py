@@ -1,0 +1,179 @@
+"""Distribution metrics judged per instance: the unit of analysis is the host, not the request.
+
+Requests from one instance share its hardware, neighbours and caches, so they are not
+independent: with 3-5 instances per cohort and 2-5% instance-to-instance spread, a
+per-request test sees a "significant" difference in most healthy canaries, and more
+requests do not help (statistics.md section 6). Here each instance contributes one number,
+the mean of its log samples (the mean of raw samples when some are not positive), and the
+cohorts are compared with Welch's t test. With a single canary instance the canary is
+compared with the baseline's spread between instances (a prediction interval for one more
+instance), so one canary pod is still judged honestly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from scipy import special, stats
+
+from coalmine.analyzers.result import DetailValue, MetricResult
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from coalmine.config.models import MetricSpec
+
+__all__ = ["MIN_SAMPLES_PER_INSTANCE", "InstanceMeans", "analyze_instances"]
+
+ANALYZER = "instance_welch"
+
+MIN_SAMPLES_PER_INSTANCE = 10
+"""Instances with fewer samples are left out: their means are mostly noise."""
+
+_POWER_Z = float(special.ndtri(0.8))
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceMeans:
+    """One cohort's per-instance sample counts and means (on the log scale if ``log``)."""
+
+    counts: NDArray[np.float64]
+    means: NDArray[np.float64]
+    log: bool
+
+    @property
+    def samples(self) -> int:
+        """All samples of the cohort's instances."""
+        return int(self.counts.sum())
+
+
+def analyze_instances(
+    spec: MetricSpec, baseline: InstanceMeans, canary: InstanceMeans, alpha: float
+) -> MetricResult:
+    """Judge a distribution metric with instances as the unit of analysis.
+
+    Fails iff Welch's one-sided test (two-sided for ``either``) rejects at ``alpha`` and the
+    relative change of the cohorts' typical instance lies beyond the tolerance. The
+    relative change is ``exp(mean_c - mean_b) - 1`` on the log scale (a ratio of geometric
+    means), ``(mean_c - mean_b) / |mean_b|`` otherwise. Measured when the detectable
+    relative change (80% power) is within the tolerance.
+    """
+    b = baseline.means[baseline.counts >= MIN_SAMPLES_PER_INSTANCE]
+    c = canary.means[canary.counts >= MIN_SAMPLES_PER_INSTANCE]
+    sizes = (baseline.samples, canary.samples)
+    detail: dict[str, DetailValue] = {
+        "unit": "instance",
+        "instances_baseline": int(b.size),
+        "instances_canary": int(c.size),
+        "n_baseline": sizes[0],
+        "n_canary": sizes[1],
+        "allowed_change": spec.tolerance,
+        "direction": spec.direction,
+    }
+    if b.size < 2 or c.size < 1 or min(sizes) < spec.min_samples:
+        reason = (
+            f"{spec.name}: {b.size} baseline and {c.size} canary instances with at least"
+            f" {MIN_SAMPLES_PER_INSTANCE} samples (2 and 1 needed), {min(sizes)} samples"
+        )
+        return _result(spec, "nodata", sizes, reason, detail, measured=False)
+
+    log = baseline.log and canary.log
+    mean_b, mean_c = float(b.mean()), float(c.mean())
+    var_b = float(b.var(ddof=1))
+    if c.size >= 2:
+        var_c = float(c.var(ddof=1))
+        se = math.sqrt(var_b / b.size + var_c / c.size)
+        df = _welch_df(var_b, b.size, var_c, c.size)
+    else:
+        se = math.sqrt(var_b * (1.0 / b.size + 1.0))
+        df = float(b.size - 1)
+    diff = mean_c - mean_b
+    t = diff / se if se > 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff))
+    direction = spec.direction
+    if direction == "increase":
+        p_value = float(stats.t.sf(t, df))
+    elif direction == "decrease":
+        p_value = float(stats.t.cdf(t, df))
+    else:
+        p_value = float(2 * stats.t.sf(abs(t), df))
+
+    def relative(delta: float) -> float:
+        if log:
+            return math.expm1(delta)
+        return delta / abs(mean_b) if mean_b else (0.0 if delta == 0 else math.inf)
+
+    tol = spec.tolerance
+    rel = relative(diff)
+    beyond = {"increase": rel > tol, "decrease": rel < -tol, "either": abs(rel) > tol}[direction]
+    failed = p_value < alpha and beyond
+    z_alpha = float(special.ndtri(1 - (alpha if direction != "either" else alpha / 2)))
+    mde = abs(relative((z_alpha + _POWER_Z) * se))
+    measured = failed or mde <= tol
+    detail.update(
+        {
+            "scale": "log" if log else "raw",
+            "mean_baseline": mean_b,
+            "mean_canary": mean_c,
+            "relative_change": _finite(rel),
+            "instance_spread": math.sqrt(var_b),
+            "t": _finite(t),
+            "df": df,
+            "p_value": p_value,
+            "test": "fixed",
+            "mde": _finite(mde),
+        }
+    )
+    sign = {"increase": "+", "decrease": "-", "either": "\u00b1"}[direction]
+    units = f"{b.size} vs {c.size} instances"
+    if failed:
+        reason = (
+            f"{spec.name} {rel:+.1%} per instance ({units}, p={p_value:.2g}),"
+            f" beyond {sign}{tol:.0%}"
+        )
+    elif measured:
+        reason = f"{spec.name} {rel:+.1%} per instance ({units}), within {sign}{tol:.0%}"
+    else:
+        reason = (
+            f"{spec.name} not measurable yet per instance ({units}): detectable change"
+            f" {mde:.0%} > allowed {tol:.0%}"
+        )
+    return _result(spec, "fail" if failed else "pass", sizes, reason, detail, measured=measured)
+
+
+def _welch_df(var_b: float, n_b: int, var_c: float, n_c: int) -> float:
+    a, b = var_b / n_b, var_c / n_c
+    denominator = a * a / (n_b - 1) + b * b / (n_c - 1)
+    return (a + b) ** 2 / denominator if denominator > 0 else float(n_b + n_c - 2)
+
+
+def _finite(x: float) -> DetailValue:
+    if math.isnan(x):
+        return None
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return x
+
+
+def _result(
+    spec: MetricSpec,
+    outcome: str,
+    sizes: tuple[int, int],
+    reason: str,
+    detail: dict[str, DetailValue],
+    *,
+    measured: bool,
+) -> MetricResult:
+    return MetricResult(
+        metric=spec.name,
+        analyzer=ANALYZER,
+        outcome=outcome,  # type: ignore[arg-type]
+        critical=spec.critical,
+        measured=measured,
+        n_baseline=sizes[0],
+        n_canary=sizes[1],
+        reason=reason,
+        detail=detail,
+    )

@@ -1,0 +1,188 @@
+"""Anytime-valid tests: evidence that stays valid however often coalmine looks.
+
+A daemon that judges every interval looks at the data 30 or 60 times per canary; a
+fixed-sample test at 5% then raises a false alarm in 20-30% of healthy canaries
+(statistics.md section 3). These tests are e-processes: non-negative (super)martingales
+under "canary no worse", so by Ville's inequality the chance that one *ever* reaches
+``1 / alpha`` is at most ``alpha``, whenever and however often it is checked.
+
+* ``AucMixture``: mixture sequential probability ratio test on the Mann-Whitney AUC
+  (valid asymptotically; checked by A/A simulation in the tests and the harness).
+* ``RateRatioEProcess``: the rate ratio of bad events, canary over baseline, conditional on
+  each batch's traffic split (Lindon & Malek 2022; Netflix's canary paper, KDD 2022). Exact.
+* ``binomial_guard_log_e``: the canary's bad-event ratio against a fixed level (the
+  fast-burn guard), a beta-binomial mixture. Exact.
+
+The state objects are updated in place by the analyzers and kept by the deployment, one per
+metric; everything is deterministic, so a replay rebuilds the same evidence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy import special
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+DEFAULT_TAU = 0.03
+"""Prior width on the AUC shift (0.5 = no effect); 0.02-0.05 suits canary effect sizes."""
+
+_GRID_POINTS = 200
+_GRID_MAX_RATIO = 50.0
+_PRIOR_SD = math.log(2.0)
+"""Half-normal prior on log(rate ratio), sd ln 2: ratios near 1.5-4x carry the weight."""
+
+
+def auc_log_e(theta: float, variance: float, tau: float, *, one_sided: bool) -> float:
+    """Log mixture likelihood ratio for an AUC shift ``theta`` (``auc - 1/2``).
+
+    With the normal approximation ``theta_hat ~ N(theta, V)`` and a ``N(0, tau^2)`` prior on
+    ``theta`` (half-normal on the harmful side when one-sided)::
+
+        log L = 1/2 log(V / (V + tau^2)) + theta^2 tau^2 / (2 V (V + tau^2))
+                [+ log(2 Phi(m / s)), m = theta tau^2/(V+tau^2), s^2 = tau^2 V/(V+tau^2)]
+    """
+    if variance <= 0.0:
+        return 0.0
+    total = variance + tau * tau
+    log_e = 0.5 * math.log(variance / total) + theta * theta * tau * tau / (2 * variance * total)
+    if one_sided:
+        mean = theta * tau * tau / total
+        sd = math.sqrt(tau * tau * variance / total)
+        log_e += math.log(2.0) + float(special.log_ndtr(mean / sd))
+    return log_e
+
+
+@dataclass(slots=True)
+class AucMixture:
+    """Running mixture SPRT on the Mann-Whitney AUC of one metric.
+
+    ``update`` takes the current U statistic (over all samples so far); the evidence is the
+    largest likelihood ratio seen, so a rejection, once reached, stands.
+    """
+
+    tau: float = DEFAULT_TAU
+    log_e: float = 0.0
+    max_log_e: float = 0.0
+    looks: int = 0
+
+    def update(
+        self,
+        auc: float,
+        u_variance: float,
+        n_baseline: int,
+        n_canary: int,
+        sign: float,
+        *,
+        one_sided: bool,
+    ) -> float:
+        """Add a look; ``sign`` is +1 when larger canary values are harmful, -1 when smaller."""
+        nm = float(n_baseline) * float(n_canary)
+        variance = u_variance / (nm * nm) if nm else 0.0
+        self.log_e = auc_log_e(sign * (auc - 0.5), variance, self.tau, one_sided=one_sided)
+        self.max_log_e = max(self.max_log_e, self.log_e)
+        self.looks += 1
+        return self.log_e
+
+    @property
+    def p_value(self) -> float:
+        """Anytime-valid p-value: ``min(1, 1 / max e)``."""
+        return min(1.0, math.exp(-self.max_log_e))
+
+
+def _grid(r0: float) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Alternative rate ratios above ``r0`` and their log prior weights (summing to 1)."""
+    low = math.log(r0)
+    log_r = np.linspace(low, math.log(max(_GRID_MAX_RATIO, 2.0 * r0)), _GRID_POINTS + 1)[1:]
+    log_w = -0.5 * (log_r / _PRIOR_SD) ** 2
+    log_w -= float(special.logsumexp(log_w))
+    return np.exp(log_r), log_w
+
+
+@dataclass(slots=True)
+class RateRatioEProcess:
+    """Rate ratio of bad events, canary over baseline, against ``H0: ratio <= r0``.
+
+    In each batch the canary's share of traffic ``rho`` comes from the event totals; given
+    the bad events of both cohorts, each is the canary's with probability
+    ``theta(r) = rho r / (rho r + 1 - rho)``. The likelihood ratio of ``r`` against ``r0``
+    multiplies across batches; the e-process mixes it over a grid of ``r > r0``. It stays
+    valid when the split drifts or differs from the announced weight. Counts are gathered
+    with ``add`` and enter the evidence at ``update``, once both cohorts have traffic.
+    """
+
+    r0: float = 1.0
+    log_lr: NDArray[np.float64] = field(init=False)
+    log_e: float = 0.0
+    max_log_e: float = 0.0
+    batches: int = 0
+    _ratios: NDArray[np.float64] = field(init=False, repr=False)
+    _log_w: NDArray[np.float64] = field(init=False, repr=False)
+    _pending: list[int] = field(default_factory=lambda: [0, 0, 0, 0], repr=False)
+
+    def __post_init__(self) -> None:
+        self._ratios, self._log_w = _grid(self.r0)
+        self.log_lr = np.zeros_like(self._ratios)
+
+    def add(
+        self, bad_canary: int, total_canary: int, bad_baseline: int, total_baseline: int
+    ) -> None:
+        """Gather counts for the next batch."""
+        pending = self._pending
+        pending[0] += bad_canary
+        pending[1] += total_canary
+        pending[2] += bad_baseline
+        pending[3] += total_baseline
+
+    def update(self) -> float:
+        """Fold the gathered batch into the evidence; return the current log e-value."""
+        bad_c, total_c, bad_b, total_b = self._pending
+        if total_c > 0 and total_b > 0:
+            self._pending = [0, 0, 0, 0]
+            if bad_c + bad_b > 0:
+                rho = total_c / (total_c + total_b)
+                theta = rho * self._ratios / (rho * self._ratios + 1.0 - rho)
+                theta0 = rho * self.r0 / (rho * self.r0 + 1.0 - rho)
+                self.log_lr += bad_c * np.log(theta / theta0) + bad_b * np.log(
+                    (1.0 - theta) / (1.0 - theta0)
+                )
+                self.log_e = float(special.logsumexp(self._log_w + self.log_lr))
+                self.max_log_e = max(self.max_log_e, self.log_e)
+            self.batches += 1
+        return self.log_e
+
+    @property
+    def p_value(self) -> float:
+        """Anytime-valid p-value: ``min(1, 1 / max e)``."""
+        return min(1.0, math.exp(-self.max_log_e))
+
+
+def binomial_guard_log_e(bad: int, total: int, level: float) -> float:
+    """Log e-value against ``H0: bad-event ratio <= level`` from cumulative counts.
+
+    A beta-binomial mixture over ratios above ``level`` (prior Beta(1, b) with mean
+    ``2 x level``, truncated to ``p > level``); a supermartingale under any ratio at or below
+    ``level``, so it may be checked after every message.
+    """
+    if total <= 0 or level >= 1.0 or level <= 0.0:
+        return 0.0
+    a = 1.0
+    b = max((1.0 - 2.0 * level) / (2.0 * level), 1.0)
+    good = total - bad
+    tail_post = float(special.betaincc(a + bad, b + good, level))
+    tail_prior = float(special.betaincc(a, b, level))
+    if tail_post <= 0.0:
+        return -math.inf
+    return (
+        float(special.betaln(a + bad, b + good))
+        + math.log(tail_post)
+        - float(special.betaln(a, b))
+        - math.log(tail_prior)
+        - bad * math.log(level)
+        - good * math.log1p(-level)
+    )

@@ -1,0 +1,125 @@
+"""Anytime-valid tests: validity under repeated looks and power, by seeded simulation.
+
+Tolerances: with R runs, the standard error of a rejection rate near alpha = 0.05 is
+sqrt(0.05 * 0.95 / R); bounds below allow about three standard errors above alpha.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from coalmine.analyzers.mann_whitney import rank_sum_test
+from coalmine.analyzers.sequential import (
+    AucMixture,
+    RateRatioEProcess,
+    auc_log_e,
+    binomial_guard_log_e,
+)
+
+ALPHA = 0.05
+THRESHOLD = math.log(1 / ALPHA)
+
+
+def auc_first_rejection(seed: int, factor: float, looks: int = 30, per_look: int = 50):
+    rng = np.random.default_rng(seed)
+    base, canary = [], []
+    evidence = AucMixture()
+    for look in range(1, looks + 1):
+        base.append(np.round(rng.lognormal(4.6, 0.5, per_look)))  # whole ms: ties
+        canary.append(np.round(factor * rng.lognormal(4.6, 0.5, per_look)))
+        test = rank_sum_test(np.concatenate(base), np.concatenate(canary))
+        evidence.update(
+            test.auc, test.variance, test.n_baseline, test.n_canary, 1.0, one_sided=True
+        )
+        if evidence.max_log_e >= THRESHOLD:
+            return look
+    return None
+
+
+def test_auc_mixture_holds_alpha_over_thirty_looks():
+    # 300 A/A runs, 30 looks each: a fixed test would reject in ~25% (statistics.md section
+    # 3). The e-process must stay below alpha: bound 0.05 + 3 x 0.0126 = 0.088.
+    rejected = sum(auc_first_rejection(seed, 1.0) is not None for seed in range(300))
+    assert rejected / 300 < 0.088
+
+
+def test_auc_mixture_detects_a_ten_percent_slowdown():
+    looks = [auc_first_rejection(1000 + seed, 1.10) for seed in range(60)]
+    found = [look for look in looks if look is not None]
+    assert len(found) >= 54  # >= 90% within 30 looks of 50 samples per cohort
+    assert np.median(found) <= 15
+
+
+def test_auc_log_e_is_zero_without_evidence_and_grows_with_it():
+    assert auc_log_e(0.0, 1e-4, 0.03, one_sided=False) < 0
+    weak = auc_log_e(0.01, 1e-4, 0.03, one_sided=True)
+    strong = auc_log_e(0.05, 1e-4, 0.03, one_sided=True)
+    assert strong > weak
+    # One-sided: evidence for the harmless direction is not evidence of harm.
+    assert auc_log_e(-0.05, 1e-4, 0.03, one_sided=True) < 0
+    assert auc_log_e(0.05, 0.0, 0.03, one_sided=True) == 0.0
+
+
+def rate_first_rejection(seed: int, ratio: float, looks: int = 120, rps: float = 20.0):
+    rng = np.random.default_rng(seed)
+    evidence = RateRatioEProcess()
+    for look in range(1, looks + 1):
+        swing = 1 + 0.5 * math.sin(2 * math.pi * look / looks)
+        total_b = rng.poisson(rps * 60 * swing)
+        total_c = rng.poisson(rps * 60 * swing * 0.8)  # split differs from 50/50
+        evidence.add(
+            rng.binomial(total_c, 0.001 * ratio), total_c, rng.binomial(total_b, 0.001), total_b
+        )
+        evidence.update()
+        if evidence.max_log_e >= THRESHOLD:
+            return look
+    return None
+
+
+def test_rate_ratio_e_process_holds_alpha_over_120_looks():
+    # 600 A/A runs; a per-minute exact test would reject in ~25%. Bound 0.05 + 3 x 0.0089.
+    rejected = sum(rate_first_rejection(seed, 1.0) is not None for seed in range(600))
+    assert rejected / 600 < 0.077
+
+
+@pytest.mark.parametrize(("ratio", "median_bound"), [(2.0, 20), (5.0, 4)])
+def test_rate_ratio_e_process_finds_more_errors_quickly(ratio, median_bound):
+    looks = [rate_first_rejection(5000 + seed, ratio) for seed in range(80)]
+    found = [look for look in looks if look is not None]
+    assert len(found) >= 76  # >= 95% within 120 minutes
+    assert np.median(found) <= median_bound  # statistics.md: 14 min for 2x, 3 min for 5x
+
+
+def test_rate_ratio_waits_for_both_cohorts_before_using_a_batch():
+    evidence = RateRatioEProcess()
+    evidence.add(5, 100, 0, 0)
+    evidence.update()
+    assert evidence.batches == 0
+    evidence.add(0, 0, 0, 100)
+    evidence.update()
+    assert evidence.batches == 1
+    assert evidence.max_log_e > 0
+
+
+def test_binomial_guard_is_valid_at_its_level_and_finds_a_higher_ratio():
+    def first(seed: int, ratio: float, level: float = 0.0144):
+        rng = np.random.default_rng(seed)
+        bad = total = 0
+        for look in range(1, 121):
+            total += 100
+            bad += rng.binomial(100, ratio)
+            if binomial_guard_log_e(bad, total, level) >= THRESHOLD:
+                return look
+        return None
+
+    # At exactly the level (the hardest null): 400 runs, bound 0.05 + 3 x 0.011.
+    assert sum(first(seed, 0.0144) is not None for seed in range(400)) / 400 < 0.083
+    found = [first(9000 + seed, 0.05) for seed in range(50)]
+    assert all(look is not None and look <= 10 for look in found)
+
+
+def test_binomial_guard_edge_cases():
+    assert binomial_guard_log_e(0, 0, 0.01) == 0.0
+    assert binomial_guard_log_e(5, 10, 1.0) == 0.0
+    assert binomial_guard_log_e(0, 10_000, 0.01) < 0
