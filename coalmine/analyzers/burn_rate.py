@@ -1,6 +1,6 @@
 """Ratio metrics (errors, 5xx, slow requests): SLO burn rate of the canary.
 
-Two exact tests guard a ratio metric (statistics.md section 5), each at ``alpha / 2``
+Two kinds of test guard a ratio metric (statistics.md section 5), sharing its ``alpha``
 (Bonferroni):
 
 * absolute: is the canary's bad-event ratio significantly above the fast-burn level
@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 __all__ = ["BurnWindow", "RatioEvidence", "analyze_ratio"]
 
 ANALYZER = "burn_rate"
+
+RELATIVE_SHARE = 0.75
+"""Share of a ratio metric's alpha given to the test against the baseline; the burn-rate
+rules share the rest. Regressions relative to the baseline are the common case; a burn
+fast enough to page is usually so clear that a smaller share costs it little time."""
 
 _UNSEEN = (1.0, math.inf)
 """Rate ratio when the baseline has no bad events: 1 if the canary has none either."""
@@ -113,7 +118,8 @@ def analyze_ratio(  # noqa: PLR0913 - two cohorts' counts are the natural inputs
 ) -> MetricResult:
     """Judge one ratio metric from the good and total event counts of both cohorts.
 
-    Two questions, each at ``alpha / 2``:
+    Two questions; the first gets ``RELATIVE_SHARE`` (3/4) of ``alpha``, the burn-rate
+    rules share the rest:
 
     * **relative**: is the canary's bad-event rate more than the baseline's? Sequentially
       (``spec.test == "sequential"`` and an ``evidence`` state kept across looks) by the
@@ -180,7 +186,7 @@ def analyze_ratio(  # noqa: PLR0913 - two cohorts' counts are the natural inputs
         relative_p = evidence.rate.p_value
         relative_fails = (
             relative is not None
-            and evidence.rate.max_log_e >= math.log(2.0 / alpha)
+            and evidence.rate.max_log_e >= math.log(1.0 / (RELATIVE_SHARE * alpha))
             and relative.ratio > 1.0 + tol
         )
     else:
@@ -295,11 +301,11 @@ def _burn_rules(
             best = max(evidence.guard_max_log_e.get(name, 0.0), log_e)
             evidence.guard_max_log_e[name] = best
             p_value = min(1.0, math.exp(-best))
-            significant = best >= math.log(2.0 * len(plan) / alpha)
+            significant = best >= math.log(len(plan) / ((1.0 - RELATIVE_SHARE) * alpha))
         else:
             long = short = (bad_c, canary_total, bad_b, baseline_total)
             p_value = _binom_at_least(bad_c, canary_total, level)
-            significant = p_value < alpha / 2.0
+            significant = p_value < (1.0 - RELATIVE_SHARE) * alpha
         rules.append(
             _BurnRule(
                 name=name,
@@ -379,7 +385,7 @@ class _RelativeTest:
     def run(
         cls, bad_c: int, total_c: int, bad_b: int, total_b: int, r0: float, alpha: float
     ) -> _RelativeTest:
-        """Test H0: rate ratio <= r0 at ``alpha / 2``; bound the ratio at ``1 - alpha``."""
+        """Test H0: rate ratio <= r0 at its share of ``alpha``; bound the ratio at ``1 - alpha``."""
         rho = total_c / (total_c + total_b)
         theta0 = rho * r0 / (rho * r0 + 1.0 - rho)
         bad = bad_c + bad_b
@@ -391,7 +397,7 @@ class _RelativeTest:
             if theta_upper < 1.0
             else math.inf
         )
-        fails = p_value < alpha / 2.0 and ratio > r0
+        fails = p_value < RELATIVE_SHARE * alpha and ratio > r0
         return cls(p_value, ratio, ratio_upper, r0, fails)
 
     def describe(self) -> str:
