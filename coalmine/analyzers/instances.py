@@ -30,8 +30,13 @@ __all__ = ["MIN_SAMPLES_PER_INSTANCE", "InstanceMeans", "analyze_instances"]
 
 ANALYZER = "instance_welch"
 
-MIN_SAMPLES_PER_INSTANCE = 10
-"""Instances with fewer samples are left out: their means are mostly noise."""
+MIN_SAMPLES_PER_INSTANCE = 100
+"""Instances with fewer samples are left out. Each look's test is valid however few samples
+an instance has, but early looks on noisy means are nearly independent of each other, and
+repeated looks then add up false alarms; once means rest on 100 samples, later looks barely
+move. Measured A/A false rollbacks over 60 looks (with a critical errors metric): 2.0% at
+5 instances per cohort and 3% spread, 2.75% at 3 instances and 5%; with a minimum of 10
+samples they were 4.75% and 6.5% at 10 instances and 2%."""
 
 _POWER_Z = float(special.ndtri(0.8))
 

@@ -73,7 +73,7 @@ def test_too_few_instances_or_samples_is_nodata():
     rng = np.random.default_rng(14)
     one = means(cohort(rng, 1, 1000, 0.0))
     assert analyze_instances(LATENCY, one, one, 0.05).outcome == "nodata"
-    sparse = means(cohort(rng, 5, 5, 0.0))  # fewer than 10 samples per instance
+    sparse = means(cohort(rng, 5, 50, 0.0))  # fewer than 100 samples per instance
     assert analyze_instances(LATENCY, sparse, sparse, 0.05).outcome == "nodata"
 
 
