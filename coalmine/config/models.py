@@ -67,6 +67,83 @@ class KafkaSettings(_Section):
         return self
 
 
+Bus = Literal["kafka", "mqtt"]
+"""A message bus coalmine can consume from and publish to."""
+
+
+def _kafka_only() -> list[Bus]:
+    return ["kafka"]
+
+
+class BusSettings(_Section):
+    """Which buses the daemon reads its input from and publishes its output to."""
+
+    consume: list[Bus] = Field(default_factory=_kafka_only)
+    publish: list[Bus] = Field(default_factory=_kafka_only)
+
+    @field_validator("consume", "publish")
+    @classmethod
+    def _some_and_unique(cls, value: list[Bus]) -> list[Bus]:
+        if not value:
+            raise ValueError('name at least one bus: "kafka", "mqtt" or both')
+        dupes = sorted({bus for bus in value if value.count(bus) > 1})
+        if dupes:
+            raise ValueError(f"each bus at most once: {', '.join(dupes)} repeated")
+        return value
+
+
+class MqttSettings(_Section):
+    """How to reach the MQTT broker (MQTT v5). ``""`` for ``username``/``password`` is unset."""
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    topic_prefix: str = "coalmine"
+    client_id: str | None = Field(default=None, min_length=1)
+    keepalive: int = Field(default=30, ge=1, le=65535)
+    timeout: Duration = Field(default=10.0, gt=0)
+    session_expiry: Duration = Field(default=86400.0, ge=0, le=4_294_967_295)
+
+    @field_validator("username", "password", "client_id", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("password")
+    @classmethod
+    def _empty_secret_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is not None and not value.get_secret_value() else value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _valid_prefix(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty")
+        if any(char in value for char in "+#\0"):
+            raise ValueError("must not contain the wildcards '+', '#' or a NUL character")
+        if value.startswith("$"):
+            raise ValueError("must not start with '$' (topics reserved for the broker)")
+        if "" in value.split("/"):
+            raise ValueError("must not start or end with '/' nor contain '//'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.password is not None and self.username is None:
+            raise ValueError("password needs a username")
+        files = [k for k in ("ca_file", "cert_file", "key_file") if getattr(self, k) is not None]
+        if files and not self.tls:
+            raise ValueError(f"{', '.join(files)} given but tls = false")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file")
+        return self
+
+
 class TopicsSettings(_Section):
     """Topic names (defaults from the wire contract)."""
 

@@ -30,9 +30,11 @@ from pydantic_settings import (
 from coalmine._exceptions import ConfigError, ConfigProblem
 from coalmine.config.models import (
     DEFAULT_PROFILE,
+    BusSettings,
     HttpSettings,
     KafkaSettings,
     LimitSettings,
+    MqttSettings,
     Profile,
     TopicsSettings,
 )
@@ -67,6 +69,8 @@ class Settings(BaseSettings):
 
     Attributes:
         kafka: How to reach the Kafka cluster.
+        bus: Which buses (Kafka, MQTT or both) input is read from and output published to.
+        mqtt: How to reach the MQTT broker.
         topics: Names of the four topics of the wire contract.
         http: The ``/metrics``, ``/livez``, ``/readyz`` endpoint.
         limits: Memory caps.
@@ -83,6 +87,8 @@ class Settings(BaseSettings):
     )
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    bus: BusSettings = Field(default_factory=BusSettings)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
     topics: TopicsSettings = Field(default_factory=TopicsSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)

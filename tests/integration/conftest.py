@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from coalmine.config.models import KafkaSettings
-from tests.brokers import Tansu
+from tests.brokers import Mosquitto, Tansu
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -29,6 +29,39 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tansu]:
     """A tansu broker for the whole session (sync: it needs no event loop)."""
     with Tansu(log_dir=tmp_path_factory.mktemp("tansu")) as broker:
+        yield broker
+
+
+_MQTT_USERS = {"coalmine": "s3cret-Passw0rd", "limited": "an0ther-secret"}
+
+_MQTT_ACL = """\
+user coalmine
+topic readwrite #
+
+user limited
+topic read #
+topic write +/deployments/#
+topic write +/metrics/#
+topic write +/status/#
+"""
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """A private Mosquitto for the whole session: anonymous access, no persistence."""
+    with Mosquitto(directory=tmp_path_factory.mktemp("mosquitto")) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """A private Mosquitto with password authentication and an ACL.
+
+    Its ``users`` (name -> password): ``coalmine`` may do anything; ``limited`` may read
+    everything but write only input and status topics (no verdicts, no dead letters).
+    """
+    directory = tmp_path_factory.mktemp("mosquitto-auth")
+    with Mosquitto(users=_MQTT_USERS, acl=_MQTT_ACL, directory=directory) as broker:
         yield broker
 
 
