@@ -9,12 +9,16 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import orjson
 
 from coalmine._exceptions import CoalmineError, ConfigError
 from coalmine.config.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from coalmine.bus.base import Transport
 
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
@@ -78,21 +82,13 @@ def main() -> None:
 @main.command()
 @_config_option
 def run(config_path: Path | None) -> None:
-    """Run the daemon against Kafka until SIGTERM or SIGINT."""
+    """Run the daemon on the buses [bus] names (Kafka by default) until SIGTERM or SIGINT."""
     settings = _load(config_path)
     _setup_logging(settings)
-    from coalmine.bus.kafka import KafkaTransport  # noqa: PLC0415 - only `run` needs aiokafka
     from coalmine.daemon.app import Daemon, install_signal_handlers  # noqa: PLC0415
 
     async def serve() -> None:
-        topics = settings.topics
-        transport = KafkaTransport(
-            settings.kafka,
-            [topics.deployments, topics.metrics],
-            produce=[topics.verdicts, topics.dead_letter],
-            first=[topics.deployments],
-        )
-        daemon = Daemon(settings, transport)
+        daemon = Daemon(settings, build_transport(settings))
         install_signal_handlers(daemon)
         await daemon.run()
 
@@ -101,6 +97,33 @@ def run(config_path: Path | None) -> None:
     except CoalmineError as exc:
         logging.getLogger("coalmine").error("%s", exc)
         sys.exit(EXIT_RUNTIME)
+
+
+def build_transport(settings: Settings) -> Transport:
+    """The buses ``[bus]`` names, as one transport; Kafka is not touched unless named."""
+    from coalmine.bus.combined import CombinedTransport  # noqa: PLC0415 - only `run` needs it
+
+    topics = settings.topics
+    consume, publish = settings.bus.consume, settings.bus.publish
+    buses: dict[str, Transport] = {}
+    if "kafka" in consume or "kafka" in publish:
+        from coalmine.bus.kafka import KafkaTransport  # noqa: PLC0415 - aiokafka only if used
+
+        reads = "kafka" in consume
+        writes = "kafka" in publish
+        buses["kafka"] = KafkaTransport(
+            settings.kafka,
+            [topics.deployments, topics.metrics] if reads else [],
+            produce=[topics.verdicts, topics.dead_letter] if writes else [],
+            first=[topics.deployments] if reads else [],
+        )
+    if "mqtt" in consume or "mqtt" in publish:
+        from coalmine.bus.mqtt import MqttTransport  # noqa: PLC0415 - aiomqtt only if used
+
+        buses["mqtt"] = MqttTransport(
+            settings.mqtt, consume="mqtt" in consume, topic_names=topics.model_dump()
+        )
+    return CombinedTransport([buses[b] for b in consume], [buses[b] for b in publish])
 
 
 @main.command()

@@ -1,0 +1,62 @@
+"""Several buses as one transport: consume from some, publish to others (``[bus]``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from coalmine.bus.base import Outgoing, Record, Transport
+
+
+class CombinedTransport:
+    """A :class:`~coalmine.bus.base.Transport` over the buses ``[bus]`` names.
+
+    Records from every consuming bus are handed out together (each bus keeps its own
+    order); every published message goes to every publishing bus, and ``publish`` returns
+    once all of them acknowledged it. A bus may both consume and publish.
+    """
+
+    def __init__(self, consumers: Sequence[Transport], publishers: Sequence[Transport]) -> None:
+        self.consumers = tuple(consumers)
+        self.publishers = tuple(publishers)
+        self._all = tuple(dict.fromkeys((*self.consumers, *self.publishers)))
+
+    async def start(self) -> None:
+        """Start every bus; if one fails, stop the ones already started."""
+        started: list[Transport] = []
+        try:
+            for transport in self._all:
+                await transport.start()
+                started.append(transport)
+        except BaseException:
+            for transport in started:
+                await transport.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Stop every bus."""
+        for transport in self._all:
+            await transport.stop()
+
+    async def fetch(self, timeout: float) -> list[Record]:  # noqa: ASYNC109 - the protocol's poll timeout
+        """Records from every consuming bus, waiting up to ``timeout`` for any."""
+        if len(self.consumers) == 1:
+            return await self.consumers[0].fetch(timeout)
+        batches = await asyncio.gather(*(t.fetch(timeout) for t in self.consumers))
+        return [record for batch in batches for record in batch]
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Publish to every publishing bus; raise if any of them failed."""
+        await asyncio.gather(*(t.publish(messages) for t in self.publishers))
+
+    async def commit(self) -> None:
+        """Commit every consuming bus."""
+        for transport in self.consumers:
+            await transport.commit()
+
+    async def ready(self) -> bool:
+        """Every bus is ready."""
+        return all([await transport.ready() for transport in self._all])
