@@ -113,7 +113,9 @@ def build_transport(settings: Settings) -> Transport:
         writes = "kafka" in publish
         buses["kafka"] = KafkaTransport(
             settings.kafka,
-            [topics.deployments, topics.metrics] if reads else [],
+            [topics.deployments, topics.metrics, *(i.topic for i in settings.inputs)]
+            if reads
+            else [],
             produce=[topics.verdicts, topics.dead_letter] if writes else [],
             first=[topics.deployments] if reads else [],
         )

@@ -38,6 +38,7 @@ from coalmine.config.models import (
     Profile,
     TopicsSettings,
 )
+from coalmine.formats.mapping import InputSettings
 
 if TYPE_CHECKING:
     from pydantic.fields import FieldInfo
@@ -74,6 +75,8 @@ class Settings(BaseSettings):
         topics: Names of the four topics of the wire contract.
         http: The ``/metrics``, ``/livez``, ``/readyz`` endpoint.
         limits: Memory caps.
+        inputs: Extra metric topics in other formats (OTLP JSON, prometheus-kafka-adapter),
+            each with a declarative mapping of its series to profile metrics.
         profiles: Analysis profiles by name; ``"default"`` must exist.
         log_level: Root log level.
         log_format: ``text`` for people, ``json`` (one object a line) for log shippers.
@@ -92,6 +95,7 @@ class Settings(BaseSettings):
     topics: TopicsSettings = Field(default_factory=TopicsSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    inputs: tuple[InputSettings, ...] = ()
     profiles: dict[str, Profile] = Field(default_factory=lambda: {"default": DEFAULT_PROFILE})
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"

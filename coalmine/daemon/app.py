@@ -49,7 +49,13 @@ class Daemon:
         self.settings = settings
         self.transport = transport
         self.telemetry = telemetry or Telemetry()
-        self.router = Router(settings.profiles, settings.topics, settings.limits, self.telemetry)
+        self.router = Router(
+            settings.profiles,
+            settings.topics,
+            settings.limits,
+            self.telemetry,
+            inputs=settings.inputs,
+        )
         self.http: HttpServer | None = None
         self._wall_clock = wall_clock
         self._stopping = asyncio.Event()

@@ -26,9 +26,18 @@ from coalmine.contract import (
 )
 from coalmine.daemon.deployment import AnalysisLimits, Deployment
 from coalmine.daemon.telemetry import Telemetry
+from coalmine.formats import (
+    CloudEventDeduper,
+    MetricDecoder,
+    decode_cloudevent,
+    is_cloudevent,
+    metric_decoder,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, Sequence
+
+    from coalmine.formats.mapping import InputSettings
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +82,7 @@ class Router:
         topics: TopicsSettings | None = None,
         limits: LimitSettings | None = None,
         telemetry: Telemetry | None = None,
+        inputs: Sequence[InputSettings] = (),
     ) -> None:
         self.profiles = dict(profiles)
         self.topics = topics or TopicsSettings()
@@ -83,6 +93,14 @@ class Router:
         self._by_service: dict[str, list[str]] = {}
         self._last_seen: dict[str, float] = {}
         self._analysis_limits = AnalysisLimits(self.limits.max_samples_per_cohort)
+        self._decoders: dict[str, MetricDecoder] = {}
+        self._native_inputs: set[str] = set()
+        for source in inputs:
+            if source.format == "native":
+                self._native_inputs.add(source.topic)
+            else:
+                self._decoders[source.topic] = metric_decoder(source)
+        self._cloudevents = CloudEventDeduper()
 
     def handle(self, records: Iterable[Record], now: float) -> Effects:
         """Handle records in order; ``now`` is the wall time they were received."""
@@ -107,11 +125,28 @@ class Router:
     def _on_record(self, record: Record, now: float) -> list[Verdict]:
         if len(record.value) > self.limits.max_message_bytes:
             raise ContractError("too_large", f"{len(record.value)} bytes")
-        if record.topic == self.topics.deployments:
-            return self._on_deploy(decode_deploy_event(record.value), now)
-        if record.topic == self.topics.metrics:
+        topic = record.topic
+        if topic == self.topics.deployments:
+            return self._on_deploy_record(record, now)
+        if topic == self.topics.metrics or topic in self._native_inputs:
             return self._on_metrics(decode_metric_events(record.value), now)
+        decoder = self._decoders.get(topic)
+        if decoder is not None:
+            return self._on_metrics(decoder.decode(record.value), now)
         return []
+
+    def _on_deploy_record(self, record: Record, now: float) -> list[Verdict]:
+        headers: Sequence[tuple[str, bytes | None]] = record.headers
+        if not is_cloudevent(headers) and b'"specversion"' in record.value[:4096]:
+            # Structured CloudEvents over MQTT arrive without a content-type header.
+            headers = (*headers, ("content-type", b"application/cloudevents+json"))
+        if not is_cloudevent(headers):
+            return self._on_deploy(decode_deploy_event(record.value), now)
+        event, key = decode_cloudevent(record.value, headers)
+        if self._cloudevents.seen(key):
+            self.telemetry.ignored("duplicate_cloudevent")
+            return []
+        return self._on_deploy(event, now)
 
     def expire_silent(self, now: float) -> Effects:
         """Close, as ``inconclusive``, deployments with no events for ``max_duration``."""

@@ -136,7 +136,7 @@ async def run_daemon(settings: Settings) -> tuple[Daemon, asyncio.Task[None]]:
     topics = settings.topics
     transport = KafkaTransport(
         settings.kafka,
-        [topics.deployments, topics.metrics],
+        [topics.deployments, topics.metrics, *(i.topic for i in settings.inputs)],
         produce=[topics.verdicts, topics.dead_letter],
         first=[topics.deployments],
     )
@@ -145,8 +145,7 @@ async def run_daemon(settings: Settings) -> tuple[Daemon, asyncio.Task[None]]:
     return daemon, task
 
 
-@pytest.fixture
-def settings(kafka_settings: KafkaSettings, topic_name: Callable[[str], str]) -> Settings:
+def make_settings(kafka_settings: KafkaSettings, topic_name: Callable[[str], str]) -> Settings:
     kafka = kafka_settings.model_copy(update={"session_timeout": 1.0})
     return Settings(
         kafka=kafka,
@@ -154,6 +153,11 @@ def settings(kafka_settings: KafkaSettings, topic_name: Callable[[str], str]) ->
         profiles={"default": PROFILE},
         http=HttpSettings(enabled=False),
     )
+
+
+@pytest.fixture
+def settings(kafka_settings: KafkaSettings, topic_name: Callable[[str], str]) -> Settings:
+    return make_settings(kafka_settings, topic_name)
 
 
 async def test_three_deployments_through_kafka(settings: Settings) -> None:
