@@ -16,12 +16,12 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 from scipy import special, stats
 
 from coalmine.analyzers.result import DetailValue, MetricResult
 
 if TYPE_CHECKING:
-    import numpy as np
     from numpy.typing import NDArray
 
     from coalmine.config.models import MetricSpec
@@ -116,7 +116,19 @@ def analyze_instances(
     failed = p_value < alpha and beyond
     z_alpha = float(special.ndtri(1 - (alpha if direction != "either" else alpha / 2)))
     mde = abs(relative((z_alpha + _POWER_Z) * se))
-    measured = failed or mde <= tol
+    low, high = relative(diff - z_alpha * se), relative(diff + z_alpha * se)
+    shown_within = {
+        "increase": high <= tol,
+        "decrease": low >= -tol,
+        "either": -tol <= low and high <= tol,
+    }[direction]
+    # Every instance must count before promoting: one still below the minimum may be the
+    # bad one.
+    waiting = int(
+        np.count_nonzero(baseline.counts < MIN_SAMPLES_PER_INSTANCE)
+        + np.count_nonzero(canary.counts < MIN_SAMPLES_PER_INSTANCE)
+    )
+    measured = failed or (mde <= tol and shown_within and not waiting)
     detail.update(
         {
             "scale": "log" if log else "raw",
@@ -129,23 +141,43 @@ def analyze_instances(
             "p_value": p_value,
             "test": "fixed",
             "mde": _finite(mde),
+            "relative_low": _finite(low),
+            "relative_high": _finite(high),
+            "instances_waiting": waiting,
         }
     )
-    sign = {"increase": "+", "decrease": "-", "either": "\u00b1"}[direction]
-    units = f"{b.size} vs {c.size} instances"
-    if failed:
-        reason = (
-            f"{spec.name} {rel:+.1%} per instance ({units}, p={p_value:.2g}),"
-            f" beyond {sign}{tol:.0%}"
-        )
-    elif measured:
-        reason = f"{spec.name} {rel:+.1%} per instance ({units}), within {sign}{tol:.0%}"
-    else:
-        reason = (
-            f"{spec.name} not measurable yet per instance ({units}): detectable change"
-            f" {mde:.0%} > allowed {tol:.0%}"
-        )
+    state = "fail" if failed else "pass" if measured else "waiting" if waiting else "unshown"
+    if state == "unshown" and mde > tol:
+        state = "underpowered"
+    reason = _describe(spec, state, rel, p_value, mde, (int(b.size), int(c.size)), waiting)
     return _result(spec, "fail" if failed else "pass", sizes, reason, detail, measured=measured)
+
+
+def _describe(
+    spec: MetricSpec,
+    state: str,
+    rel: float,
+    p_value: float,
+    mde: float,
+    counted: tuple[int, int],
+    waiting: int,
+) -> str:
+    """The reason phrase for one instance-level result."""
+    sign = {"increase": "+", "decrease": "-", "either": "\u00b1"}[spec.direction]
+    tol = f"{sign}{spec.tolerance:.0%}"
+    head = f"{spec.name} {rel:+.1%} per instance ({counted[0]} vs {counted[1]} instances"
+    if state == "fail":
+        return f"{head}, p={p_value:.2g}), beyond {tol}"
+    if state == "pass":
+        return f"{head}), within {tol}"
+    if state == "waiting":
+        return f"{head}); {waiting} more instance(s) below {MIN_SAMPLES_PER_INSTANCE} samples"
+    if state == "unshown":
+        return f"{head}), not yet shown within {tol}"
+    return (
+        f"{spec.name} not measurable yet per instance ({counted[0]} vs {counted[1]} instances):"
+        f" detectable change {mde:.0%} > allowed {spec.tolerance:.0%}"
+    )
 
 
 def _welch_df(var_b: float, n_b: int, var_c: float, n_c: int) -> float:

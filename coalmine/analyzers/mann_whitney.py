@@ -180,7 +180,9 @@ def analyze_distribution(
     for a zero shift and +/-inf otherwise.
 
     The metric is *measured* (strong enough to promote on) when the minimum detectable
-    relative effect is within tolerance. The MDE is a normal approximation at 80% power,
+    relative effect is within tolerance and the interval's harmful end is within it too
+    (the change is shown to be tolerable, not merely detectable). The MDE is a normal
+    approximation at 80% power,
     ``(z_{1-a'} + z_{0.8}) * s * sqrt(1/n + 1/m) * sqrt(pi/3) / scale``, where ``s`` pools the
     robust scales (IQR / 1.349) of both cohorts (standard deviation if both IQRs are 0),
     ``sqrt(pi/3)`` is the U test's efficiency loss against the t test on normal data, and
@@ -303,7 +305,14 @@ def _judge(
 
     alpha_z = alpha if one_sided else alpha / 2.0
     mde = _mde(b, c, scale, float(special.ndtri(1.0 - alpha_z)))
-    measured = failed or mde <= tol
+    # Promotion needs the change shown within tolerance, not merely detectable: a +8%
+    # canary whose interval reaches +14% is not yet shown to be within +10%.
+    shown_within = {
+        "increase": rel_high <= tol,
+        "decrease": rel_low >= -tol,
+        "either": -tol <= rel_low and rel_high <= tol,
+    }[direction]
+    measured = failed or (mde <= tol and shown_within)
 
     pct = f"{confidence * 100:.3g}% CI {_pct(rel_low)}..{_pct(rel_high)}"
     if p_value < alpha:
@@ -313,11 +322,13 @@ def _judge(
         reason = f"{spec.name} {_pct(rel)} ({pct}), beyond {bound}%"
     elif measured:
         reason = f"{spec.name} {_pct(rel)} ({pct}), within {bound}%"
-    else:
+    elif mde > tol:
         reason = (
             f"{spec.name} not measurable yet: detectable change {_num(mde * 100)}%"
             f" > allowed {_num(tol * 100)}%"
         )
+    else:
+        reason = f"{spec.name} {_pct(rel)} ({pct}), not yet shown within {bound}%"
 
     detail: dict[str, DetailValue] = {
         "n_baseline": test.n_baseline,

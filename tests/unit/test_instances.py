@@ -85,3 +85,16 @@ def test_non_positive_samples_fall_back_to_raw_means():
     assert not log
     assert counts.tolist() == [4.0]
     assert values.tolist() == [1.5]
+
+
+def test_no_promotion_while_an_instance_has_not_counted_yet():
+    rng = np.random.default_rng(15)
+    base = means(cohort(rng, 5, 2000, 0.0))
+    canary_samples = cohort(rng, 3, 2000, 0.0)
+    canary_samples.append(1.5 * rng.lognormal(4.6, 0.5, 40))  # a slow pod, 40 samples so far
+    result = analyze_instances(LATENCY, base, means(canary_samples), 0.05)
+    assert result.outcome == "pass"
+    assert result.detail["instances_canary"] == 3
+    assert result.detail["instances_waiting"] == 1
+    assert not result.measured
+    assert "1 more instance(s) below 100 samples" in result.reason

@@ -357,3 +357,15 @@ def test_a_a_false_fail_rate_is_at_most_alpha() -> None:
         fails_default += analyze_distribution(LATENCY, baseline, canary, 0.05).outcome == "fail"
     assert 0.035 <= fails_strict / looks <= 0.05 + 0.015
     assert fails_default / looks <= fails_strict / looks
+
+
+def test_a_change_not_shown_within_tolerance_is_not_measured() -> None:
+    # +8% on 500 samples a side: detectable (MDE below 10%) but the 90% interval reaches
+    # past +10%, so the canary is not yet shown to be within tolerance: no promotion.
+    base, canary = _lognormal(21, 500), 1.08 * _lognormal(22, 500)
+    result = analyze_distribution(LATENCY, base, canary, 0.05)
+    assert result.outcome == "pass"
+    assert result.detail["mde"] <= 0.10
+    assert result.detail["relative_high"] > 0.10
+    assert not result.measured
+    assert "not yet shown within +10%" in result.reason
