@@ -2,6 +2,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from coalmine.cli import main
@@ -9,8 +10,11 @@ from coalmine.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_check_accepts_the_shipped_example():
-    result = CliRunner().invoke(main, ["check", "--config", str(ROOT / "config" / "coalmine.toml")])
+@pytest.mark.parametrize("example", sorted((ROOT / "config").glob("*.toml")), ids=lambda p: p.name)
+def test_check_accepts_every_shipped_example(example):
+    result = CliRunner().invoke(
+        main, ["check", "--config", str(example)], env={"COALMINE_CONFIG": None}
+    )
     assert result.exit_code == 0, result.output
     assert "ok" in result.output
     assert "default" in result.output

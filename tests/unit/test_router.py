@@ -279,3 +279,22 @@ def test_batching_does_not_change_verdicts():
     one_by_one = router()
     single = [v for rec in records for v in one_by_one.handle([rec], now=0.0).verdicts]
     assert [v.to_dict() for v in whole] == [v.to_dict() for v in single]
+
+
+def test_structured_cloudevents_without_a_content_type_are_recognised_and_deduplicated():
+    # As over MQTT, which carries no content-type header: the envelope says what it is.
+    envelope = {
+        "specversion": "1.0",
+        "id": "evt-1",
+        "source": "/pipelines/checkout",
+        "type": "com.example.deploy.started",
+        "data": orjson.loads(started_event(CHECKOUT, T0)),
+    }
+    r = router()
+    effects = r.handle([deploy(orjson.dumps(envelope)), deploy(orjson.dumps(envelope), 1)], now=0.0)
+    assert not effects
+    assert list(r.deployments) == ["checkout-v42"]
+    assert r.telemetry.ignored_events.labels("duplicate_cloudevent")._value.get() == 1
+    broken = orjson.dumps({**envelope, "specversion": "0.3", "id": "evt-2"})
+    (letter,) = r.handle([deploy(broken, 2)], now=0.0).dead_letters
+    assert dict(letter.headers)["coalmine-error"].startswith(b"cloudevent_invalid")
