@@ -145,10 +145,16 @@ async def send(kafka: KafkaSettings, messages: list[tuple[str, bytes, bytes, lis
         await producer.stop()
 
 
-async def judge(settings: Settings) -> tuple[dict[str, str], Any]:
+async def judge(
+    settings: Settings, settled: Callable[[Any], bool] = lambda _: True
+) -> tuple[dict[str, str], Any]:
+    """Run a daemon until three final verdicts are out and ``settled(telemetry)`` holds."""
     daemon, task = await run_daemon(settings)
     try:
         records = await read_topic(settings.kafka, settings.topics.verdicts, three_finals, 90.0)
+        async with asyncio.timeout(30):
+            while not settled(daemon.telemetry):
+                await asyncio.sleep(0.1)
     finally:
         daemon.request_stop()
         await asyncio.wait_for(task, 30)
@@ -191,7 +197,9 @@ async def test_cloudevents_and_otlp_json(
             service, time, cohorts = cohorts_of(value)
             out.append((otlp_topic, key, otlp_message(service, time, cohorts), []))
     await send(settings.kafka, out)
-    finals, telemetry = await judge(settings)
+    finals, telemetry = await judge(
+        settings, lambda t: t.ignored_events.labels("duplicate_cloudevent")._value.get() >= 3
+    )
     assert finals == EXPECTED
     # Each started CloudEvent was sent twice (a retry): the copy was recognised and ignored.
     assert telemetry.ignored_events.labels("duplicate_cloudevent")._value.get() == 3
@@ -279,6 +287,8 @@ async def test_prometheus_kafka_adapter(
             out.extend((prom_topic, key, m, []) for m in prometheus_messages(value, totals))
     out.append((prom_topic, b"x", b'{"timestamp": "soon", "value": "1"}', []))
     await send(settings.kafka, out)
-    finals, telemetry = await judge(settings)
+    finals, telemetry = await judge(
+        settings, lambda t: t.invalid_events.labels("prometheus_invalid")._value.get() >= 1
+    )
     assert finals == EXPECTED
     assert telemetry.invalid_events.labels("prometheus_invalid")._value.get() == 1
