@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from scipy import special
 
-from coalmine.analyzers.result import DetailValue, MetricResult, Outcome
+from coalmine.analyzers.result import DetailValue, MetricResult, Outcome, json_number
 from coalmine.analyzers.sequential import RateRatioEProcess, binomial_guard_log_e
 
 if TYPE_CHECKING:
@@ -226,9 +226,9 @@ def analyze_ratio(  # noqa: PLR0913 - two cohorts' counts are the natural inputs
         "null": spec.null,
         "p_relative": relative_p,
         "e_relative": _e(evidence.rate.max_log_e) if sequential and evidence else None,
-        "rate_ratio": None if relative is None else _json(relative.ratio),
-        "rate_ratio_upper": None if relative is None else _json(relative.ratio_upper),
-        "detectable_ratio": _json(
+        "rate_ratio": None if relative is None else json_number(relative.ratio),
+        "rate_ratio_upper": None if relative is None else json_number(relative.ratio_upper),
+        "detectable_ratio": json_number(
             _detectable_ratio(bad_c, canary_total, bad_b, baseline_total, budget, alpha)
         ),
         "bad_ratio_canary_upper": canary_upper,
@@ -456,12 +456,3 @@ def _clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
     if k >= n:
         return 1.0
     return float(special.betaincinv(k + 1, n - k, 1.0 - alpha))
-
-
-def _json(x: float) -> DetailValue:
-    """Detail values must survive JSON: NaN becomes None, infinities become strings."""
-    if math.isnan(x):
-        return None
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return x

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import special, stats
 
-from coalmine.analyzers.result import DetailValue, MetricResult
+from coalmine.analyzers.result import DetailValue, MetricResult, json_number
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -134,15 +134,15 @@ def analyze_instances(
             "scale": "log" if log else "raw",
             "mean_baseline": mean_b,
             "mean_canary": mean_c,
-            "relative_change": _finite(rel),
+            "relative_change": json_number(rel),
             "instance_spread": math.sqrt(var_b),
-            "t": _finite(t),
+            "t": json_number(t),
             "df": df,
             "p_value": p_value,
             "test": "fixed",
-            "mde": _finite(mde),
-            "relative_low": _finite(low),
-            "relative_high": _finite(high),
+            "mde": json_number(mde),
+            "relative_low": json_number(low),
+            "relative_high": json_number(high),
             "instances_waiting": waiting,
         }
     )
@@ -184,14 +184,6 @@ def _welch_df(var_b: float, n_b: int, var_c: float, n_c: int) -> float:
     a, b = var_b / n_b, var_c / n_c
     denominator = a * a / (n_b - 1) + b * b / (n_c - 1)
     return (a + b) ** 2 / denominator if denominator > 0 else float(n_b + n_c - 2)
-
-
-def _finite(x: float) -> DetailValue:
-    if math.isnan(x):
-        return None
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return x
 
 
 def _result(

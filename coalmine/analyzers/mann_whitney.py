@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from scipy import special
 
-from coalmine.analyzers.result import DetailValue, MetricResult
+from coalmine.analyzers.result import DetailValue, MetricResult, json_number
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -339,9 +339,9 @@ def _judge(
         "shift_low": hl.low,
         "shift_high": hl.high,
         "confidence": confidence,
-        "relative_change": _json(rel),
-        "relative_low": _json(rel_low),
-        "relative_high": _json(rel_high),
+        "relative_change": json_number(rel),
+        "relative_low": json_number(rel_low),
+        "relative_high": json_number(rel_high),
         "p_value": p_value,
         "test": "sequential" if e_value is not None else "fixed",
         "e_value": e_value,
@@ -349,7 +349,7 @@ def _judge(
         "unit": "request",
         "u": test.u,
         "auc": test.auc,
-        "mde": _json(mde),
+        "mde": json_number(mde),
         "allowed_change": tol,
         "direction": direction,
     }
@@ -703,15 +703,6 @@ def _quantile_sorted(x: NDArray[np.float64], q: float) -> float:
     low = math.floor(pos)
     high = min(low + 1, x.size - 1)
     return float(x[low] + (x[high] - x[low]) * (pos - low))
-
-
-def _json(x: float) -> DetailValue:
-    """Detail values must survive JSON: NaN becomes None, infinities become strings."""
-    if math.isnan(x):
-        return None
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return x
 
 
 def _num(x: float) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -12,6 +13,15 @@ Outcome = Literal["pass", "fail", "nodata", "error"]
 """``fail`` is a regression; ``nodata`` and ``error`` are kept apart from failures."""
 
 DetailValue = float | int | str | bool | None
+
+
+def json_number(x: float) -> DetailValue:
+    """A detail number that survives JSON: NaN becomes None, infinities ``"inf"``/``"-inf"``."""
+    if math.isnan(x):
+        return None
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return x
 
 
 @dataclass(frozen=True, slots=True)
