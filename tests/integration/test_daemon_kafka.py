@@ -19,8 +19,6 @@ from coalmine.bus.kafka import KafkaTransport, ensure_topics, partition_counts
 from coalmine.config.models import (
     HttpSettings,
     KafkaSettings,
-    MetricSpec,
-    Profile,
     TopicsSettings,
 )
 from coalmine.config.settings import Settings
@@ -28,6 +26,7 @@ from coalmine.contract import parse_time
 from coalmine.daemon.app import Daemon
 from coalmine.simulator import simulate, three_deployments
 from tests.brokers import free_port
+from tests.scenario import EXPECTED, PROFILE, T0
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -35,17 +34,6 @@ if TYPE_CHECKING:
 
     from aiokafka.structs import ConsumerRecord
 
-T0 = 1_800_000_000.0
-PROFILE = Profile(
-    interval=60,
-    min_duration=300,
-    max_duration=900,
-    metrics=(
-        MetricSpec(name="latency_ms"),
-        MetricSpec(name="requests", kind="ratio", objective=0.999, critical=True),
-    ),
-)
-EXPECTED = {"checkout-v42": "promote", "search-v7": "rollback", "payments-v3": "rollback"}
 MALFORMED = [
     (b"checkout", b"{not json", b"invalid_json"),
     (

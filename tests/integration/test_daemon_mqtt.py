@@ -10,25 +10,14 @@ import aiomqtt
 import orjson
 
 from coalmine.cli import build_transport
-from coalmine.config.models import BusSettings, HttpSettings, MetricSpec, MqttSettings, Profile
+from coalmine.config.models import BusSettings, HttpSettings, MqttSettings
 from coalmine.config.settings import Settings
 from coalmine.daemon.app import Daemon
 from coalmine.simulator import simulate, three_deployments
+from tests.scenario import EXPECTED, PROFILE, T0
 
 if TYPE_CHECKING:
     from tests.brokers import Mosquitto
-
-T0 = 1_800_000_000.0
-PROFILE = Profile(
-    interval=60,
-    min_duration=300,
-    max_duration=900,
-    metrics=(
-        MetricSpec(name="latency_ms"),
-        MetricSpec(name="requests", kind="ratio", objective=0.999, critical=True),
-    ),
-)
-EXPECTED = {"checkout-v42": "promote", "search-v7": "rollback", "payments-v3": "rollback"}
 
 
 async def test_three_deployments_over_mqtt_with_retained_verdicts(mqtt_broker: Mosquitto) -> None:

@@ -5,22 +5,13 @@ import aiohttp
 import orjson
 
 from coalmine.bus.memory import MemoryBroker, MemoryTransport
-from coalmine.config.models import HttpSettings, MetricSpec, Profile, TopicsSettings
+from coalmine.config.models import HttpSettings, TopicsSettings
 from coalmine.config.settings import Settings
 from coalmine.daemon.app import Daemon, install_signal_handlers
 from coalmine.simulator import simulate, three_deployments
+from tests.scenario import PROFILE, T0
 
-T0 = 1_800_000_000.0
 TOPICS = TopicsSettings()
-PROFILE = Profile(
-    interval=60,
-    min_duration=300,
-    max_duration=900,
-    metrics=(
-        MetricSpec(name="latency_ms"),
-        MetricSpec(name="requests", kind="ratio", objective=0.999, critical=True),
-    ),
-)
 
 
 def make_broker() -> MemoryBroker:

@@ -1,20 +1,9 @@
 import numpy as np
 import pytest
 
-from coalmine.config.models import MetricSpec, Profile
 from coalmine.contract import DeployEvent, MetricEvent
 from coalmine.daemon.deployment import AnalysisLimits, Deployment
-
-T0 = 1_800_000_000.0
-PROFILE = Profile(
-    interval=60,
-    min_duration=300,
-    max_duration=900,
-    metrics=(
-        MetricSpec(name="latency_ms"),
-        MetricSpec(name="requests", kind="ratio", objective=0.999, critical=True),
-    ),
-)
+from tests.scenario import PROFILE, T0
 
 
 def started(profile_name: str = "default") -> DeployEvent:

@@ -2,21 +2,12 @@ import orjson
 import pytest
 
 from coalmine.bus.base import Record
-from coalmine.config.models import LimitSettings, MetricSpec, Profile, TopicsSettings
+from coalmine.config.models import LimitSettings, TopicsSettings
 from coalmine.daemon.router import Router
 from coalmine.simulator import Scenario, simulate, started_event, three_deployments
+from tests.scenario import PROFILE, T0
 
-T0 = 1_800_000_000.0
 TOPICS = TopicsSettings()
-PROFILE = Profile(
-    interval=60,
-    min_duration=300,
-    max_duration=900,
-    metrics=(
-        MetricSpec(name="latency_ms"),
-        MetricSpec(name="requests", kind="ratio", objective=0.999, critical=True),
-    ),
-)
 
 
 def router(**limits) -> Router:
