@@ -25,7 +25,9 @@ from coalmine.contract import (
     encode_verdict,
 )
 from coalmine.daemon.deployment import AnalysisLimits, Deployment
+from coalmine.daemon.ledger import VerdictLedger
 from coalmine.daemon.telemetry import Telemetry
+from coalmine.daemon.unrouted import UnroutedEvent, UnroutedMetrics
 from coalmine.formats import (
     CloudEventDeduper,
     MetricDecoder,
@@ -43,6 +45,19 @@ log = logging.getLogger(__name__)
 
 _FINISHED_MEMORY = 100_000
 """How many finished deployment ids are remembered to ignore a second ``started``."""
+
+TopicPartition = tuple[str, int]
+"""``(topic, partition)``."""
+
+
+@dataclass(slots=True)
+class _Origin:
+    """Where an open deployment's events are in the log: what a restart must re-read."""
+
+    deploy: TopicPartition
+    offset: int
+    floors: dict[TopicPartition, int]
+    """Per input partition, the first offset the deployment may have used."""
 
 
 @dataclass(slots=True)
@@ -101,6 +116,12 @@ class Router:
             else:
                 self._decoders[source.topic] = metric_decoder(source)
         self._cloudevents = CloudEventDeduper()
+        self.ledger = VerdictLedger()
+        self._unrouted = UnroutedMetrics()
+        self._origins: dict[str, _Origin] = {}
+        self._positions: dict[TopicPartition, int] = {}
+        self._batch_floors: dict[TopicPartition, int] = {}
+        self._record: Record | None = None
 
     def handle(self, records: Iterable[Record], now: float) -> Effects:
         """Handle records in order; ``now`` is the wall time they were received."""
@@ -109,18 +130,95 @@ class Router:
         # metric read before its deployment's `started` could not be routed.
         batch = list(records)
         batch.sort(key=lambda record: record.topic != self.topics.deployments)
+        self._note_batch(batch)
         for record in batch:
             self.telemetry.events_consumed.labels(record.topic).inc()
+            self._record = record
             try:
                 verdicts = self._on_record(record, now)
             except ContractError as exc:
                 effects.dead_letters.append(self._dead_letter(record, exc))
                 continue
+            finally:
+                self._record = None
             if verdicts:
-                self._settle(verdicts)
-                effects.verdicts.extend(verdicts)
-                effects.received.extend(now for _ in verdicts)
+                published = self._settle(verdicts)
+                effects.verdicts.extend(published)
+                effects.received.extend(now for _ in published)
+        for record in batch:
+            key = (record.topic, record.partition)
+            if record.offset >= self._positions.get(key, 0):
+                self._positions[key] = record.offset + 1
         return effects
+
+    def floors(self) -> dict[TopicPartition, int]:
+        """Per partition, the oldest offset a restart must re-read to rebuild what is open.
+
+        The daemon commits no further than this: the ``started`` record of every open
+        deployment, the input records since it started, and held unrouted events.
+        """
+        floors = self._unrouted.floors()
+        for origin in self._origins.values():
+            _lower(floors, origin.deploy, origin.offset)
+            for source, offset in origin.floors.items():
+                _lower(floors, source, offset)
+        return floors
+
+    def release(self, partitions: Iterable[TopicPartition]) -> list[str]:
+        """Forget what was read from ``partitions`` (given up to another daemon).
+
+        Returns the ids of the open deployments dropped: their new owner rebuilds them.
+        """
+        gone = set(partitions)
+        if not gone:
+            return []
+        dropped = [dep_id for dep_id, origin in self._origins.items() if origin.deploy in gone]
+        for dep_id in dropped:
+            deployment = self.deployments[dep_id]
+            self._forget(deployment, None)
+        self._unrouted.release(gone)
+        for source in gone:
+            self._positions.pop(source, None)
+        for origin in self._origins.values():
+            for source in gone:
+                origin.floors.pop(source, None)
+        return dropped
+
+    def recall(self, verdicts: Iterable[bytes]) -> int:
+        """Learn the verdicts already published (read from the verdict topic)."""
+        return self.ledger.learn(verdicts)
+
+    def _note_batch(self, batch: list[Record]) -> None:
+        """Note the first offset of each input partition in this batch.
+
+        A deployment started in this batch may use any input record of the batch (deploy
+        records are handled first), so its floor on a partition is the batch's first
+        offset there, or the position before the batch. A partition seen for the first
+        time gives every open deployment a floor at its first offset.
+        """
+        floors: dict[TopicPartition, int] = {}
+        for record in batch:
+            if record.topic == self.topics.deployments:
+                continue
+            _lower(floors, (record.topic, record.partition), record.offset)
+        self._batch_floors = floors
+        new = [source for source in floors if source not in self._positions]
+        if new:
+            for origin in self._origins.values():
+                for source in new:
+                    if self._feeds(source, origin):
+                        origin.floors.setdefault(source, floors[source])
+
+    def _feeds(self, source: TopicPartition, origin: _Origin) -> bool:
+        """Can input records of ``source`` be routed to the deployment?
+
+        The metrics topic is co-partitioned with the deployments topic; other input
+        topics (OTLP, prometheus-adapter) are keyed by their producers, so any partition.
+        """
+        topic, partition = source
+        if topic == self.topics.deployments:
+            return False
+        return topic != self.topics.metrics or partition == origin.deploy[1]
 
     def _on_record(self, record: Record, now: float) -> list[Verdict]:
         if len(record.value) > self.limits.max_message_bytes:
@@ -160,7 +258,8 @@ class Router:
                     continue
                 effects.verdicts.append(verdict)
                 effects.received.append(now)
-        self._settle(effects.verdicts)
+        effects.verdicts = self._settle(effects.verdicts)
+        del effects.received[len(effects.verdicts) :]
         return effects
 
     def open_deployments(self) -> list[Deployment]:
@@ -201,6 +300,7 @@ class Router:
         self._by_service.setdefault(event.service, []).append(event.deployment_id)
         self._last_seen[event.deployment_id] = now
         self.telemetry.active_deployments.set(len(self.deployments))
+        self._note_origin(event.deployment_id)
         log.info(
             "deployment %s of %s started (profile %s, %s -> %s)",
             event.deployment_id,
@@ -209,7 +309,34 @@ class Router:
             event.baseline_version,
             event.canary_version,
         )
-        return []
+        return self._apply_held(event, now)
+
+    def _note_origin(self, dep_id: str) -> None:
+        """Remember where a starting deployment's events begin in the log."""
+        record = self._record
+        if record is None:
+            return
+        origin = _Origin((record.topic, record.partition), record.offset, {})
+        for source in {*self._positions, *self._batch_floors}:
+            if self._feeds(source, origin):
+                floor = self._batch_floors.get(source, self._positions.get(source))
+                if floor is not None:
+                    origin.floors[source] = floor
+        self._origins[dep_id] = origin
+
+    def _apply_held(self, event: DeployEvent, now: float) -> list[Verdict]:
+        """Hand a starting deployment the events that arrived before its ``started``."""
+        held = self._unrouted.take(event.deployment_id, event.service, event.time)
+        origin = self._origins.get(event.deployment_id)
+        verdicts: list[Verdict] = []
+        for item in held:
+            if origin is not None:
+                _lower(origin.floors, item.source, item.offset)
+            try:
+                verdicts.extend(self._on_metrics([item.event], now))
+            except ContractError:
+                self.telemetry.dropped("held_event_invalid", item.event.size)
+        return verdicts
 
     def _on_metrics(self, events: list[MetricEvent], now: float) -> list[Verdict]:
         # Resolve every event before applying any: a message is taken or rejected whole.
@@ -230,6 +357,10 @@ class Router:
             self._last_seen[deployment.deployment_id] = now
             verdicts.extend(deployment.observe(event, cohort))
             self._forget_if_ended(deployment)
+            final_time = self.ledger.final_time(deployment.deployment_id)
+            if final_time is not None and deployment.watermark > final_time:
+                # Rebuilt after its final verdict was published: it has said its last word.
+                self._forget(deployment, "final")
         return verdicts
 
     def _forget_if_ended(self, deployment: Deployment) -> None:
@@ -241,7 +372,7 @@ class Router:
     def _route(self, event: MetricEvent) -> tuple[Deployment, MetricEvent, Cohort] | None:
         deployment = self._deployment_for(event)
         if deployment is None:
-            self.telemetry.dropped("no_open_deployment", event.size)
+            self._hold(event)
             return None
         if event.time < deployment.started:
             self.telemetry.dropped("before_started", event.size)
@@ -264,40 +395,81 @@ class Router:
             )
         return deployment, event, cohort
 
+    def _hold(self, event: MetricEvent) -> None:
+        """Keep an event with no open deployment a while: its ``started`` may be late."""
+        record = self._record
+        if record is None or (
+            event.deployment_id is not None and event.deployment_id in self.finished
+        ):
+            self.telemetry.dropped("no_open_deployment", event.size)
+            return
+        source = (record.topic, record.partition)
+        for item in self._unrouted.add(UnroutedEvent(source, record.offset, event)):
+            self.telemetry.dropped("no_open_deployment", item.event.size)
+
     def _deployment_for(self, event: MetricEvent) -> Deployment | None:
+        """The deployment an event belongs to.
+
+        By ``deployment_id`` when given; else, of the open deployments of its service (those
+        whose versions match, when the event names a version and no cohort), the latest
+        one started by the event's time, or the latest one at all.
+        """
         if event.deployment_id is not None:
             return self.deployments.get(event.deployment_id)
         candidates = self._by_service.get(event.service)
         if not candidates:
             return None
-        if event.cohort is None:
-            for dep_id in reversed(candidates):
-                deployment = self.deployments[dep_id]
-                if event.version in (deployment.canary_version, deployment.baseline_version):
-                    return deployment
-        return self.deployments[candidates[-1]]
+        latest: Deployment | None = None
+        for dep_id in reversed(candidates):
+            deployment = self.deployments[dep_id]
+            if event.cohort is None and event.version not in (
+                deployment.canary_version,
+                deployment.baseline_version,
+            ):
+                continue
+            if deployment.started <= event.time:
+                return deployment
+            latest = latest or deployment
+        if latest is None and event.cohort is None:
+            return self.deployments[candidates[-1]]
+        return latest
 
-    def _settle(self, verdicts: list[Verdict]) -> None:
+    def _settle(self, verdicts: list[Verdict]) -> list[Verdict]:
+        """Close deployments that reached a final verdict; return the verdicts to publish.
+
+        A verdict the ledger shows already published (a rebuilt deployment re-making its
+        judgements) is not published again.
+        """
+        published: list[Verdict] = []
         for verdict in verdicts:
-            self.telemetry.verdicts.labels(verdict.decision).inc()
+            if self.ledger.already_published(verdict):
+                self.telemetry.verdicts_suppressed.inc()
+            else:
+                published.append(verdict)
+                self.telemetry.verdicts.labels(verdict.decision).inc()
+                if verdict.final:
+                    log.info("verdict %s: %s", verdict.verdict_id, verdict.summary)
             if verdict.final:
                 deployment = self.deployments.get(verdict.deployment_id)
                 if deployment is not None:
                     self._forget(deployment, verdict.decision)
-                log.info("verdict %s: %s", verdict.verdict_id, verdict.summary)
+        return published
 
-    def _forget(self, deployment: Deployment, outcome: str) -> None:
+    def _forget(self, deployment: Deployment, outcome: str | None) -> None:
+        """Drop a deployment; ``outcome`` None means it was handed over, not finished."""
         dep_id = deployment.deployment_id
         self.deployments.pop(dep_id, None)
         self._last_seen.pop(dep_id, None)
+        self._origins.pop(dep_id, None)
         siblings = self._by_service.get(deployment.service, [])
         if dep_id in siblings:
             siblings.remove(dep_id)
         if not siblings:
             self._by_service.pop(deployment.service, None)
-        self.finished[dep_id] = outcome
-        while len(self.finished) > _FINISHED_MEMORY:
-            self.finished.popitem(last=False)
+        if outcome is not None:
+            self.finished[dep_id] = outcome
+            while len(self.finished) > _FINISHED_MEMORY:
+                self.finished.popitem(last=False)
         self.telemetry.active_deployments.set(len(self.deployments))
 
     def _dead_letter(self, record: Record, error: ContractError) -> Outgoing:
@@ -314,3 +486,9 @@ class Router:
             value = value[: self.limits.max_message_bytes]
             headers = (*headers, ("coalmine-truncated-from", str(len(record.value)).encode()))
         return Outgoing(self.topics.dead_letter, value, record.key, headers)
+
+
+def _lower(floors: dict[TopicPartition, int], source: TopicPartition, offset: int) -> None:
+    current = floors.get(source)
+    if current is None or offset < current:
+        floors[source] = offset

@@ -67,6 +67,34 @@ class Telemetry:
             "coalmine_publish_failures", "Publishes that failed and will be retried.", registry=r
         )
         self.ready = Gauge("coalmine_ready", "1 when the daemon is ready to judge.", registry=r)
+        self.verdicts_suppressed = Counter(
+            "coalmine_verdicts_suppressed",
+            "Judgements re-made while rebuilding from the log and already on the verdict topic.",
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "coalmine_consumer_lag",
+            "Records between the consumer position and the end of the log, per topic.",
+            ["topic"],
+            registry=r,
+        )
+        self.limit_exceeded = Counter(
+            "coalmine_limit_exceeded",
+            "Inputs refused or reduced by a [limits] cap, per limit.",
+            ["limit"],
+            registry=r,
+        )
+        self.recovered_deployments = Counter(
+            "coalmine_recovered_deployments",
+            "Open deployments rebuilt from the log after a restart or a rebalance.",
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "coalmine_config_reloads",
+            "Configuration reloads on SIGHUP, per outcome (ok, rejected).",
+            ["outcome"],
+            registry=r,
+        )
 
     def dropped(self, reason: str, count: int) -> None:
         """Count observations that were valid but not analysed."""

@@ -118,8 +118,13 @@ def test_samples_for_no_deployment_or_unanalysed_metrics_are_dropped_and_counted
     )
     assert not effects
     dropped = r.telemetry.dropped_samples
-    assert dropped.labels("no_open_deployment")._value.get() == 2
     assert dropped.labels("metric_not_in_profile")._value.get() == 2
+    # No deployment yet: held for the grace period (its `started` may be late), then dropped.
+    assert dropped.labels("no_open_deployment")._value.get() == 0
+    assert r.floors()[TOPICS.metrics, 2] == 0
+    r.handle([metric(sample(service="other", cohort="canary", time=T0 + 302), offset=1)], now=2.0)
+    assert dropped.labels("no_open_deployment")._value.get() == 2
+    assert r.floors()[TOPICS.metrics, 2] == 1  # the newer one is held now
 
 
 def test_second_started_is_ignored_not_a_reset():
