@@ -29,29 +29,51 @@ DEFAULT_ALLOWED_CHANGE: dict[MetricKind, float] = {"distribution": 0.10, "ratio"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class KafkaSettings(_Section):
     """How to reach Kafka. SASL and TLS settings are passed to aiokafka as they are."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
+    """Comma-separated ``host:port`` list of the brokers to bootstrap from."""
     group_id: str = "coalmine"
+    """Consumer group; daemons sharing it split the deployments and metrics partitions."""
     client_id: str = "coalmine"
+    """Client id the brokers see (in their logs and quotas)."""
     idempotent_producer: bool = True
+    """Use the idempotent producer; ``false`` for brokers without InitProducerId (tansu)."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How to talk to the brokers; ``SASL_*`` also needs the three ``sasl_*`` keys."""
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """SASL mechanism, for a ``SASL_*`` security_protocol."""
     sasl_username: str | None = None
+    """SASL user name."""
     sasl_password: SecretStr | None = None
+    """SASL password; never shown in logs, reprs or problem messages."""
     ssl_cafile: Path | None = None
+    """CA bundle to verify the broker certificates with (``SSL``, ``SASL_SSL``)."""
     ssl_certfile: Path | None = None
+    """Client certificate file, for mutual TLS."""
     ssl_keyfile: Path | None = None
+    """Client private key file, for mutual TLS."""
     ssl_password: SecretStr | None = None
+    """Password of ``ssl_keyfile`` if it is encrypted; never shown."""
     ssl_check_hostname: bool = True
+    """Check that each broker certificate matches the broker's host name."""
     request_timeout: Duration = 30.0
+    """How long one request to the brokers (connect, metadata, publish, commit) may take."""
     max_poll_records: int = Field(default=2000, gt=0)
+    """Most records taken from the consumer in one fetch."""
     session_timeout: Duration = 10.0
+    """Consumer-group session timeout: a daemon silent this long loses its partitions."""
     max_request_bytes: int = Field(default=1_048_576, gt=0)
+    """Largest produce request in bytes; keep it above ``limits.max_message_bytes``."""
+    group_instance_id: str | None = Field(default=None, min_length=1)
+    """Static membership id (Kafka ``group.instance.id``), unique per daemon (the pod name).
+
+    A daemon restarted within ``session_timeout`` gets its partitions back without a
+    rebalance; unset: dynamic membership."""
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> Self:
@@ -79,7 +101,9 @@ class BusSettings(_Section):
     """Which buses the daemon reads its input from and publishes its output to."""
 
     consume: list[Bus] = Field(default_factory=_kafka_only)
+    """Buses deploy and metric events are read from: ``kafka``, ``mqtt`` or both."""
     publish: list[Bus] = Field(default_factory=_kafka_only)
+    """Buses verdicts and dead letters are published to; with both, each goes to both."""
 
     @field_validator("consume", "publish")
     @classmethod
@@ -96,18 +120,31 @@ class MqttSettings(_Section):
     """How to reach the MQTT broker (MQTT v5). ``""`` for ``username``/``password`` is unset."""
 
     host: str = Field(default="127.0.0.1", min_length=1)
+    """Broker host name or address."""
     port: int = Field(default=1883, ge=1, le=65535)
+    """Broker port (usually 8883 with TLS)."""
     username: str | None = None
+    """User to authenticate as; ``""`` means none."""
     password: SecretStr | None = None
+    """Password of ``username``; ``""`` means none; never shown."""
     tls: bool = False
+    """Connect with TLS; the broker certificate and host name are verified."""
     ca_file: Path | None = None
+    """CA bundle to verify the broker with (needs ``tls``); unset: the system CAs."""
     cert_file: Path | None = None
+    """Client certificate (PEM, may hold the key too) for mutual TLS (needs ``tls``)."""
     key_file: Path | None = None
+    """Client private key, if not in ``cert_file`` (needs ``cert_file``)."""
     topic_prefix: str = "coalmine"
+    """First level(s) of every topic; no ``+``, ``#``, leading ``$`` or empty level."""
     client_id: str | None = Field(default=None, min_length=1)
+    """Client id, stable across restarts, unique per daemon; unset: ``coalmine-<hostname>``."""
     keepalive: int = Field(default=30, ge=1, le=65535)
+    """Keep-alive interval in seconds; a dead connection is noticed within about twice it."""
     timeout: Duration = Field(default=10.0, gt=0)
+    """How long connecting, subscribing and each publish acknowledgement may take."""
     session_expiry: Duration = Field(default=86400.0, ge=0, le=4_294_967_295)
+    """How long the broker keeps a consuming daemon's session while it is away."""
 
     @field_validator("username", "password", "client_id", mode="before")
     @classmethod
@@ -148,49 +185,82 @@ class TopicsSettings(_Section):
     """Topic names (defaults from the wire contract)."""
 
     deployments: str = "coalmine.deployments"
+    """Topic deploy events are read from."""
     metrics: str = "coalmine.metrics"
+    """Topic metric events are read from."""
     verdicts: str = "coalmine.verdicts"
+    """Topic verdicts are published to, keyed by deployment id."""
     dead_letter: str = "coalmine.dlq"
+    """Topic invalid input is copied to, unchanged, with the reason in headers."""
 
 
 class HttpSettings(_Section):
     """The HTTP endpoint serving ``/metrics``, ``/livez`` and ``/readyz``."""
 
     enabled: bool = True
+    """Serve the HTTP endpoint at all."""
     host: str = "127.0.0.1"
+    """Address to listen on (``0.0.0.0`` in a container)."""
     port: int = Field(default=9464, ge=0, le=65535)
+    """Port to listen on; 0 picks any free port."""
+    api_token: SecretStr | None = None
+    """Bearer token the ``/api/v1`` endpoints require; unset: open. Never logged."""
 
 
 class LimitSettings(_Section):
     """Caps that keep one producer from exhausting the daemon's memory."""
 
     max_open_deployments: int = Field(default=10_000, gt=0)
+    """Deployments under analysis at once; a ``started`` beyond it is dead-lettered."""
     max_metrics_per_deployment: int = Field(default=64, gt=0)
+    """Most metrics a profile may define (checked when the configuration is loaded)."""
     max_samples_per_cohort: int = Field(default=200_000, gt=0)
+    """Samples kept per metric and cohort; beyond it, a uniform reservoir sample."""
     max_message_bytes: int = Field(default=1_000_000, gt=0)
+    """Largest message accepted, in bytes; a larger one is dead-lettered, truncated."""
+    max_instances_per_cohort: int = Field(default=1_000, gt=0)
+    """Most instances tracked per cohort for instance-level analysis; more are counted."""
 
 
 class MetricSpec(_Section):
     """One metric of an analysis profile and how it is compared."""
 
     name: str = Field(min_length=1)
+    """The ``metric`` field of the events this reads; unique within the profile."""
     kind: MetricKind = "distribution"
+    """``distribution``: samples (Mann-Whitney); ``ratio``: good/total counts (SLO)."""
     direction: Direction = "increase"
+    """The change that is a regression: increase (latency), decrease, either."""
     allowed_change: float | None = Field(default=None, ge=0)
+    """Relative change tolerated (fraction); unset: 0.10 distribution, 0.5 ratio."""
     critical: bool = False
+    """A failure of this metric rolls back at once, whatever the score."""
     min_samples: int = Field(default=50, ge=1)
+    """Samples per cohort before a distribution metric is judged (below: nodata)."""
     objective: float | None = Field(default=None, gt=0, lt=1, validate_default=True)
+    """The SLO as a good/total ratio, e.g. 0.999; required for ratio metrics only."""
     fast_burn: float = Field(default=14.4, gt=0)
+    """Ratio: burn rate of the fast rule, over max_duration/6 and 1/12 of that."""
     slow_burn: float = Field(default=6.0, gt=0)
+    """Ratio: burn rate of the slow rule, over max_duration and max_duration/12."""
     weight: float = Field(default=1.0, gt=0)
+    """Weight of this metric in its group's score."""
     group: str = Field(default="default", min_length=1)
+    """Score group of the metric (weighted by the profile's ``groups``)."""
     must_have_data: bool = False
+    """Count the metric as failing if it has no data once min_duration has passed."""
     test: TestMode = "sequential"
+    """``sequential``: anytime-valid tests; ``fixed``: a fixed-sample test at every look."""
     null: NullHypothesis = "no_change"
+    """What the test rejects: ``no_change``, or ``tolerance`` (worse than allowed_change)."""
     unit: Unit = "auto"
+    """Distribution unit of analysis: ``request``, ``instance`` or ``auto`` (by the data)."""
     remove_outliers: bool = False
+    """Drop samples beyond Tukey's far-out fences (3 x IQR) before comparing."""
     nan_strategy: Literal["remove", "replace"] = "remove"
+    """NaN samples: ``remove`` drops them, ``replace`` counts them as 0."""
     prior_width: float = Field(default=0.03, gt=0, le=0.5)
+    """Width of the sequential test's prior on the AUC shift (0.5 = no effect)."""
 
     @field_validator("objective")
     @classmethod
@@ -223,15 +293,25 @@ class Profile(_Section):
     """How a deployment is analysed: its schedule, thresholds and metrics."""
 
     interval: Duration = Field(default=60.0, gt=0)
+    """Event-time spacing of interim judgements."""
     min_duration: Duration = 300.0
+    """Event time since ``started`` before a canary can be promoted."""
     max_duration: Duration = Field(default=1800.0, gt=0, validate_default=True)
+    """A final verdict by then at the latest; not below min_duration."""
     pass_score: float = Field(default=95.0, ge=0, le=100)
+    """Score (0-100) a canary needs to be promoted."""
     marginal_score: float = Field(default=75.0, ge=0, le=100, validate_default=True)
+    """A score (0-100) below this rolls back; not above pass_score."""
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    """False-alarm budget of the profile, split evenly across its metrics."""
     groups: dict[str, float] = Field(default_factory=dict)
+    """Weight of each metric group in the score; groups not listed weigh 1."""
     slo_period: Duration = Field(default=30 * 86400.0, gt=0)
+    """SLO period an error budget belongs to; verdicts report the share spent."""
     sample_ratio_alpha: float = Field(default=0.001, gt=0, lt=0.5)
+    """Level of the sample-ratio-mismatch check (reported, never a rollback)."""
     metrics: tuple[MetricSpec, ...] = Field(min_length=1)
+    """The metrics compared, at least one, names unique."""
 
     # Cross-field checks are field validators on the later field (``info.data`` holds the
     # earlier ones), so each problem gets its own key and all are reported together.

@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from types import NoneType, UnionType
-from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, Self, Union, get_args, get_origin
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -131,6 +131,18 @@ class Settings(BaseSettings):
         if layers is None:
             return (init_settings, env_settings, _FileSource(settings_cls, {}))
         return (init_settings, *layers)
+
+    @model_validator(mode="after")
+    def _within_limits(self) -> Self:
+        cap = self.limits.max_metrics_per_deployment
+        over = [name for name, p in self.profiles.items() if len(p.metrics) > cap]
+        if over:
+            msg = (
+                f"profiles {', '.join(over)} define more metrics than"
+                f" limits.max_metrics_per_deployment ({cap})"
+            )
+            raise ValueError(msg)
+        return self
 
     def profile(self, name: str | None = None) -> Profile | None:
         """The profile called ``name`` (``"default"`` when ``None``), if configured."""
