@@ -6,9 +6,21 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
 Headers = tuple[tuple[str, bytes], ...]
+
+TopicPartition = tuple[str, int]
+"""``(topic, partition)``."""
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from typing import TypeAlias
+
+    BeforeRevoke: TypeAlias = Callable[[frozenset[TopicPartition]], Awaitable[None]]
+    AfterAssign: TypeAlias = Callable[
+        [frozenset[TopicPartition], Mapping[TopicPartition, int]], Awaitable[None]
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +81,31 @@ class Transport(Protocol):
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Publish ``messages`` and return once the broker has acknowledged all of them."""
 
-    async def commit(self) -> None:
-        """Commit the consumer position up to everything fetched so far."""
+    async def commit(self, floors: Mapping[TopicPartition, int] | None = None) -> None:
+        """Commit the consumer position up to everything fetched so far.
+
+        ``floors`` holds the position back per partition: a restarted consumer must re-read
+        from there (the oldest record that open analyses still need). Buses without
+        offsets (MQTT) ignore it.
+        """
 
     async def ready(self) -> bool:
         """True when the broker is reachable and the topics exist."""
+
+
+@runtime_checkable
+class Partitioned(Protocol):
+    """A transport whose input is partitioned and shared by a consumer group (Kafka).
+
+    The daemon uses it to rebuild what it owns from the log: it is told of partition
+    moves, reads the verdict topic, and reports consumer lag.
+    """
+
+    def listen(self, *, before_revoke: BeforeRevoke, after_assign: AfterAssign) -> None:
+        """Be told of partition moves (see :class:`~coalmine.bus.kafka.KafkaTransport`)."""
+
+    async def read_topic(self, topic: str) -> list[Record]:
+        """Every record of ``topic`` now in the log, read outside the consumer group."""
+
+    def lag(self) -> dict[str, int]:
+        """Records between what was fetched and the log end, per topic."""

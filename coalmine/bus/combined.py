@@ -5,10 +5,19 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from collections.abc import Sequence
+from coalmine.bus.base import Partitioned
 
-    from coalmine.bus.base import Outgoing, Record, Transport
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from coalmine.bus.base import (
+        AfterAssign,
+        BeforeRevoke,
+        Outgoing,
+        Record,
+        TopicPartition,
+        Transport,
+    )
 
 
 class CombinedTransport:
@@ -52,11 +61,33 @@ class CombinedTransport:
         """Publish to every publishing bus; raise if any of them failed."""
         await asyncio.gather(*(t.publish(messages) for t in self.publishers))
 
-    async def commit(self) -> None:
-        """Commit every consuming bus."""
+    async def commit(self, floors: Mapping[TopicPartition, int] | None = None) -> None:
+        """Commit every consuming bus, each held back to ``floors``."""
         for transport in self.consumers:
-            await transport.commit()
+            await transport.commit(floors)
 
     async def ready(self) -> bool:
         """Every bus is ready."""
         return all([await transport.ready() for transport in self._all])
+
+    def listen(self, *, before_revoke: BeforeRevoke, after_assign: AfterAssign) -> None:
+        """Pass partition moves of the partitioned buses (Kafka) on."""
+        for transport in self.consumers:
+            if isinstance(transport, Partitioned):
+                transport.listen(before_revoke=before_revoke, after_assign=after_assign)
+
+    async def read_topic(self, topic: str) -> list[Record]:
+        """Read ``topic`` from the partitioned bus that publishes (Kafka), if any."""
+        for transport in self._all:
+            if isinstance(transport, Partitioned):
+                return await transport.read_topic(topic)
+        return []
+
+    def lag(self) -> dict[str, int]:
+        """Consumer lag of the partitioned buses, per topic."""
+        lag: dict[str, int] = {}
+        for transport in self.consumers:
+            if isinstance(transport, Partitioned):
+                for topic, behind in transport.lag().items():
+                    lag[topic] = lag.get(topic, 0) + behind
+        return lag

@@ -23,16 +23,17 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
-from coalmine._exceptions import TransportError
+from coalmine._exceptions import CoalmineError, TransportError
 from coalmine.bus.base import Outgoing, Record
 
 if TYPE_CHECKING:
     import ssl
     from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 
+    from coalmine.bus.base import AfterAssign, BeforeRevoke
     from coalmine.config.models import KafkaSettings
 
-__all__ = ["KafkaTransport", "ensure_topics", "partition_counts"]
+__all__ = ["KafkaTransport", "PartitioningError", "ensure_topics", "partition_counts"]
 
 _log = logging.getLogger(__name__)
 
@@ -47,6 +48,10 @@ _METADATA_MAX_AGE_MS = 30_000
 
 TopicPartitionKey = tuple[str, int]
 """``(topic, partition)``."""
+
+
+class PartitioningError(CoalmineError):
+    """Topics that must be co-partitioned are not: the daemon refuses to run."""
 
 
 def _ms(seconds: float) -> int:
@@ -176,20 +181,17 @@ async def ensure_topics(
         _log.info("created topics %s", ", ".join(f"{n} ({c})" for n, c in missing.items()))
 
 
-class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Forgets fetched positions of revoked partitions: their new owner reads them again."""
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Hands partition moves to the transport (which tells its owner, the daemon)."""
 
     def __init__(self, transport: KafkaTransport) -> None:
         self._transport = transport
 
     async def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:
-        partitions = {(tp.topic, tp.partition) for tp in revoked}
-        self._transport._forget(partitions)  # noqa: SLF001 - the listener is the transport's own
+        await self._transport._on_revoked(list(revoked))  # noqa: SLF001 - its own listener
 
     async def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
-        assigned = list(assigned)
-        _log.info("assigned partitions %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
-        await self._transport._catch_up_first(assigned)  # noqa: SLF001
+        await self._transport._on_assigned(list(assigned))  # noqa: SLF001
 
 
 class KafkaTransport:
@@ -206,9 +208,18 @@ class KafkaTransport:
             a metric read before its deployment's ``started`` could not be routed).
         session_timeout: overrides ``settings.session_timeout`` (tansu delays a group
             join by about half of it, so tests use a short one).
+        copartitioned: topics that must have equal partition counts (the deployments and
+            metrics topics, both keyed by service); checked at start and on every
+            assignment, raising :class:`PartitioningError` when they differ.
+
+    Partition moves are reported through :meth:`listen`: before partitions are given up
+    (after the daemon finished its batch in hand and committed), and after the new
+    assignment, with the partitions lost and the partitions gained. Partitions kept
+    across a rebalance resume at the position fetched so far, not at the committed one
+    (which may be held back for recovery), so nothing is handled twice.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only options of one client
         self,
         settings: KafkaSettings,
         consume: Sequence[str],
@@ -218,6 +229,7 @@ class KafkaTransport:
         produce: Sequence[str] = (),
         first: Sequence[str] = (),
         session_timeout: float | None = None,
+        copartitioned: Sequence[str] = (),
     ) -> None:
         self.settings = settings
         self.consume = tuple(consume)
@@ -233,9 +245,32 @@ class KafkaTransport:
         self._producer: Any = None
         self._admin: Any = None
         self._started = False
-        self._pending: dict[TopicPartitionKey, int] = {}
+        self.copartitioned = tuple(copartitioned)
+        self._fetched: dict[TopicPartitionKey, int] = {}
+        self._committed: dict[TopicPartitionKey, int] = {}
+        self._owned: frozenset[TopicPartitionKey] = frozenset()
+        self._kept_positions: dict[TopicPartitionKey, int] = {}
+        self._fatal: CoalmineError | None = None
+        self._before_revoke: BeforeRevoke | None = None
+        self._after_assign: AfterAssign | None = None
         self._ready_until = 0.0
         self._ready_lock = asyncio.Lock()
+
+    def listen(
+        self,
+        *,
+        before_revoke: BeforeRevoke,
+        after_assign: AfterAssign,
+    ) -> None:
+        """Be told of partition moves.
+
+        ``before_revoke(partitions)`` runs while the partitions are still ours (commit
+        there). ``after_assign(lost, gained)`` runs before anything of the new assignment
+        is fetched; ``gained`` maps each new partition to its end offset at that moment
+        (what lies before it is being re-read, not new).
+        """
+        self._before_revoke = before_revoke
+        self._after_assign = after_assign
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -271,9 +306,11 @@ class KafkaTransport:
                     session_timeout_ms=_ms(self.session_timeout),
                     heartbeat_interval_ms=_ms(self.session_timeout / 3),
                     metadata_max_age_ms=_METADATA_MAX_AGE_MS,
+                    group_instance_id=settings.group_instance_id,
                 )
+                await self._check_copartitioned()
                 pattern = "^(?:" + "|".join(re.escape(t) for t in self.consume) + ")$"
-                self._consumer.subscribe(pattern=pattern, listener=_Revocations(self))
+                self._consumer.subscribe(pattern=pattern, listener=_Rebalance(self))
                 # Joining waits for the group to rebalance: allow for that beyond a request.
                 async with _bounded(
                     2 * timeout + self.session_timeout,
@@ -309,7 +346,9 @@ class KafkaTransport:
                     await (client.close() if attribute == "_admin" else client.stop())
             except (KafkaError, OSError, TimeoutError) as err:
                 _log.warning("closing the kafka %s: %s", attribute[1:], _describe(err))
-        self._pending.clear()
+        self._fetched.clear()
+        self._committed.clear()
+        self._owned = frozenset()
         self._ready_until = 0.0
 
     # -- the Transport protocol ----------------------------------------------------------
@@ -318,6 +357,8 @@ class KafkaTransport:
         """Up to ``max_poll_records`` records, in order per partition; ``[]`` on timeout."""
         if not self._started:
             raise TransportError("the kafka transport is not started")
+        if self._fatal is not None:
+            raise self._fatal
         if self._consumer is None:
             await asyncio.sleep(timeout)
             return []
@@ -327,12 +368,27 @@ class KafkaTransport:
             )
         except KafkaError as err:
             raise TransportError(f"fetch from Kafka: {_describe(err)}") from err
+        if self._fatal is not None:
+            raise self._fatal
         records: list[Record] = []
         for tp, messages in batches.items():
             if not messages:
                 continue
+            key = (tp.topic, tp.partition)
+            previous = self._fetched.get(key)
+            if previous is not None and messages[0].offset < previous:
+                _log.error(
+                    "%s/%d restarted at offset %d, behind the %d already read: the broker lost"
+                    " records (restarted without its data?); open deployments are kept from"
+                    " memory, what was lost cannot be recovered",
+                    tp.topic,
+                    tp.partition,
+                    messages[0].offset,
+                    previous,
+                )
+                self._committed.pop(key, None)
             records.extend(_record(message) for message in messages)
-            self._pending[tp.topic, tp.partition] = messages[-1].offset + 1
+            self._fetched[key] = messages[-1].offset + 1
         if self._catch_up:
             await self._check_caught_up()
         return records
@@ -371,28 +427,37 @@ class KafkaTransport:
                 f"publish to Kafka: {count} not acknowledged: {_describe(failures[0])}"
             ) from failures[0]
 
-    async def commit(self) -> None:
-        """Commit the positions after every record fetched so far (nothing beyond)."""
-        if self._consumer is None or not self._pending:
+    async def commit(self, floors: Mapping[TopicPartitionKey, int] | None = None) -> None:
+        """Commit the positions after every record fetched so far, held back to ``floors``.
+
+        Only partitions whose committed offset changes are sent.
+        """
+        if self._consumer is None or not self._fetched:
             return
-        snapshot = dict(self._pending)
+        floors = floors or {}
         assigned = self._consumer.assignment()
+        wanted: dict[TopicPartitionKey, int] = {}
+        for key, position in self._fetched.items():
+            offset = min(position, floors.get(key, position))
+            if self._committed.get(key) != offset:
+                wanted[key] = offset
         offsets = {
             tp: offset
-            for (topic, partition), offset in snapshot.items()
+            for (topic, partition), offset in wanted.items()
             if (tp := TopicPartition(topic, partition)) in assigned
         }
-        if offsets:
-            async with _bounded(self.settings.request_timeout, "commit offsets to Kafka"):
-                try:
-                    await self._consumer.commit(offsets)
-                except CommitFailedError as err:
-                    # The group rebalanced under us: the new owner of these partitions
-                    # (possibly us again) reads them from the last commit: at-least-once.
-                    _log.warning("commit skipped, the group rebalanced: %s", _describe(err))
-        for key, offset in snapshot.items():
-            if self._pending.get(key) == offset:
-                del self._pending[key]
+        if not offsets:
+            return
+        async with _bounded(self.settings.request_timeout, "commit offsets to Kafka"):
+            try:
+                await self._consumer.commit(offsets)
+            except CommitFailedError as err:
+                # The group rebalanced under us: the new owner of these partitions (possibly
+                # us again) reads them from the last commit: at-least-once.
+                _log.warning("commit skipped, the group rebalanced: %s", _describe(err))
+                return
+        for tp, offset in offsets.items():
+            self._committed[tp.topic, tp.partition] = offset
 
     async def ready(self) -> bool:
         """True when the broker answers and every consumed and produced topic exists."""
@@ -425,14 +490,122 @@ class KafkaTransport:
             return frozenset()
         return frozenset((tp.topic, tp.partition) for tp in self._consumer.assignment())
 
-    def _forget(self, partitions: set[TopicPartitionKey]) -> None:
-        for key in partitions:
-            self._pending.pop(key, None)
-        self._catch_up = {
-            tp: end
-            for tp, end in self._catch_up.items()
-            if (tp.topic, tp.partition) not in partitions
-        }
+    def lag(self) -> dict[str, int]:
+        """Records between what was fetched and the log end, per topic (owned partitions)."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        lag: dict[str, int] = {}
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            if end is None:
+                continue
+            fetched = self._fetched.get((tp.topic, tp.partition), 0)
+            lag[tp.topic] = lag.get(tp.topic, 0) + max(0, end - fetched)
+        return lag
+
+    async def read_topic(self, topic: str) -> list[Record]:
+        """Every record of ``topic`` now in the log, read outside the consumer group.
+
+        Used to learn the verdicts already published; a missing topic reads as empty.
+        """
+        if not self._started:
+            raise TransportError("the kafka transport is not started")
+        reader = AIOKafkaConsumer(
+            **_client_options(self.settings),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        records: list[Record] = []
+        what = f"read {topic}"
+        try:
+            async with _bounded(self.settings.request_timeout, what):
+                await reader.start()
+                partitions = reader.partitions_for_topic(topic) or set()
+                tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+                if not tps:
+                    return records
+                reader.assign(tps)
+                ends = await reader.end_offsets(tps)
+                await reader.seek_to_beginning(*tps)
+            remaining = {tp for tp, end in ends.items() if end > 0}
+            while remaining:
+                async with _bounded(self.settings.request_timeout, what):
+                    batches = await reader.getmany(*remaining, timeout_ms=1000)
+                for tp, messages in batches.items():
+                    records.extend(_record(m) for m in messages if m.offset < ends[tp])
+                for tp in list(remaining):
+                    if await reader.position(tp) >= ends[tp]:
+                        remaining.discard(tp)
+        finally:
+            await reader.stop()
+        return records
+
+    async def _check_copartitioned(self) -> None:
+        """Refuse topics that must be co-partitioned and are not (when they exist)."""
+        if len(self.copartitioned) < 2 or self._admin is None:
+            return
+        async with _bounded(self.settings.request_timeout, "describe topics"):
+            existing = await _existing_topics(self._admin)
+        self._fatal = _copartitioning_problem(
+            {t: existing[t] for t in self.copartitioned if t in existing}
+        )
+        if self._fatal is not None:
+            raise self._fatal
+
+    async def _on_revoked(self, revoked: list[Any]) -> None:
+        partitions = frozenset((tp.topic, tp.partition) for tp in revoked)
+        if self._before_revoke is not None and partitions:
+            try:
+                await self._before_revoke(partitions)
+            except Exception:  # noqa: BLE001 - a failed hand-over must not break the rebalance
+                _log.exception("handing over partitions failed; their new owner re-reads them")
+        # Positions of partitions we may get back: resumed if we do (see _on_assigned).
+        self._kept_positions = {k: v for k, v in self._fetched.items() if k in partitions}
+        self._catch_up = {}
+
+    async def _on_assigned(self, assigned: list[Any]) -> None:
+        now_owned = frozenset((tp.topic, tp.partition) for tp in assigned)
+        _log.info("assigned partitions %s", sorted(f"{t}/{p}" for t, p in now_owned))
+        lost = self._owned - now_owned
+        gained = now_owned - self._owned
+        self._owned = now_owned
+        for key in lost:
+            self._fetched.pop(key, None)
+            self._committed.pop(key, None)
+        consumer = self._consumer
+        for tp in assigned:
+            key = (tp.topic, tp.partition)
+            position = self._kept_positions.get(key)
+            if position is not None and key not in gained and consumer is not None:
+                consumer.seek(tp, position)
+            elif key in gained:
+                self._fetched.pop(key, None)
+                self._committed.pop(key, None)
+        self._kept_positions = {}
+        self._check_assignment_copartitioned()
+        if self._after_assign is not None:
+            ends: dict[TopicPartitionKey, int] = dict.fromkeys(gained, -1)
+            if gained and consumer is not None:
+                try:
+                    answer = await consumer.end_offsets([TopicPartition(*k) for k in gained])
+                    ends.update({(tp.topic, tp.partition): end for tp, end in answer.items()})
+                except KafkaError as err:
+                    _log.warning("cannot read end offsets: %s", _describe(err))
+            await self._after_assign(lost, ends)
+        await self._catch_up_first(assigned)
+
+    def _check_assignment_copartitioned(self) -> None:
+        consumer = self._consumer
+        if len(self.copartitioned) < 2 or consumer is None:
+            return
+        counts: dict[str, int] = {}
+        for topic in self.copartitioned:
+            partitions = consumer.partitions_for_topic(topic)
+            if partitions:
+                counts[topic] = len(partitions)
+        self._fatal = self._fatal or _copartitioning_problem(counts)
 
     async def _catch_up_first(self, assigned: list[Any]) -> None:
         """Pause all but the ``first`` topics until those are read to their current end."""
@@ -462,6 +635,17 @@ class KafkaTransport:
         if not self._catch_up and consumer.paused():
             consumer.resume(*consumer.paused())
             _log.info("caught up on %s; reading every topic", ", ".join(sorted(self.first)))
+
+
+def _copartitioning_problem(counts: Mapping[str, int]) -> PartitioningError | None:
+    if len(set(counts.values())) <= 1:
+        return None
+    listed = ", ".join(f"{topic} has {count}" for topic, count in counts.items())
+    return PartitioningError(
+        f"topics must have the same partition count (keyed by service, a service's deploy"
+        f" events and metrics must share a partition number): {listed} partitions;"
+        " recreate one of them or repartition"
+    )
 
 
 def _record(message: Any) -> Record:

@@ -18,7 +18,9 @@ from coalmine._exceptions import TransportError
 from coalmine.bus.base import Headers, Outgoing, Record
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
+
+    from coalmine.bus.base import AfterAssign, BeforeRevoke
 
 TopicPartition = tuple[str, int]
 """``(topic, partition)``."""
@@ -206,6 +208,24 @@ class MemoryTransport:
         self._positions: dict[TopicPartition, int] = {}
         self._fetched: dict[TopicPartition, int] = {}
         self._started = False
+        self._after_assign: AfterAssign | None = None
+
+    def listen(self, *, before_revoke: BeforeRevoke, after_assign: AfterAssign) -> None:
+        """Be told of the assignment at start (one member owns every partition)."""
+        del before_revoke  # a single member never gives partitions up
+        self._after_assign = after_assign
+
+    async def read_topic(self, topic: str) -> list[Record]:
+        """Every record of ``topic``, in append order."""
+        return self.broker.records(topic)
+
+    def lag(self) -> dict[str, int]:
+        """Records not yet fetched, per consumed topic."""
+        lag: dict[str, int] = {}
+        for (topic, partition), end in self.broker.end_positions(self.consume).items():
+            behind = end - self._positions.get((topic, partition), 0)
+            lag[topic] = lag.get(topic, 0) + behind
+        return lag
 
     async def start(self) -> None:
         """Resume from the group's committed positions."""
@@ -218,6 +238,9 @@ class MemoryTransport:
         self._positions.update(committed)
         self._fetched = {}
         self._started = True
+        if self._after_assign is not None:
+            ends = self.broker.end_positions(self.consume)
+            await self._after_assign(frozenset(), ends)
 
     async def stop(self) -> None:
         """Stop fetching and wake a fetch that is waiting; safe to call twice."""
@@ -251,11 +274,16 @@ class MemoryTransport:
                 message.topic, message.value, key=message.key, headers=message.headers
             )
 
-    async def commit(self) -> None:
-        """Store the positions of everything fetched so far for the group."""
+    async def commit(self, floors: Mapping[TopicPartition, int] | None = None) -> None:
+        """Store the positions of everything fetched so far, held back to ``floors``."""
         self._require_started()
         if self._fetched:
-            self.broker.commit_positions(self.group, self._fetched)
+            floors = floors or {}
+            positions = {
+                tp: min(position, floors.get(tp, position))
+                for tp, position in self._fetched.items()
+            }
+            self.broker.commit_positions(self.group, positions)
             self._fetched = {}
 
     async def ready(self) -> bool:

@@ -55,6 +55,7 @@ from coalmine.config.models import TopicsSettings
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from coalmine.bus.base import TopicPartition
     from coalmine.config.models import MqttSettings
 
 __all__ = ["MqttTransport", "topic_level"]
@@ -298,13 +299,16 @@ class MqttTransport:
         routed = [self._route(message) for message in messages]
         await self._send_all(connection, routed)
 
-    async def commit(self) -> None:
+    async def commit(self, floors: Mapping[TopicPartition, int] | None = None) -> None:
         """Acknowledge (PUBACK) every QoS 1 message fetched so far.
+
+        ``floors`` is ignored: MQTT has no offsets to hold back (see docs/operations.md).
 
         Raises:
             TransportError: the connection the messages came in on is gone; the broker
                 redelivers them (at-least-once).
         """
+        del floors
         if not self._fetched:
             return
         fetched, self._fetched = self._fetched, []

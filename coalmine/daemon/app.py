@@ -2,9 +2,14 @@
 
 The loop is: fetch records -> hand them to the router (off the event loop, so broker
 heartbeats keep running) -> publish the verdicts and dead letters and wait for the broker's
-acknowledgement -> commit the consumer position. A batch whose effects could not be
+acknowledgement -> commit the consumer position, held back to the router's floors (the
+oldest record an open deployment still needs). A batch whose effects could not be
 published is retried and never committed, so nothing is lost (at-least-once; verdict ids
 are deterministic, so a re-published verdict is a harmless duplicate).
+
+On Kafka, the log is the only state: when partitions are assigned (at start, or moved from
+another daemon), the daemon reads the verdict topic to learn what is already published,
+then re-reads its partitions from the committed floors, rebuilding their open deployments.
 """
 
 from __future__ import annotations
@@ -16,15 +21,16 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
-from coalmine._exceptions import CoalmineError, TransportError
+from coalmine._exceptions import CoalmineError, ConfigError, TransportError
+from coalmine.bus.base import Partitioned
 from coalmine.daemon.http import HttpServer, build_app
 from coalmine.daemon.router import Effects, Router
 from coalmine.daemon.telemetry import Telemetry
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
-    from coalmine.bus.base import Transport
+    from coalmine.bus.base import TopicPartition, Transport
     from coalmine.config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,10 +51,12 @@ class Daemon:
         *,
         telemetry: Telemetry | None = None,
         wall_clock: Callable[[], float] = time.time,
+        reload: Callable[[], Settings] | None = None,
     ) -> None:
         self.settings = settings
         self.transport = transport
         self.telemetry = telemetry or Telemetry()
+        self._reload = reload
         self.router = Router(
             settings.profiles,
             settings.topics,
@@ -61,6 +69,45 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._started = False
         self._last_beat = time.monotonic()
+        self._fetch_failing = False
+        # Held while a batch is handled and published, and while partitions move.
+        self._busy = asyncio.Lock()
+        if isinstance(transport, Partitioned):
+            transport.listen(before_revoke=self._before_revoke, after_assign=self._after_assign)
+
+    def reload(self) -> bool:
+        """Re-read the configuration (SIGHUP): new profiles for deployments started later.
+
+        Open deployments keep the profile they started with (its digest is in their
+        verdicts). An invalid configuration is rejected with every problem logged, and the
+        one in force is kept. Settings other than profiles need a restart.
+        """
+        if self._reload is None:
+            log.warning("reload requested, but this daemon has no configuration file")
+            return False
+        try:
+            settings = self._reload()
+        except ConfigError as exc:
+            self.telemetry.config_reloads.labels("rejected").inc()
+            log.error("configuration reload rejected; keeping the one in force: %s", exc)
+            return False
+        changed = [
+            name
+            for name in type(settings).model_fields
+            if name != "profiles" and getattr(settings, name) != getattr(self.settings, name)
+        ]
+        if changed:
+            log.warning(
+                "configuration reload: changes to %s take effect at the next restart",
+                ", ".join(changed),
+            )
+        self.router.profiles = dict(settings.profiles)
+        self.telemetry.config_reloads.labels("ok").inc()
+        log.info(
+            "configuration reloaded: profiles %s apply to deployments started from now on",
+            ", ".join(f"{n} ({p.digest()[:15]})" for n, p in settings.profiles.items()),
+        )
+        return True
 
     def request_stop(self) -> None:
         """Finish the batch in hand, publish and commit it, then stop."""
@@ -74,7 +121,12 @@ class Daemon:
 
     async def ready(self) -> bool:
         """Started, and the broker reachable with its topics present."""
-        ok = self._started and not self._stopping.is_set() and await self.transport.ready()
+        ok = (
+            self._started
+            and not self._stopping.is_set()
+            and not self._fetch_failing
+            and await self.transport.ready()
+        )
         self.telemetry.ready.set(1 if ok else 0)
         return ok
 
@@ -112,22 +164,83 @@ class Daemon:
 
     async def _loop(self) -> None:
         next_expiry = time.monotonic() + _EXPIRY_CHECK_EVERY
+        backoff = 0.5
         while not self._stopping.is_set():
             self._last_beat = time.monotonic()
-            records = await self.transport.fetch(_FETCH_TIMEOUT)
-            effects = Effects()
-            if records:
-                begun = time.perf_counter()
-                effects = await asyncio.to_thread(self.router.handle, records, self._wall_clock())
-                self.telemetry.analysis_duration.observe(time.perf_counter() - begun)
-            if time.monotonic() >= next_expiry:
-                effects.extend(self.router.expire_silent(self._wall_clock()))
-                next_expiry = time.monotonic() + _EXPIRY_CHECK_EVERY
-            if effects and not await self._publish(effects):
-                return  # stopping while the broker refuses: leave the batch uncommitted
+            try:
+                records = await self.transport.fetch(_FETCH_TIMEOUT)
+            except TransportError as exc:
+                # The broker went away: the client reconnects; keep the state, report it.
+                self._fetch_failing = True
+                log.warning("fetch failed (%s); retrying in %.1fs", exc, backoff)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                continue
+            if self._fetch_failing:
+                log.info("fetching again")
+                self._fetch_failing = False
+            backoff = 0.5
+            async with self._busy:
+                effects = Effects()
+                if records:
+                    begun = time.perf_counter()
+                    effects = await asyncio.to_thread(
+                        self.router.handle, records, self._wall_clock()
+                    )
+                    self.telemetry.analysis_duration.observe(time.perf_counter() - begun)
+                if time.monotonic() >= next_expiry:
+                    effects.extend(self.router.expire_silent(self._wall_clock()))
+                    next_expiry = time.monotonic() + _EXPIRY_CHECK_EVERY
+                    self._report_lag()
+                if effects and not await self._publish(effects):
+                    return  # stopping while the broker refuses: leave the batch uncommitted
             if records:
                 await self._commit()
         # A stop between fetches leaves nothing in hand: everything fetched was committed.
+
+    async def _before_revoke(self, partitions: frozenset[TopicPartition]) -> None:
+        """Partitions are about to move: finish the batch in hand and commit the floors."""
+        async with self._busy:
+            log.info("giving up %d partition(s): committing", len(partitions))
+            await self._commit()
+
+    async def _after_assign(
+        self, lost: frozenset[TopicPartition], gained: Mapping[TopicPartition, int]
+    ) -> None:
+        """Drop what moved away; learn the published verdicts before rebuilding the rest."""
+        async with self._busy:
+            dropped = self.router.release(lost)
+            if dropped:
+                log.info(
+                    "%d open deployment(s) moved to another daemon: %s",
+                    len(dropped),
+                    ", ".join(sorted(dropped)[:20]),
+                )
+            if not gained or not isinstance(self.transport, Partitioned):
+                return
+            deployments = self.settings.topics.deployments
+            self.router.rebuilding = {
+                tp: end for tp, end in gained.items() if tp[0] == deployments and end > 0
+            }
+            verdicts = self.settings.topics.verdicts
+            try:
+                records = await self.transport.read_topic(verdicts)
+            except TransportError as exc:
+                # Without the ledger, re-made judgements are re-published: identical
+                # duplicates, except finals made by expiry (logged at that point).
+                log.error("cannot read %s to learn what is published: %s", verdicts, exc)
+                return
+            learned = self.router.recall(record.value for record in records)
+            log.info(
+                "rebuilding %d partition(s) from the log; %d published verdict(s) known",
+                len(gained),
+                learned,
+            )
+
+    def _report_lag(self) -> None:
+        if isinstance(self.transport, Partitioned):
+            for topic, behind in self.transport.lag().items():
+                self.telemetry.consumer_lag.labels(topic).set(behind)
 
     async def _publish(self, effects: Effects) -> bool:
         messages = effects.messages(self.settings.topics)
@@ -153,7 +266,7 @@ class Daemon:
 
     async def _commit(self) -> None:
         try:
-            await self.transport.commit()
+            await self.transport.commit(self.router.floors())
         except TransportError as exc:
             # Not fatal: the records are redelivered and their verdicts are idempotent.
             log.warning("commit failed (%s); records will be redelivered", exc)
@@ -164,7 +277,8 @@ class Daemon:
 
 
 def install_signal_handlers(daemon: Daemon) -> None:
-    """SIGTERM and SIGINT stop the daemon gracefully."""
+    """SIGTERM and SIGINT stop the daemon gracefully; SIGHUP reloads its profiles."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)

@@ -45,6 +45,7 @@ class AnalysisLimits:
     """Per-deployment caps (from ``[limits]``)."""
 
     max_samples_per_cohort: int = 200_000
+    max_instances_per_cohort: int = 1_000
 
 
 class Deployment:
@@ -81,6 +82,8 @@ class Deployment:
         self._auc: dict[str, AucMixture] = {}
         self._ratio: dict[str, RatioEvidence] = {}
         self._checked_at: dict[str, int] = {}
+        self.limits_hit: list[str] = []
+        """Caps reached since the owner last looked: ``"<limit>: <metric> <cohort>"``."""
         self.baseline_weight = started.baseline_weight
 
     @property
@@ -119,9 +122,17 @@ class Deployment:
             else:
                 evidence.observe(event.time, 0, 0, bad, event.total)
         else:
-            self._samples_for(spec.name)[index].extend(event.values)
+            reservoir = self._samples_for(spec.name)[index]
+            was_reduced = reservoir.reduced
+            reservoir.extend(event.values)
+            if reservoir.reduced and not was_reduced:
+                self.limits_hit.append(f"max_samples_per_cohort: {spec.name} {cohort}")
             if event.instance is not None:
-                self._instances_for(spec.name)[index].add(event.instance, event.values)
+                tally = self._instances_for(spec.name)[index]
+                refused = tally.refused
+                tally.add(event.instance, event.values)
+                if tally.refused and not refused:
+                    self.limits_hit.append(f"max_instances_per_cohort: {spec.name} {cohort}")
         if spec.critical and index == 1 and self._critical_due(spec):
             if self.ends_at is not None and event.time > self.ends_at:
                 return verdicts
@@ -223,7 +234,8 @@ class Deployment:
     def _instances_for(self, name: str) -> tuple[InstanceTally, InstanceTally]:
         pair = self._instances.get(name)
         if pair is None:
-            pair = (InstanceTally(), InstanceTally())
+            cap = self._limits.max_instances_per_cohort
+            pair = (InstanceTally(cap), InstanceTally(cap))
             self._instances[name] = pair
         return pair
 

@@ -49,6 +49,11 @@ _FINISHED_MEMORY = 100_000
 TopicPartition = tuple[str, int]
 """``(topic, partition)``."""
 
+_LIMIT_OF_REASON = {
+    "too_large": "max_message_bytes",
+    "too_many_deployments": "max_open_deployments",
+}
+
 
 @dataclass(slots=True)
 class _Origin:
@@ -107,7 +112,9 @@ class Router:
         self.finished: OrderedDict[str, str] = OrderedDict()
         self._by_service: dict[str, list[str]] = {}
         self._last_seen: dict[str, float] = {}
-        self._analysis_limits = AnalysisLimits(self.limits.max_samples_per_cohort)
+        self._analysis_limits = AnalysisLimits(
+            self.limits.max_samples_per_cohort, self.limits.max_instances_per_cohort
+        )
         self._decoders: dict[str, MetricDecoder] = {}
         self._native_inputs: set[str] = set()
         for source in inputs:
@@ -122,6 +129,8 @@ class Router:
         self._positions: dict[TopicPartition, int] = {}
         self._batch_floors: dict[TopicPartition, int] = {}
         self._record: Record | None = None
+        self.rebuilding: dict[TopicPartition, int] = {}
+        """Per deploy partition being re-read, its end offset when it was assigned."""
 
     def handle(self, records: Iterable[Record], now: float) -> Effects:
         """Handle records in order; ``now`` is the wall time they were received."""
@@ -317,6 +326,9 @@ class Router:
         if record is None:
             return
         origin = _Origin((record.topic, record.partition), record.offset, {})
+        if record.offset < self.rebuilding.get(origin.deploy, -1):
+            self.telemetry.recovered_deployments.inc()
+            log.info("deployment %s: rebuilding from the log", dep_id)
         for source in {*self._positions, *self._batch_floors}:
             if self._feeds(source, origin):
                 floor = self._batch_floors.get(source, self._positions.get(source))
@@ -356,12 +368,26 @@ class Router:
                 continue
             self._last_seen[deployment.deployment_id] = now
             verdicts.extend(deployment.observe(event, cohort))
+            if deployment.limits_hit:
+                self._limits_hit(deployment)
             self._forget_if_ended(deployment)
             final_time = self.ledger.final_time(deployment.deployment_id)
             if final_time is not None and deployment.watermark > final_time:
                 # Rebuilt after its final verdict was published: it has said its last word.
                 self._forget(deployment, "final")
         return verdicts
+
+    def _limits_hit(self, deployment: Deployment) -> None:
+        for hit in deployment.limits_hit:
+            limit, _, what = hit.partition(": ")
+            self.telemetry.limit_exceeded.labels(limit).inc()
+            log.warning(
+                "deployment %s: %s reached for %s (see docs/operations.md)",
+                deployment.deployment_id,
+                limit,
+                what,
+            )
+        deployment.limits_hit.clear()
 
     def _forget_if_ended(self, deployment: Deployment) -> None:
         if deployment.status == "ended":
@@ -474,6 +500,9 @@ class Router:
 
     def _dead_letter(self, record: Record, error: ContractError) -> Outgoing:
         self.telemetry.invalid_events.labels(error.reason).inc()
+        limit = _LIMIT_OF_REASON.get(error.reason)
+        if limit is not None:
+            self.telemetry.limit_exceeded.labels(limit).inc()
         log.warning("invalid event at %s: %s", record.source, error)
         headers = (
             *record.headers,

@@ -100,20 +100,26 @@ class InstanceTally:
     each instance's mean (of logs while every sample is positive).
     """
 
-    __slots__ = ("_index", "_stats", "log")
+    __slots__ = ("_index", "_stats", "log", "max_instances", "refused")
 
-    def __init__(self) -> None:
+    def __init__(self, max_instances: int = 1_000) -> None:
         self._index: dict[str, int] = {}
         self._stats: list[list[float]] = []
         self.log = True
+        self.max_instances = max_instances
+        self.refused = 0
+        """Messages from instances beyond ``max_instances``, not tallied."""
 
     def __len__(self) -> int:
         return len(self._stats)
 
     def add(self, instance: str, values: NDArray[np.float64]) -> None:
-        """Add one message's samples from ``instance``."""
+        """Add one message's samples from ``instance`` (refused beyond ``max_instances``)."""
         slot = self._index.get(instance)
         if slot is None:
+            if len(self._stats) >= self.max_instances:
+                self.refused += 1
+                return
             slot = self._index[instance] = len(self._stats)
             self._stats.append([0.0, 0.0, 0.0])
         stats = self._stats[slot]
