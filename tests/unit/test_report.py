@@ -1,0 +1,540 @@
+"""The verdict report: its content, its robustness, and how headless Chromium renders it.
+
+Verdicts come from coalmine itself: the Router judges the simulator's three deployments of
+the shared scenario (a healthy canary promoted, +50% latency rolled back, a critical error
+ratio jump rolled back), so the report is tested against the verdicts the daemon publishes.
+"""
+
+from __future__ import annotations
+
+import copy
+import html
+import math
+import re
+import shutil
+import struct
+import subprocess
+import time
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from coalmine.bus.base import Record
+from coalmine.config.models import TopicsSettings
+from coalmine.contract import encode_verdict, parse_time
+from coalmine.daemon.router import Router
+from coalmine.report import MAX_CURVE_POINTS, render_report
+from coalmine.simulator import simulate, three_deployments
+from tests.scenario import EXPECTED, PROFILE, T0
+
+Samples = dict[str, tuple[list[float], list[float]]]
+
+
+# ------------------------------------------------------------------------ real verdicts
+
+
+@dataclass
+class Played:
+    """Verdicts (as published JSON) and latency samples per deployment."""
+
+    verdicts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    samples: dict[str, Samples] = field(default_factory=dict)
+
+
+def play() -> Played:
+    """Judge the shared scenario with the Router; samples up to each deployment's last verdict."""
+    topics = TopicsSettings()
+    router = Router({"default": PROFILE}, topics)
+    verdicts: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    measured: list[tuple[float, str, str, str, list[float]]] = []
+    for message in simulate(three_deployments(), start=T0, duration=900.0, step=10.0, seed=3):
+        topic = topics.deployments if message.topic == "deployments" else topics.metrics
+        if message.topic == "metrics":
+            measured.extend(
+                (message.time, e["deployment_id"], e["metric"], e["cohort"], e["values"])
+                for e in orjson.loads(message.value)
+                if "values" in e
+            )
+        effects = router.handle([Record(topic, message.value, message.key)], now=message.time)
+        for verdict in effects.verdicts:  # exactly what goes on the verdict topic
+            verdicts[verdict.deployment_id].append(orjson.loads(encode_verdict(verdict)))
+    result = Played(verdicts=dict(verdicts))
+    for dep_id, history in verdicts.items():
+        until = parse_time(history[-1]["time"])
+        cohorts: Samples = {}
+        for at, owner, metric, cohort, values in measured:
+            if owner == dep_id and at <= until:
+                pair = cohorts.setdefault(metric, ([], []))
+                pair[cohort == "canary"].extend(values)
+        result.samples[dep_id] = cohorts
+    return result
+
+
+@pytest.fixture(scope="module")
+def played() -> Played:
+    result = play()
+    assert {d: v[-1]["decision"] for d, v in result.verdicts.items()} == EXPECTED
+    return result
+
+
+def page(played: Played, dep_id: str, *, samples: bool = True) -> str:
+    return render_report(
+        dep_id, played.verdicts[dep_id], played.samples[dep_id] if samples else None
+    )
+
+
+# ------------------------------------------------------------------------------ HTML parsing
+
+
+@dataclass
+class Element:
+    tag: str
+    attrs: dict[str, str]
+    svg: str | None
+    """id of the enclosing <svg>, if any."""
+
+    @property
+    def classes(self) -> set[str]:
+        return set(self.attrs.get("class", "").split())
+
+
+class Dom(HTMLParser):
+    """Every element with its attributes and enclosing plot; works on our HTML and Chromium's."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.elements: list[Element] = []
+        self._svgs: list[str] = []
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {k: v or "" for k, v in attrs}
+        self.elements.append(Element(tag, values, self._svgs[-1] if self._svgs else None))
+        if tag == "svg":
+            self._svgs.append(values.get("id", ""))
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {k: v or "" for k, v in attrs}
+        self.elements.append(Element(tag, values, self._svgs[-1] if self._svgs else None))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "svg" and self._svgs:
+            self._svgs.pop()
+
+    def plots(self) -> dict[tuple[str, str], Element]:
+        """``(kind, metric) -> <svg>`` for every plot."""
+        out = {}
+        for e in self.elements:
+            if e.tag == "svg" and "plot" in e.classes:
+                kinds = e.classes - {"plot"}
+                assert len(kinds) == 1, e.attrs
+                out[kinds.pop(), e.attrs["data-metric"]] = e
+        return out
+
+    def inside(self, svg: Element, tag: str | None = None, css: str | None = None) -> list[Element]:
+        return [
+            e
+            for e in self.elements
+            if e.svg == svg.attrs["id"]
+            and (tag is None or e.tag == tag)
+            and (css is None or css in e.classes)
+        ]
+
+    def marks(self, svg: Element, tag: str, css: str) -> list[Element]:
+        """Reference lines of a plot (not their legend samples): they carry their value."""
+        return [e for e in self.inside(svg, tag, css) if "data-value" in e.attrs]
+
+
+def headline(text: str) -> str:
+    match = re.search(r'<h1 class="headline">(.*?)</h1>', text, re.DOTALL)
+    assert match, "no headline"
+    return html.unescape(re.sub(r"<[^>]+>", "", match.group(1)))
+
+
+def vertices(element: Element) -> int:
+    """How many points a <path> or <polyline> has."""
+    coords = element.attrs.get("d") or element.attrs.get("points") or ""
+    return len(re.findall(r"-?\d+(?:\.\d+)?,-?\d+(?:\.\d+)?", coords))
+
+
+# ---------------------------------------------------------------------------- the header
+
+
+def test_rollback_header_names_the_failing_metric_and_its_numbers(played: Played) -> None:
+    final = played.verdicts["payments-v3"][-1]
+    failing = [m for m in final["metrics"] if m["outcome"] == "fail"]
+    assert [m["metric"] for m in failing] == ["requests"]
+    detail = failing[0]["detail"]
+    text = page(played, "payments-v3")
+    head = headline(text)
+    assert head.startswith("ROLLBACK \u2014 critical requests: canary error ratio")
+    assert (
+        f"{detail['bad_ratio_canary']:.2%} vs baseline {detail['bad_ratio_baseline']:.2%}" in head
+    )
+    assert f"burn {detail['burn_canary']:.3g}x" in head
+    assert f"{detail['rate_ratio']:.3g}x the baseline's rate (allowed 1.5x)" in head
+    assert 'class="verdict-header decision-rollback"' in text
+    assert html.escape(final["summary"]) in text
+    for fact in (final["config_digest"], "default", "payments", final["window"]["start"]):
+        assert html.escape(fact) in text
+    assert "<title>coalmine report: payments-v3 \u2014 ROLLBACK</title>" in text
+
+
+def test_distribution_rollback_header_gives_the_change_and_its_interval(played: Played) -> None:
+    final = played.verdicts["search-v7"][-1]
+    (failing,) = [m for m in final["metrics"] if m["outcome"] == "fail"]
+    detail = failing["detail"]
+    head = headline(page(played, "search-v7"))
+    low, high = detail["relative_low"] * 100, detail["relative_high"] * 100
+    assert head.startswith(f"ROLLBACK \u2014 latency_ms {detail['relative_change'] * 100:+.1f}%")
+    assert f"(95% CI {low:+.1f}%..{high:+.1f}%), allowed +10%" in head
+    assert f"median {detail['median_canary']:.4g} vs {detail['median_baseline']:.4g}" in head
+
+
+def test_promote_header_and_the_latest_verdict_when_none_is_final(played: Played) -> None:
+    history = played.verdicts["checkout-v42"]
+    text = render_report("checkout-v42", history)
+    assert headline(text) == "PROMOTE \u2014 all metrics within tolerance"
+    assert 'class="verdict-header decision-promote"' in text
+    interim = render_report("checkout-v42", history[:-1])
+    assert headline(interim).startswith("CONTINUE \u2014 continue at")
+    assert "latest verdict, not final" in interim
+    assert 'class="verdict-header decision-continue"' in interim
+
+
+# ------------------------------------------------------------------------------ the plots
+
+
+def test_every_plot_kind_is_there_for_each_metric(played: Played) -> None:
+    history = played.verdicts["payments-v3"]
+    dom = Dom(page(played, "payments-v3"))
+    plots = dom.plots()
+    assert set(plots) == {
+        ("ecdf", "latency_ms"),
+        ("estimate", "latency_ms"),
+        ("estimate", "requests"),
+        ("burn", "requests"),
+    }
+    for svg in plots.values():
+        assert dom.inside(svg, "title"), "every plot has an accessible title"
+        assert svg.attrs["role"] == "img"
+        assert dom.inside(svg, "text", "tick"), "axes have tick labels"
+        assert dom.inside(svg, css="legend")
+
+    ecdf = plots["ecdf", "latency_ms"]
+    assert ecdf.attrs["data-x-scale"] == "log"  # lognormal latency spans more than 10x
+    curves = {p.attrs["data-cohort"]: p for p in dom.inside(ecdf, "path", "series")}
+    assert set(curves) == {"baseline", "canary"}
+    for cohort, curve in curves.items():
+        assert int(curve.attrs["data-n"]) == len(
+            played.samples["payments-v3"]["latency_ms"][cohort == "canary"]
+        )
+        assert 50 < vertices(curve) <= MAX_CURVE_POINTS + 1
+
+    # One estimate per verdict, with its interval, against the allowed change.
+    estimate = plots["estimate", "latency_ms"]
+    assert len(dom.inside(estimate, "circle", "estimate")) == len(history)
+    assert len(dom.inside(estimate, "line", "interval")) == len(history)
+    assert [t.attrs["data-value"] for t in dom.marks(estimate, "line", "tolerance")] == ["10"]
+    assert dom.inside(estimate, "polygon", "interval-band")
+    ratio = plots["estimate", "requests"]
+    assert ratio.attrs["data-y-scale"] == "log"
+    assert [t.attrs["data-value"] for t in dom.marks(ratio, "line", "tolerance")] == ["1.5"]
+    markers = dom.inside(ratio, "circle", "estimate")
+    assert "outcome-fail" in markers[-1].classes
+    assert all("outcome-pass" in m.classes for m in markers[:-1])
+
+    burn = plots["burn", "requests"]
+    thresholds = {
+        next(iter(t.classes - {"threshold"})): t.attrs["data-value"]
+        for t in dom.marks(burn, "line", "threshold")
+    }
+    assert thresholds == {"fast": "14.4", "slow": "6"}
+    keys = {p.attrs["data-key"] for p in dom.inside(burn, "polyline")}
+    assert {"burn_canary", "burn_baseline", "fast_burn_short", "slow_burn_long"} <= keys
+    for line in dom.inside(burn, "polyline"):
+        assert vertices(line) == len(history)
+
+
+def test_timeline_lists_every_verdict(played: Played) -> None:
+    history = played.verdicts["checkout-v42"]
+    text = page(played, "checkout-v42")
+    rows = re.findall(r'<tr class="decision-(\w+)">(.*?)</tr>', text)
+    assert [decision for decision, _ in rows] == [v["decision"] for v in history]
+    for (_, row), verdict in zip(rows, history, strict=True):
+        assert f"<td>{verdict['verdict_id']}</td>" in row
+        assert f"<td>{verdict['time']}</td>" in row
+        assert html.escape(verdict["summary"]) in row
+
+
+def test_without_samples_there_is_no_ecdf_but_a_note(played: Played) -> None:
+    text = page(played, "checkout-v42", samples=False)
+    assert ("ecdf", "latency_ms") not in Dom(text).plots()
+    assert "No samples given for this metric" in text
+
+
+def test_a_large_cohort_keeps_the_page_small() -> None:
+    rng = np.random.default_rng(1)
+    baseline = rng.lognormal(4.6, 0.5, 200_000)
+    canary = rng.lognormal(4.7, 0.5, 200_000)
+    text = render_report("big", [], {"latency_ms": (baseline.tolist(), canary.tolist())})
+    assert len(text) < 100_000
+    dom = Dom(text)
+    ecdf = dom.plots()["ecdf", "latency_ms"]
+    for curve in dom.inside(ecdf, "path", "series"):
+        assert int(curve.attrs["data-n"]) == 200_000
+        assert vertices(curve) <= MAX_CURVE_POINTS + 1
+    assert headline(text) == "NO VERDICT \u2014 the input holds no verdict for this deployment"
+
+
+def test_ecdf_axis_is_linear_unless_values_are_positive_and_span_ten_fold() -> None:
+    for values, scale in (([-1.0, 0.5, 3.0], "linear"), ([2.0, 3.0, 19.0], "linear")):
+        text = render_report("x", [], {"m": (values, [v + 1 for v in values])})
+        assert Dom(text).plots()["ecdf", "m"].attrs["data-x-scale"] == scale
+    text = render_report("x", [], {"m": ([1.0, 2.0], [30.0])})
+    assert Dom(text).plots()["ecdf", "m"].attrs["data-x-scale"] == "log"
+
+
+# ---------------------------------------------------------------------------- robustness
+
+
+EVIL = "<script>alert('x')</script>"
+EVIL_ATTR = '"><img src=x onerror=alert(1)>'
+
+
+def test_strings_from_verdicts_are_escaped(played: Played) -> None:
+    history = copy.deepcopy(played.verdicts["payments-v3"])
+    for verdict in history:
+        verdict["summary"] = EVIL
+        verdict["verdict_id"] += EVIL_ATTR
+        for key in ("service", "profile", "config_digest", "strategy", "time"):
+            verdict[key] = EVIL
+        verdict["decision"] = EVIL_ATTR if verdict["final"] else verdict["decision"]
+        verdict["window"]["start"] = EVIL
+        verdict["checks"] = {EVIL: {EVIL_ATTR: EVIL, "mismatch": True}}
+        for entry in verdict["metrics"]:
+            entry["metric"] = EVIL_ATTR + entry["metric"]
+            entry["reason"] = EVIL
+            entry["analyzer"] = EVIL
+            entry["outcome"] = EVIL_ATTR if entry["outcome"] == "fail" else entry["outcome"]
+            entry["detail"][EVIL] = EVIL
+            entry["detail"]["direction"] = EVIL_ATTR
+    samples = {EVIL_ATTR + "latency_ms": played.samples["payments-v3"]["latency_ms"]}
+    text = render_report("payments-v3", history, samples)
+    assert "<script" not in text.lower()
+    assert "<img" not in text.lower()
+    assert "&lt;script&gt;" in text
+    dom = Dom(text)
+    assert {e.tag for e in dom.elements}.isdisjoint({"script", "img", "iframe", "object"})
+    for element in dom.elements:
+        assert not any(name.startswith("on") for name in element.attrs), element
+    assert (
+        "estimate",
+        EVIL_ATTR + "requests",
+    ) in dom.plots()  # attribute values survive escaping intact
+
+
+def _spoil(value: object, k: int) -> object:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    return (math.nan, None, "inf", "-inf", "not a number", float("inf"), True)[k % 7]
+
+
+def test_nan_none_and_missing_detail_values_do_not_crash(played: Played) -> None:
+    history: list[Any] = copy.deepcopy(played.verdicts["payments-v3"])
+    for i, verdict in enumerate(history):
+        for j, entry in enumerate(verdict["metrics"]):
+            detail = entry["detail"]
+            for k, key in enumerate(list(detail)):
+                detail[key] = _spoil(detail[key], i + j + k)
+            for key in list(detail)[:: 3 + i]:  # an older version lacked some keys
+                del detail[key]
+        verdict["score"] = math.nan
+        verdict["traffic_weight"] = "50%"
+    del history[0]["window"]
+    history[1]["time"] = "yesterday"  # no usable time: the x axis counts verdicts
+    history[2]["metrics"] = "garbage"
+    history.append({"verdict_id": "payments-v3/99"})  # nearly empty
+    history.append("not even an object")
+    samples: dict[str, Any] = {
+        "latency_ms": ([math.nan, math.inf, 1.0, 2.0, 3.0], []),
+        "requests": ([5.0] * 10, [5.0] * 3),  # every value tied
+        "empty": ([], []),
+        "broken": (["a", "b"], [1.0]),
+    }
+    text = render_report("payments-v3", history, samples)
+    assert text.startswith("<!DOCTYPE html>")
+    assert text.rstrip().endswith("</html>")
+    coords = re.findall(r'\b(?:x|y|x1|x2|y1|y2|cx|cy|width|height|points|d)="([^"]*)"', text)
+    assert coords
+    assert not [c for c in coords if re.search(r"nan|inf", c, re.IGNORECASE)]
+    plots = Dom(text).plots()
+    assert {("estimate", "latency_ms"), ("estimate", "requests"), ("burn", "requests")} <= set(
+        plots
+    )
+    assert ("ecdf", "empty") not in plots
+
+
+def test_other_deployments_and_republished_verdicts_are_left_out(played: Played) -> None:
+    mine = played.verdicts["checkout-v42"]
+    mixed = [*played.verdicts["payments-v3"], *mine, mine[0], *played.verdicts["search-v7"]]
+    text = render_report("checkout-v42", mixed)
+    rows = re.findall(
+        r'<tr class="decision-\w+"><td>[^<]*</td><td>[^<]*</td><td>([^<]*)</td>', text
+    )
+    assert rows == [v["verdict_id"] for v in mine]
+    assert headline(text).startswith("PROMOTE")
+
+
+def test_no_verdicts_at_all() -> None:
+    text = render_report("nothing-v1", [])
+    assert headline(text).startswith("NO VERDICT")
+    assert "No verdicts." in text
+    assert Dom(text).plots() == {}
+
+
+# ------------------------------------------------------------------------- headless Chromium
+
+
+CHROMIUM = shutil.which("chromium") or (
+    "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+)
+
+
+def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[bytes]:
+    assert CHROMIUM is not None
+    command = [
+        CHROMIUM,
+        "--headless=new",
+        "--disable-gpu",
+        "--no-sandbox",
+        "--no-first-run",
+        "--disable-extensions",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
+    done = subprocess.run(command, capture_output=True, timeout=90, check=False)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    return done
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """RGB(A) pixels of an 8-bit, non-interlaced PNG as a (height, width, channels) array."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks = 8, []
+    width = height = channels = 0
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", body)
+            assert (depth, interlace) == (8, 0), "8-bit, not interlaced"
+            assert colour in {2, 6}, "RGB or RGBA"
+            channels = 3 if colour == 2 else 4
+        elif kind == b"IDAT":
+            chunks.append(body)
+    raw = zlib.decompress(b"".join(chunks))
+    stride = width * channels
+    assert len(raw) == height * (stride + 1)
+    out = np.zeros((height, stride), dtype=np.uint8)
+    previous = np.zeros(stride, dtype=np.int64)
+    for y in range(height):
+        method = raw[y * (stride + 1)]
+        line = np.frombuffer(raw, np.uint8, stride, y * (stride + 1) + 1).astype(np.int64)
+        if method == 0:
+            row = line
+        elif method == 1:  # Sub: a running sum per channel
+            row = np.cumsum(line.reshape(width, channels), axis=0).reshape(-1) % 256
+        elif method == 2:  # Up
+            row = (line + previous) % 256
+        else:  # Average, Paeth: sequential along the row
+            row = _unfilter_sequential(method, line.tolist(), previous.tolist(), channels)
+        out[y] = row
+        previous = np.asarray(row, dtype=np.int64)
+    return out.reshape(height, width, channels)
+
+
+def _unfilter_sequential(kind: int, line: list[int], up: list[int], bpp: int) -> np.ndarray:
+    row = [0] * len(line)
+    for i, value in enumerate(line):
+        left = row[i - bpp] if i >= bpp else 0
+        if kind == 3:
+            row[i] = (value + (left + up[i]) // 2) & 255
+            continue
+        corner = up[i - bpp] if i >= bpp else 0
+        p = left + up[i] - corner
+        pa, pb, pc = abs(p - left), abs(p - up[i]), abs(p - corner)
+        best = left if pa <= pb and pa <= pc else up[i] if pb <= pc else corner
+        row[i] = (value + best) & 255
+    return np.asarray(row, dtype=np.int64)
+
+
+def near(pixels: np.ndarray, rgb: tuple[int, int, int], tolerance: int = 40) -> np.ndarray:
+    distance = np.abs(pixels[..., :3].astype(np.int64) - np.asarray(rgb)).sum(axis=-1)
+    close: np.ndarray = distance <= tolerance
+    return close
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="chromium is not installed (/usr/bin/chromium); scripts/test installs it when run as"
+    " root, or: apt-get install chromium",
+)
+@pytest.mark.timeout(240)
+def test_headless_chromium_renders_the_plots(played: Played, tmp_path: Path) -> None:
+    report = tmp_path / "report.html"
+    report.write_text(page(played, "payments-v3"), encoding="utf-8")
+    began = time.monotonic()
+
+    # The DOM the browser built: every plot with its curves, none lost to a markup error.
+    dom = Dom(chromium("--dump-dom", report.as_uri(), profile=tmp_path / "p1").stdout.decode())
+    plots = dom.plots()
+    assert set(plots) == {
+        ("ecdf", "latency_ms"),
+        ("estimate", "latency_ms"),
+        ("estimate", "requests"),
+        ("burn", "requests"),
+    }
+    ecdf_paths = dom.inside(plots["ecdf", "latency_ms"], "path", "series")
+    assert len(ecdf_paths) == 2
+    assert all(vertices(p) > 50 for p in ecdf_paths)
+    for kind, metric in (("estimate", "latency_ms"), ("burn", "requests")):
+        lines = dom.inside(plots[kind, metric], "polyline")
+        assert lines
+        assert max(vertices(line) for line in lines) == len(played.verdicts["payments-v3"])
+    assert dom.inside(plots["estimate", "requests"], "circle", "estimate")
+
+    # What it paints: the red rollback header, both cohorts' curves, many colours.
+    shot = tmp_path / "report.png"
+    chromium(
+        "--hide-scrollbars",
+        "--window-size=1000,1500",
+        f"--screenshot={shot}",
+        report.as_uri(),
+        profile=tmp_path / "p2",
+    )
+    seconds = time.monotonic() - began
+    data = shot.read_bytes()
+    assert len(data) > 20_000
+    pixels = decode_png(data)
+    assert pixels.shape[:2] == (1500, 1000)
+    header = pixels[:60]
+    assert near(header, (0xB4, 0x23, 0x18)).mean() > 0.5, "the rollback header is red"
+    body = pixels[300:]
+    assert near(body, (0x25, 0x63, 0xEB)).sum() > 300, "the baseline's blue curve is drawn"
+    assert near(body, (0xDC, 0x26, 0x26)).sum() > 300, "the canary's red curve is drawn"
+    rgb = pixels[..., :3].astype(np.int64)
+    colours = np.unique((rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2])
+    assert colours.size > 100
+    white = near(pixels, (255, 255, 255), 6).mean()
+    assert 0.3 < white < 0.97, "neither blank nor a solid fill"
+    print(f"chromium: dump-dom and screenshot in {seconds:.1f}s")  # noqa: T201
