@@ -71,8 +71,11 @@ class Tansu:
     cluster metadata; ``stop()`` kills it. Use it as a (sync or async) context manager.
     """
 
-    def __init__(self, *, log_dir: Path | None = None, start_timeout: float = 20.0) -> None:
+    def __init__(
+        self, *, log_dir: Path | None = None, start_timeout: float = 20.0, port: int | None = None
+    ) -> None:
         self.start_timeout = start_timeout
+        self._fixed_port = port
         self._log_dir = log_dir
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -135,6 +138,11 @@ class Tansu:
             self._tmp = None
             self._log_dir = None
 
+    def kill(self) -> None:
+        """SIGKILL the broker (its data is in memory: a new start comes back empty)."""
+        self._fixed_port = self.port
+        self._kill()
+
     def log_tail(self, lines: int = 30) -> str:
         """The last ``lines`` lines of the broker's output."""
         if self.log_path is None or not self.log_path.exists():
@@ -158,7 +166,7 @@ class Tansu:
 
     def _launch(self, binary: Path, deadline: float) -> None:
         assert self._log_dir is not None
-        self.port = free_port()
+        self.port = self._fixed_port or free_port()
         url = f"tcp://127.0.0.1:{self.port}"
         self.log_path = self._log_dir / f"tansu-{self.port}.log"
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV} | {"NO_COLOR": "1"}

@@ -249,7 +249,6 @@ class KafkaTransport:
         self._fetched: dict[TopicPartitionKey, int] = {}
         self._committed: dict[TopicPartitionKey, int] = {}
         self._owned: frozenset[TopicPartitionKey] = frozenset()
-        self._kept_positions: dict[TopicPartitionKey, int] = {}
         self._fatal: CoalmineError | None = None
         self._before_revoke: BeforeRevoke | None = None
         self._after_assign: AfterAssign | None = None
@@ -374,24 +373,40 @@ class KafkaTransport:
         for tp, messages in batches.items():
             if not messages:
                 continue
-            key = (tp.topic, tp.partition)
-            previous = self._fetched.get(key)
-            if previous is not None and messages[0].offset < previous:
-                _log.error(
-                    "%s/%d restarted at offset %d, behind the %d already read: the broker lost"
-                    " records (restarted without its data?); open deployments are kept from"
-                    " memory, what was lost cannot be recovered",
-                    tp.topic,
-                    tp.partition,
-                    messages[0].offset,
-                    previous,
-                )
-                self._committed.pop(key, None)
             records.extend(_record(message) for message in messages)
-            self._fetched[key] = messages[-1].offset + 1
+            self._fetched[tp.topic, tp.partition] = messages[-1].offset + 1
+        await self._check_truncated()
         if self._catch_up:
             await self._check_caught_up()
         return records
+
+    async def _check_truncated(self) -> None:
+        """Notice a partition whose log now ends before what was already read.
+
+        That happens when the broker lost records (a broker restarted without its data, an
+        unclean leader election). Some brokers then answer fetches beyond the end with
+        nothing rather than an out-of-range error, so the consumer would wait there
+        forever: read the partition again from its beginning instead.
+        """
+        consumer = self._consumer
+        for tp in consumer.assignment():
+            key = (tp.topic, tp.partition)
+            fetched = self._fetched.get(key)
+            end = consumer.highwater(tp)
+            if fetched is None or end is None or end >= fetched:
+                continue
+            _log.error(
+                "%s/%d ends at offset %d, before the %d already read: the broker lost records"
+                " (restarted without its data?); reading it again from its beginning; open"
+                " deployments are kept from memory, what was lost cannot be recovered",
+                tp.topic,
+                tp.partition,
+                end,
+                fetched,
+            )
+            await consumer.seek_to_beginning(tp)
+            self._fetched[key] = 0
+            self._committed.pop(key, None)
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Send every message at once and return when the broker acknowledged them all.
@@ -534,9 +549,12 @@ class KafkaTransport:
                 async with _bounded(self.settings.request_timeout, what):
                     batches = await reader.getmany(*remaining, timeout_ms=1000)
                 for tp, messages in batches.items():
+                    # Some brokers (tansu) answer ListOffsets with the last record batch's
+                    # base offset + 1: the fetch's high watermark is the real end.
+                    ends[tp] = max(ends[tp], reader.highwater(tp) or 0)
                     records.extend(_record(m) for m in messages if m.offset < ends[tp])
                 for tp in list(remaining):
-                    if await reader.position(tp) >= ends[tp]:
+                    if await reader.position(tp) >= max(ends[tp], reader.highwater(tp) or 0):
                         remaining.discard(tp)
         finally:
             await reader.stop()
@@ -561,8 +579,7 @@ class KafkaTransport:
                 await self._before_revoke(partitions)
             except Exception:  # noqa: BLE001 - a failed hand-over must not break the rebalance
                 _log.exception("handing over partitions failed; their new owner re-reads them")
-        # Positions of partitions we may get back: resumed if we do (see _on_assigned).
-        self._kept_positions = {k: v for k, v in self._fetched.items() if k in partitions}
+        # Positions in _fetched are kept: resumed for partitions we get back (_on_assigned).
         self._catch_up = {}
 
     async def _on_assigned(self, assigned: list[Any]) -> None:
@@ -577,13 +594,12 @@ class KafkaTransport:
         consumer = self._consumer
         for tp in assigned:
             key = (tp.topic, tp.partition)
-            position = self._kept_positions.get(key)
-            if position is not None and key not in gained and consumer is not None:
-                consumer.seek(tp, position)
-            elif key in gained:
+            position = self._fetched.get(key)
+            if key in gained:
                 self._fetched.pop(key, None)
                 self._committed.pop(key, None)
-        self._kept_positions = {}
+            elif position is not None and consumer is not None:
+                consumer.seek(tp, position)
         self._check_assignment_copartitioned()
         if self._after_assign is not None:
             ends: dict[TopicPartitionKey, int] = dict.fromkeys(gained, -1)
@@ -630,7 +646,8 @@ class KafkaTransport:
     async def _check_caught_up(self) -> None:
         consumer = self._consumer
         for tp, end in list(self._catch_up.items()):
-            if await consumer.position(tp) >= end:
+            # The fetch's high watermark: some brokers' ListOffsets answer short (tansu).
+            if await consumer.position(tp) >= max(end, consumer.highwater(tp) or 0):
                 del self._catch_up[tp]
         if not self._catch_up and consumer.paused():
             consumer.resume(*consumer.paused())

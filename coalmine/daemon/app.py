@@ -211,8 +211,10 @@ class Daemon:
         async with self._busy:
             dropped = self.router.release(lost)
             if dropped:
-                log.info(
-                    "%d open deployment(s) moved to another daemon: %s",
+                log.warning(
+                    "%d open deployment(s) dropped with partitions no longer assigned here:"
+                    " %s; their new owner rebuilds them from the log (if the topics were lost,"
+                    " as on a broker restarted empty, they cannot be recovered)",
                     len(dropped),
                     ", ".join(sorted(dropped)[:20]),
                 )

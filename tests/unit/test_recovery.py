@@ -17,49 +17,16 @@ from coalmine.bus.base import Record
 from coalmine.config.models import TopicsSettings
 from coalmine.contract import encode_verdict, parse_time
 from coalmine.daemon.router import Router
-from coalmine.simulator import Scenario, simulate
-from tests.scenario import PROFILE, T0
+from tests.scenario import PROFILE, STAGGERED_EXPECTED, staggered_messages
 
 TOPICS = TopicsSettings()
 
 
-def _strip_ids(value: bytes) -> bytes:
-    """Route by service and version instead of deployment id and cohort."""
-    events = orjson.loads(value)
-    for event in events:
-        del event["deployment_id"]
-        event["version"] = "v2" if event.pop("cohort") == "canary" else "v1"
-    return orjson.dumps(events)
-
-
 def staggered_log() -> list[Record]:
-    """Deployments starting at different times, some routed by service, some early metrics.
-
-    Partition 0 of both topics; offsets per topic, as Kafka numbers them.
-    """
-    segments = [
-        (T0, [Scenario("checkout-v42", "checkout")]),
-        (T0 + 120, [Scenario("search-v7", "search", latency_factor=1.5)]),
-        (T0 + 200, [Scenario("cart-v9", "cart")]),
-        (
-            T0 + 300,
-            [Scenario("payments-v3", "payments", canary_error_ratio=0.05, regression_from=120)],
-        ),
-        (T0 + 420, [Scenario("ledger-v2", "ledger", latency_factor=1.3)]),
-    ]
-    timed = []
-    for order, (start, scenarios) in enumerate(segments):
-        for message in simulate(scenarios, start=start, duration=600.0, step=10.0, seed=order):
-            value = message.value
-            if message.topic == "metrics" and scenarios[0].service in {"cart", "ledger"}:
-                value = _strip_ids(value)
-            # The cart deployment's `started` is read after its first two metric messages.
-            delay = 25.0 if message.topic == "deployments" and start == T0 + 200 else 0.0
-            timed.append((message.time + delay, message.topic, message.key, value))
-    timed.sort(key=lambda item: item[0])
+    """The staggered scenario on partition 0 of both topics, offsets per topic."""
     offsets = dict.fromkeys(("deployments", "metrics"), 0)
     log = []
-    for _, topic, key, value in timed:
+    for topic, key, value in staggered_messages():
         name = TOPICS.deployments if topic == "deployments" else TOPICS.metrics
         log.append(Record(name, value, key, offset=offsets[topic]))
         offsets[topic] += 1
@@ -112,13 +79,7 @@ def reference(log: list[Record]) -> dict[str, dict]:
 
 def test_the_staggered_log_exercises_every_outcome(reference: dict[str, dict]) -> None:
     finals = {v["deployment_id"]: v["decision"] for v in reference.values() if v["final"]}
-    assert finals == {
-        "checkout-v42": "promote",
-        "search-v7": "rollback",
-        "cart-v9": "promote",
-        "payments-v3": "rollback",
-        "ledger-v2": "rollback",
-    }
+    assert finals == STAGGERED_EXPECTED
 
 
 def test_metrics_read_before_their_started_are_held_and_used(log: list[Record]) -> None:
