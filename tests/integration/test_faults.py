@@ -288,10 +288,8 @@ async def test_kill_9_at_random_moments_then_restart_gives_one_final_each(
         verdicts = await wait_for_finals(
             bootstrap, topics.verdicts, STAGGERED_EXPECTED, timeout=90.0, why=why
         )
-    except AssertionError:
-        print(daemon.output())
-        print([orjson.loads(r.value)["verdict_id"] for r in await read_all(bootstrap, topics.verdicts)])
-        raise
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- daemon log ---\n{daemon.output()[-6000:]}") from None
     check_guarantees(verdicts, STAGGERED_EXPECTED, why)
     assert daemon.alive
     assert "rebuilding" in daemon.output(), why
@@ -368,9 +366,8 @@ async def test_broker_killed_and_restarted_empty_the_daemon_reconnects_and_carri
             verdicts = await wait_for_finals(
                 broker.bootstrap, topics.verdicts, ["checkout-v43"], 120.0, "after the restart"
             )
-        except AssertionError:
-            print(daemon.output())
-            raise
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- daemon log ---\n{daemon.output()[-6000:]}") from None
         assert daemon.alive
         await daemon.wait_ready()
         finals = [v for v in verdicts if v["final"] and v["deployment_id"] == "checkout-v43"]
