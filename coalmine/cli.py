@@ -1,15 +1,19 @@
-"""The ``coalmine`` command: ``run``, ``demo`` and ``check``.
+"""The ``coalmine`` command: the daemon (``run``), ``demo``, ``check``, and the SRE and
+pipeline tools (``replay``, ``record``, ``report``, ``start``, ``finish``, ``wait``).
 
-Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration.
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration; ``wait`` also
+exits 1 rollback, 3 inconclusive, 4 timeout (docs/cli.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 import click
 import orjson
@@ -18,7 +22,11 @@ from coalmine._exceptions import CoalmineError, ConfigError
 from coalmine.config.settings import Settings, load_settings
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from coalmine.bus.base import Transport
+    from coalmine.contract import Verdict
+    from coalmine.replay import Run as ReplayRun
 
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
@@ -88,7 +96,11 @@ def run(config_path: Path | None) -> None:
     from coalmine.daemon.app import Daemon, install_signal_handlers  # noqa: PLC0415
 
     async def serve() -> None:
-        daemon = Daemon(settings, build_transport(settings))
+        daemon = Daemon(
+            settings,
+            build_transport(settings),
+            reload=(lambda: load_settings(config_path)) if config_path else None,
+        )
         install_signal_handlers(daemon)
         await daemon.run()
 
@@ -118,6 +130,7 @@ def build_transport(settings: Settings) -> Transport:
             else [],
             produce=[topics.verdicts, topics.dead_letter] if writes else [],
             first=[topics.deployments] if reads else [],
+            copartitioned=[topics.deployments, topics.metrics] if reads else [],
         )
     if "mqtt" in consume or "mqtt" in publish:
         from coalmine.bus.mqtt import MqttTransport  # noqa: PLC0415 - aiomqtt only if used
@@ -155,3 +168,419 @@ def check(config_path: Path | None) -> None:
         f"{name} ({len(profile.metrics)} metrics)" for name, profile in settings.profiles.items()
     )
     click.echo(f"{where}: ok; profiles: {profiles}")
+
+
+# -- SRE and pipeline tools: replay, record, start / finish / wait, report --------------------
+
+EXIT_TIMEOUT = 4
+"""``coalmine wait``: no final verdict within ``--timeout``."""
+
+
+def _moment(value: str | None, option: str) -> float | None:
+    """``--since`` / ``--until``: a duration ago or an RFC 3339 time, in Unix seconds."""
+    if value is None:
+        return None
+    from coalmine.recording import parse_moment  # noqa: PLC0415
+
+    try:
+        return parse_moment(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+
+
+def _seconds(value: str, option: str) -> float:
+    from coalmine.config.durations import parse_duration  # noqa: PLC0415
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+
+
+def _quiet_router(settings: Settings) -> None:
+    """Log as configured, but leave invalid input to the replay's own report."""
+    _setup_logging(settings)
+    logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
+    logging.getLogger("coalmine.daemon.router").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def _open_input(path: Path) -> Iterator[BinaryIO]:
+    """The file at ``path``, or standard input for ``-``, in binary mode."""
+    if str(path) == "-":
+        yield sys.stdin.buffer
+        return
+    with path.open("rb") as stream:
+        yield stream
+
+
+def _runtime_error(exc: CoalmineError) -> NoReturn:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(EXIT_RUNTIME)
+
+
+_input_option = click.option(
+    "--input",
+    "input_path",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True, allow_dash=True),
+    default=None,
+    help="A recording: JSON Lines of deploy and metric events or envelopes (docs/cli.md).",
+)
+_from_kafka_option = click.option(
+    "--from-kafka",
+    is_flag=True,
+    help="Read the deployments, metrics and [[inputs]] topics from Kafka instead.",
+)
+
+
+@main.command()
+@_config_option
+@_input_option
+@_from_kafka_option
+@click.option("--since", default=None, help="With --from-kafka: from when ('2h' ago, RFC 3339).")
+@click.option("--until", default=None, help="With --from-kafka: until when (default: now).")
+@click.option(
+    "--compare",
+    "compare_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A second configuration: judge the same stream with it and show the differences.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print verdicts as JSON lines, as published.")
+def replay(
+    config_path: Path | None,
+    input_path: Path | None,
+    from_kafka: bool,
+    since: str | None,
+    until: str | None,
+    compare_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Judge a recorded stream offline on event time, exactly as the daemon would."""
+    if (input_path is None) == (not from_kafka):
+        raise click.UsageError("give either --input FILE or --from-kafka")
+    if from_kafka and since is None:
+        raise click.UsageError("--from-kafka needs --since (e.g. --since 2h)")
+    if not from_kafka and (since is not None or until is not None):
+        raise click.UsageError("--since and --until go with --from-kafka")
+    settings = _load(config_path)
+    other = _load(compare_path) if compare_path is not None else None
+    begin, end = _moment(since, "--since"), _moment(until, "--until")
+    _quiet_router(settings)
+    from coalmine import replay as replaying  # noqa: PLC0415 - keeps `coalmine --help` fast
+    from coalmine.contract import encode_verdict  # noqa: PLC0415
+
+    out = sys.stdout.buffer
+    on_verdict = None
+    if as_json and other is None:
+
+        def on_verdict(verdict: Verdict) -> None:
+            out.write(encode_verdict(verdict) + b"\n")
+
+    problems = replaying.Problems()
+    try:
+        if from_kafka:
+            from coalmine.recording import read_stream  # noqa: PLC0415
+
+            recording = asyncio.run(read_stream(settings, since=begin, until=end))
+            entries = replaying.record_entries(recording.records, settings.topics)
+            result = replaying.run(
+                entries, settings, other=other, problems=problems, on_verdict=on_verdict
+            )
+        else:
+            assert input_path is not None  # noqa: S101 - checked above
+            with _open_input(input_path) as stream:
+                entries = replaying.read_jsonl(
+                    stream, settings.topics, replaying.input_topics(settings), problems
+                )
+                result = replaying.run(
+                    entries, settings, other=other, problems=problems, on_verdict=on_verdict
+                )
+    except CoalmineError as exc:
+        _runtime_error(exc)
+    out.flush()
+    _show_replay(result, config_path, compare_path, as_json=as_json)
+
+
+def _show_replay(
+    result: ReplayRun,
+    config_path: Path | None,
+    compare_path: Path | None,
+    *,
+    as_json: bool,
+) -> None:
+    from rich.console import Console  # noqa: PLC0415
+
+    from coalmine import replay as replaying  # noqa: PLC0415
+
+    first, second = result.first, result.second
+    names = (
+        config_path.name if config_path else "defaults",
+        compare_path.name if compare_path else "",
+    )
+    if as_json:
+        if second is not None:
+            for difference in result.differences:
+                entry = {
+                    "deployment_id": difference.deployment_id,
+                    "service": difference.service,
+                    "difference": difference.kind,
+                    "config": replaying.outcome_dict(difference.first),
+                    "compare": replaying.outcome_dict(difference.second),
+                }
+                click.echo(orjson.dumps(entry).decode())
+        click.echo(f"replay: {replaying.summary_line(first)}", err=True)
+        for line in replaying.problems_lines(first):
+            click.echo(line, err=True)
+        return
+    # Piped to a file or another program: wide lines rather than a squeezed summary column.
+    wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+    console = Console(highlight=False, width=wide)
+    replaying.render_outcomes(console, first, f"replay with {names[0]}")
+    console.print(replaying.summary_line(first))
+    for line in replaying.problems_lines(first):
+        console.print(line, markup=False)
+    if second is not None:
+        console.print()
+        replaying.render_comparison(console, result, names, result.differences)
+
+
+@main.command()
+@_config_option
+@click.option(
+    "--output",
+    "-o",
+    "output_path",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    required=True,
+    help="The JSONL file to write ('-': standard output).",
+)
+@click.option("--since", required=True, help="From when: '2h' (ago) or an RFC 3339 time.")
+@click.option("--until", default=None, help="Until when (default: the end offsets at start).")
+def record(config_path: Path | None, output_path: Path, since: str, until: str | None) -> None:
+    """Record the deployments, metrics and [[inputs]] topics over a time range, for replay."""
+    settings = _load(config_path)
+    begin, end = _moment(since, "--since"), _moment(until, "--until")
+    _setup_logging(settings)
+    from coalmine.recording import read_stream, write_jsonl  # noqa: PLC0415
+
+    try:
+        recording = asyncio.run(read_stream(settings, since=begin, until=end))
+    except CoalmineError as exc:
+        _runtime_error(exc)
+    for topic in recording.missing:
+        click.echo(f"warning: topic {topic} does not exist; nothing read from it", err=True)
+    if str(output_path) == "-":
+        count = write_jsonl(sys.stdout.buffer, recording.records, settings.topics)
+    else:
+        partial = output_path.with_name(output_path.name + ".part")
+        with partial.open("wb") as out:
+            count = write_jsonl(out, recording.records, settings.topics)
+        partial.replace(output_path)
+    per_topic = ", ".join(f"{topic} {n}" for topic, n in recording.per_topic.items()) or "none"
+    click.echo(f"recorded {count} messages ({per_topic}) to {output_path}", err=True)
+
+
+def _announce(settings: Settings, value: bytes, service: str) -> str:
+    from coalmine.pipeline import announce  # noqa: PLC0415
+
+    try:
+        return asyncio.run(announce(settings, value, service))
+    except CoalmineError as exc:
+        _runtime_error(exc)
+
+
+def _deploy_event(**fields: Any) -> bytes:
+    from coalmine._exceptions import ContractError  # noqa: PLC0415
+    from coalmine.pipeline import deploy_event  # noqa: PLC0415
+
+    try:
+        return deploy_event(**fields)
+    except ContractError as exc:
+        raise click.UsageError(f"not a valid deploy event: {exc}") from None
+
+
+_deployment_option = click.option(
+    "--deployment", "deployment_id", required=True, help="The deployment id."
+)
+_service_option = click.option("--service", required=True, help="The service deployed.")
+
+
+@main.command()
+@_config_option
+@_deployment_option
+@_service_option
+@click.option("--baseline", required=True, help="The baseline's version.")
+@click.option("--canary", required=True, help="The canary's version.")
+@click.option("--profile", default=None, help="Analysis profile (the daemon's default: default).")
+@click.option(
+    "--traffic-weight",
+    type=click.FloatRange(0, 100),
+    default=None,
+    help="Percent of traffic to the canary.",
+)
+@click.option(
+    "--strategy",
+    type=click.Choice(["canary", "blue_green", "feature_flag"]),
+    default=None,
+    help="Deployment strategy (default: canary).",
+)
+def start(  # noqa: PLR0913 - one parameter per option
+    config_path: Path | None,
+    deployment_id: str,
+    service: str,
+    baseline: str,
+    canary: str,
+    profile: str | None,
+    traffic_weight: float | None,
+    strategy: str | None,
+) -> None:
+    """Announce a deployment: publish its `started` event (time = now)."""
+    settings = _load(config_path)
+    value = _deploy_event(
+        event="started",
+        deployment_id=deployment_id,
+        service=service,
+        baseline=baseline,
+        canary=canary,
+        profile=profile,
+        traffic_weight=traffic_weight,
+        strategy=strategy,
+    )
+    if profile is not None and profile not in settings.profiles:
+        click.echo(
+            f"warning: profile {profile!r} is not in this configuration; the daemon"
+            " dead-letters the event unless its own configuration has it",
+            err=True,
+        )
+    where = _announce(settings, value, service)
+    click.echo(f"started {deployment_id} ({service} {baseline} -> {canary}) on {where}")
+
+
+@main.command()
+@_config_option
+@_deployment_option
+@_service_option
+@click.option(
+    "--event",
+    "kind",
+    type=click.Choice(["completed", "aborted"]),
+    required=True,
+    help="How the pipeline ended the deployment.",
+)
+def finish(config_path: Path | None, deployment_id: str, service: str, kind: str) -> None:
+    """End a deployment from the pipeline: publish `completed` or `aborted` (time = now)."""
+    settings = _load(config_path)
+    value = _deploy_event(event=kind, deployment_id=deployment_id, service=service)
+    where = _announce(settings, value, service)
+    click.echo(f"{kind} {deployment_id} on {where}")
+
+
+@main.command()
+@_config_option
+@_deployment_option
+@click.option(
+    "--timeout",
+    default="30m",
+    show_default=True,
+    help="How long to wait for the final verdict ('90s', '30m').",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the final verdict as JSON.")
+def wait(config_path: Path | None, deployment_id: str, timeout: str, as_json: bool) -> None:
+    """Wait for a deployment's final verdict.
+
+    Exit 0 promote, 1 rollback, 3 inconclusive, 4 no final verdict within --timeout.
+    """
+    seconds = _seconds(timeout, "--timeout")
+    settings = _load(config_path)
+    from rich.console import Console  # noqa: PLC0415
+
+    from coalmine.pipeline import describe, wait_for_verdict  # noqa: PLC0415
+
+    console = Console(stderr=True, highlight=False)
+    with console.status(f"waiting for the final verdict of {deployment_id}") as status:
+
+        def progress(verdict: dict[str, Any]) -> None:
+            line = describe(verdict)
+            console.print(line)
+            status.update(f"{deployment_id}: {line}")
+
+        result = asyncio.run(wait_for_verdict(settings, deployment_id, seconds, progress))
+    if result.final is None:
+        latest = f"; latest: {describe(result.latest)}" if result.latest is not None else ""
+        console.print(f"[yellow]no final verdict for {deployment_id} within {timeout}[/]{latest}")
+        if result.error is not None:
+            console.print(f"last broker error: {result.error}", markup=False)
+        sys.exit(result.exit_code)
+    if as_json:
+        click.echo(orjson.dumps(result.final).decode())
+    else:
+        click.echo(describe(result.final, plain=True))
+    sys.exit(result.exit_code)
+
+
+@main.command()
+@click.argument("deployment_id")
+@_config_option
+@click.option(
+    "--output",
+    "-o",
+    "output_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The HTML file to write.",
+)
+@_input_option
+@_from_kafka_option
+@click.option(
+    "--since",
+    default=None,
+    help="With --from-kafka: how far back to read metrics (default: all retained).",
+)
+def report(
+    deployment_id: str,
+    config_path: Path | None,
+    output_path: Path,
+    input_path: Path | None,
+    from_kafka: bool,
+    since: str | None,
+) -> None:
+    """Write an HTML report of one deployment: its verdicts and its samples."""
+    if (input_path is None) == (not from_kafka):
+        raise click.UsageError("give either --input FILE or --from-kafka")
+    if since is not None and not from_kafka:
+        raise click.UsageError("--since goes with --from-kafka")
+    settings = _load(config_path)
+    begin = _moment(since, "--since")
+    _quiet_router(settings)
+    try:
+        from coalmine.report import render_report  # noqa: PLC0415
+    except ImportError as exc:
+        click.echo(f"error: reports are not available in this build ({exc})", err=True)
+        sys.exit(EXIT_RUNTIME)
+    from coalmine import replay as replaying  # noqa: PLC0415
+
+    try:
+        if from_kafka:
+            from coalmine.recording import kafka_report_data  # noqa: PLC0415
+
+            verdicts, samples, info = asyncio.run(kafka_report_data(settings, deployment_id, begin))
+        else:
+            assert input_path is not None  # noqa: S101 - checked above
+            with _open_input(input_path) as stream:
+                entries = replaying.read_jsonl(
+                    stream, settings.topics, replaying.input_topics(settings)
+                )
+                verdicts, samples, info = replaying.report_data(settings, entries, deployment_id)
+    except CoalmineError as exc:
+        _runtime_error(exc)
+    if info is None and not verdicts:
+        where = "Kafka" if from_kafka else str(input_path)
+        click.echo(f"error: no deployment {deployment_id} in {where}", err=True)
+        sys.exit(EXIT_RUNTIME)
+    output_path.write_text(render_report(deployment_id, verdicts, samples), encoding="utf-8")
+    click.echo(
+        f"wrote {output_path}: {len(verdicts)} verdicts,"
+        f" samples of {len(samples)} distribution metric(s)",
+        err=True,
+    )

@@ -1,0 +1,374 @@
+"""Helpers for deployment pipelines: announce a deployment, wait for its final verdict.
+
+``coalmine start`` / ``coalmine finish`` publish a deploy event (keyed by service, time =
+now) where the daemon reads them: Kafka when ``[bus] consume`` names it, else MQTT.
+``coalmine wait`` follows the verdicts where the daemon publishes them (Kafka when
+``[bus] publish`` names it, else MQTT) until the deployment's final verdict, and turns
+it into an exit code a pipeline can branch on:
+
+| decision | exit code |
+|---|---|
+| ``promote`` | 0 |
+| ``rollback`` | 1 |
+| ``inconclusive`` | 3 |
+| no final verdict in time | 4 |
+
+(2 stays bad usage or configuration, as for every command.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from coalmine._exceptions import TransportError
+from coalmine.contract import decode_deploy_event, format_time
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import aiomqtt
+
+    from coalmine.config.models import KafkaSettings, MqttSettings
+    from coalmine.config.settings import Settings
+
+__all__ = [
+    "EXIT_CODES",
+    "EXIT_TIMEOUT",
+    "WaitResult",
+    "announce",
+    "deploy_event",
+    "describe",
+    "exit_code",
+    "look_of",
+    "wait_for_verdict",
+]
+
+EXIT_CODES = {"promote": 0, "rollback": 1, "inconclusive": 3}
+"""Exit code of ``coalmine wait`` per final decision."""
+EXIT_TIMEOUT = 4
+"""Exit code of ``coalmine wait`` when no final verdict arrived in time."""
+
+_POLL_MS = 500
+_TOPIC_RETRY = 1.0
+_RETRY = 1.0
+
+
+def exit_code(decision: str | None) -> int:
+    """The exit code for a final decision; ``EXIT_TIMEOUT`` for none."""
+    if decision is None:
+        return EXIT_TIMEOUT
+    return EXIT_CODES.get(decision, EXIT_TIMEOUT)
+
+
+def look_of(verdict: dict[str, Any]) -> int | None:
+    """The judgement index ``k`` of a verdict id ``<deployment_id>/<k>``."""
+    _, _, tail = str(verdict.get("verdict_id", "")).rpartition("/")
+    return int(tail) if tail.isdigit() else None
+
+
+def deploy_event(  # noqa: PLR0913 - one argument per field of the event
+    event: str,
+    deployment_id: str,
+    service: str,
+    *,
+    at: float | None = None,
+    baseline: str | None = None,
+    canary: str | None = None,
+    profile: str | None = None,
+    traffic_weight: float | None = None,
+    strategy: str | None = None,
+) -> bytes:
+    """A deploy event of the contract, validated (``time`` = ``at``, or now).
+
+    Raises:
+        ContractError: the event does not fit the contract (e.g. a ``started`` without
+            both versions, a weight outside 0-100).
+    """
+    obj: dict[str, Any] = {
+        "event": event,
+        "deployment_id": deployment_id,
+        "service": service,
+        "time": format_time(round(time.time() if at is None else at, 3)),
+    }
+    if strategy is not None:
+        obj["strategy"] = strategy
+    if profile is not None:
+        obj["profile"] = profile
+    if baseline is not None:
+        obj["baseline"] = {"version": baseline}
+    if canary is not None:
+        obj["canary"] = {"version": canary}
+    if traffic_weight is not None:
+        obj["traffic_weight"] = traffic_weight
+    value = orjson.dumps(obj)
+    decode_deploy_event(value)  # raises ContractError when it does not fit
+    return value
+
+
+# ------------------------------------------------------------------------ publishing
+
+
+async def announce(settings: Settings, value: bytes, service: str) -> str:
+    """Publish a deploy event where the daemon reads deploy events; return where it went.
+
+    Raises:
+        TransportError: the broker cannot be reached, refused it, or (Kafka) the
+            deployments topic does not exist.
+    """
+    topic = settings.topics.deployments
+    if "kafka" in settings.bus.consume:
+        await _publish_kafka(settings.kafka, topic, value, service.encode())
+        return f"Kafka topic {topic}"
+    from coalmine.bus.mqtt import topic_level  # noqa: PLC0415 - aiomqtt only if used
+
+    mqtt_topic = f"{settings.mqtt.topic_prefix}/deployments/{topic_level(service)}"
+    async with _MqttSession(settings.mqtt, "start") as client:
+        await client.publish(mqtt_topic, value, qos=1, timeout=settings.mqtt.timeout)
+    return f"MQTT topic {mqtt_topic}"
+
+
+async def _publish_kafka(kafka: KafkaSettings, topic: str, value: bytes, key: bytes) -> None:
+    from coalmine.bus.base import Outgoing  # noqa: PLC0415
+    from coalmine.bus.kafka import KafkaTransport, partition_counts  # noqa: PLC0415
+
+    # Never let the producer's metadata request create the topic with a broker default
+    # partition count: it must be co-partitioned with the metrics topic.
+    if topic not in await partition_counts(kafka, [topic]):
+        raise TransportError(f"topic {topic} does not exist: create it first (see README)")
+    transport = KafkaTransport(kafka, [], produce=[topic])
+    await transport.start()
+    try:
+        await transport.publish([Outgoing(topic, value, key)])
+    finally:
+        await transport.stop()
+
+
+class _MqttSession:
+    """A short-lived MQTT v5 client of its own (clean start, no session left behind)."""
+
+    def __init__(self, settings: MqttSettings, purpose: str) -> None:
+        self.settings = settings
+        self.purpose = purpose
+        self.client: aiomqtt.Client | None = None
+
+    async def __aenter__(self) -> aiomqtt.Client:
+        import aiomqtt  # noqa: PLC0415
+
+        settings = self.settings
+        tls: ssl.SSLContext | None = None
+        try:
+            if settings.tls:
+                tls = ssl.create_default_context(
+                    cafile=str(settings.ca_file) if settings.ca_file is not None else None
+                )
+                if settings.cert_file is not None:
+                    tls.load_cert_chain(settings.cert_file, settings.key_file)
+        except (OSError, ssl.SSLError) as err:
+            raise TransportError(f"MQTT TLS settings: {err}") from err
+        client = aiomqtt.Client(
+            settings.host,
+            settings.port,
+            username=settings.username,
+            password=(
+                settings.password.get_secret_value() if settings.password is not None else None
+            ),
+            identifier=f"coalmine-{self.purpose}-{uuid.uuid4().hex[:12]}",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=True,
+            timeout=settings.timeout,
+            keepalive=settings.keepalive,
+            tls_context=tls,
+        )
+        try:
+            await client.__aenter__()
+        except (aiomqtt.MqttError, OSError) as err:
+            address = f"{settings.host}:{settings.port}"
+            raise TransportError(f"cannot connect to the MQTT broker at {address}: {err}") from err
+        self.client = client
+        return client
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            import aiomqtt  # noqa: PLC0415
+
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.__aexit__(None, None, None)
+
+
+# ------------------------------------------------------------------------ waiting
+
+
+@dataclass(slots=True)
+class WaitResult:
+    """How ``wait`` ended: the final verdict (``None`` on timeout) and the latest one seen."""
+
+    final: dict[str, Any] | None
+    latest: dict[str, Any] | None
+    seen: int
+    waited: float
+    error: str | None = None
+    """The last broker error, when the broker could not be read (retried until the end)."""
+
+    @property
+    def exit_code(self) -> int:
+        """0 promote, 1 rollback, 3 inconclusive, 4 timeout."""
+        return exit_code(None if self.final is None else str(self.final.get("decision")))
+
+
+async def wait_for_verdict(
+    settings: Settings,
+    deployment_id: str,
+    timeout: float,  # noqa: ASYNC109 - a deadline for the whole wait, reported as a result
+    on_verdict: Callable[[dict[str, Any]], None] | None = None,
+) -> WaitResult:
+    """Follow the verdicts until ``deployment_id``'s final one, for at most ``timeout`` s.
+
+    Every verdict of the deployment (each id once) is passed to ``on_verdict``. Verdicts
+    published before the call count: Kafka's verdict topic is read from its beginning,
+    and MQTT verdicts are retained. Broker errors are retried until the deadline (a
+    pipeline must not read an unreachable broker as a rollback); the last one is
+    reported in ``WaitResult.error``.
+    """
+    began = time.monotonic()
+    seen: dict[str, dict[str, Any]] = {}
+    state: dict[str, dict[str, Any] | None] = {"latest": None}
+
+    def take(verdict: dict[str, Any]) -> bool:
+        if verdict.get("deployment_id") != deployment_id:
+            return False
+        verdict_id = str(verdict.get("verdict_id"))
+        if verdict_id in seen:
+            return bool(verdict.get("final"))
+        seen[verdict_id] = verdict
+        state["latest"] = verdict
+        if on_verdict is not None:
+            on_verdict(verdict)
+        return bool(verdict.get("final"))
+
+    follow = _follow_kafka if "kafka" in settings.bus.publish else _follow_mqtt
+    final: dict[str, Any] | None = None
+    error: str | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            while final is None:
+                try:
+                    final = await follow(settings, deployment_id, take)
+                except TransportError as exc:
+                    error = str(exc)
+                    await asyncio.sleep(_RETRY)
+    except TimeoutError:
+        final = None
+    return WaitResult(final, state["latest"], len(seen), time.monotonic() - began, error)
+
+
+def _parse(value: bytes | bytearray | None) -> dict[str, Any] | None:
+    if not value:
+        return None
+    try:
+        verdict = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return verdict if isinstance(verdict, dict) else None
+
+
+async def _follow_kafka(
+    settings: Settings, deployment_id: str, take: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
+    from aiokafka.errors import KafkaError  # noqa: PLC0415
+
+    from coalmine.bus.kafka import _client_options, partition_counts  # noqa: PLC0415
+
+    kafka, topic, key = settings.kafka, settings.topics.verdicts, deployment_id.encode()
+    # The topic may not exist yet (the daemon creates nothing): look again until it does,
+    # never asking for it by name (a broker may auto-create it with the wrong settings).
+    while (count := (await partition_counts(kafka, [topic])).get(topic)) is None:  # noqa: ASYNC110 - polls the broker
+        await asyncio.sleep(_TOPIC_RETRY)
+    consumer = AIOKafkaConsumer(**_client_options(kafka), group_id=None, enable_auto_commit=False)
+    try:
+        await consumer.start()
+        partitions = [TopicPartition(topic, p) for p in range(count)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        while True:
+            batch = await consumer.getmany(timeout_ms=_POLL_MS)
+            for messages in batch.values():
+                for message in messages:
+                    if message.key is not None and message.key != key:
+                        continue
+                    verdict = _parse(message.value)
+                    if verdict is not None and take(verdict):
+                        return verdict
+    except (KafkaError, OSError) as err:
+        raise TransportError(f"reading {topic}: {err!r}") from err
+    finally:
+        await consumer.stop()
+
+
+async def _follow_mqtt(
+    settings: Settings, deployment_id: str, take: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    import aiomqtt  # noqa: PLC0415
+
+    from coalmine.bus.mqtt import topic_level  # noqa: PLC0415
+
+    topic = f"{settings.mqtt.topic_prefix}/verdicts/+/{topic_level(deployment_id)}"
+    async with _MqttSession(settings.mqtt, "wait") as client:
+        try:
+            await client.subscribe(topic, qos=1)
+            async for message in client.messages:
+                payload = message.payload
+                verdict = _parse(payload if isinstance(payload, bytes | bytearray) else None)
+                if verdict is not None and take(verdict):
+                    return verdict
+        except aiomqtt.MqttError as err:
+            raise TransportError(f"following {topic}: {err}") from err
+    raise TransportError(f"following {topic}: the connection closed")
+
+
+_COLOURS = {"continue": "cyan", "promote": "green", "rollback": "red", "inconclusive": "yellow"}
+
+
+def _event_offset(verdict: dict[str, Any]) -> float | None:
+    from coalmine._exceptions import ContractError  # noqa: PLC0415
+    from coalmine.contract import parse_time  # noqa: PLC0415
+
+    window = verdict.get("window")
+    if not isinstance(window, dict):
+        return None
+    try:
+        return parse_time(window.get("end")) - parse_time(window.get("start"))
+    except ContractError:
+        return None
+
+
+def describe(verdict: dict[str, Any], *, plain: bool = False) -> str:
+    """One line for a verdict: decision, look, event time since ``started``, summary.
+
+    Rich markup colours the decision unless ``plain``.
+    """
+    decision = str(verdict.get("decision"))
+    shown = decision if plain else f"[{_COLOURS.get(decision, 'white')}]{decision}[/]"
+    look = look_of(verdict)
+    offset = _event_offset(verdict)
+    at = ""
+    if offset is not None:
+        minutes, seconds = divmod(round(offset), 60)
+        at = f" at +{minutes:02d}:{seconds:02d}"
+    score = verdict.get("score")
+    scored = f" score {score:g}" if isinstance(score, int | float) else ""
+    summary = verdict.get("summary", "")
+    if not plain:
+        from rich.markup import escape  # noqa: PLC0415
+
+        summary = escape(str(summary))
+    return f"{shown} {verdict.get('verdict_id')} (look {look}{at}{scored}): {summary}"

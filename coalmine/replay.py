@@ -1,0 +1,881 @@
+"""Judge a recorded stream offline, on event time, exactly as the daemon would.
+
+A recording is JSON Lines (``coalmine record`` writes one; docs/cli.md describes the
+format). Each line is one message of the bus:
+
+- a native deploy event (an object with ``"event"``, or a structured CloudEvent with
+  ``"specversion"``): a record on ``[topics] deployments``;
+- a native metric event (any other object, or an array of them): a record on
+  ``[topics] metrics``;
+- an envelope ``{"topic": ..., "key": ..., "value": ..., "headers": ...}``: the message as
+  it was on the bus, on that topic (``deployments``, ``metrics``, the configured names, or
+  an ``[[inputs]]`` topic), so foreign formats and CloudEvent headers replay too.
+
+The records go, in file order, through the daemon's own :class:`~coalmine.daemon.router.Router`
+in chunks; a chunk never has a deploy record after a metric record, so the router's
+deploy-first ordering within a batch changes nothing and the file order is the order of
+judgement. Wall-clock expiry (a silent deployment closed after ``max_duration`` of wall
+time) is not replayed: deployments still open at the end are reported as ``open``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time as _time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import orjson
+
+from coalmine._exceptions import ContractError
+from coalmine.bus.base import Record
+from coalmine.contract import decode_metric_events, parse_time
+from coalmine.daemon.router import Router
+from coalmine.daemon.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+
+    from rich.console import Console
+
+    from coalmine.bus.base import Headers, Outgoing
+    from coalmine.config.models import TopicsSettings
+    from coalmine.config.settings import Settings
+    from coalmine.contract import MetricEvent, Verdict
+    from coalmine.formats import MetricDecoder
+
+__all__ = [
+    "DEPLOYMENTS",
+    "METRICS",
+    "Difference",
+    "Entry",
+    "LineError",
+    "Outcome",
+    "Problems",
+    "ReplayResult",
+    "Replayer",
+    "Run",
+    "SampleCollector",
+    "compare",
+    "input_topics",
+    "outcome_dict",
+    "problems_lines",
+    "read_jsonl",
+    "record_entries",
+    "render_comparison",
+    "render_outcomes",
+    "replay",
+    "replay_file",
+    "report_data",
+    "run",
+    "span",
+    "summary_line",
+]
+
+DEPLOYMENTS = "deployments"
+"""The logical name of the deployments topic in a recording."""
+METRICS = "metrics"
+"""The logical name of the metrics topic in a recording."""
+
+CHUNK_SIZE = 1000
+"""Records handed to ``Router.handle`` at a time (the daemon's batches are up to
+``max_poll_records``, 2000 by default)."""
+
+_MAX_EXAMPLES = 10
+FINAL_DECISIONS = ("promote", "rollback", "inconclusive")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One record of the stream, where it came from, and its time (0 when unknown)."""
+
+    record: Record
+    line: int
+    time: float
+    deploy: bool
+
+
+class LineError(Exception):
+    """A line of a recording that is not a message (counted, never fatal)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(slots=True)
+class Problems:
+    """Invalid input seen so far: counts per reason and the first few examples."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, reason: str, where: str, message: str) -> None:
+        """Count one invalid message."""
+        self.counts[reason] += 1
+        if len(self.examples) < _MAX_EXAMPLES:
+            self.examples.append(f"{where}: {message}")
+
+
+# ------------------------------------------------------------------------ reading input
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise LineError("bad_envelope", f"'{what}' must be a string")
+    return value
+
+
+def _b64(value: object, what: str) -> bytes:
+    try:
+        return base64.b64decode(_text(value, what), validate=True)
+    except binascii.Error:
+        raise LineError("bad_envelope", f"'{what}' is not base64") from None
+
+
+def _envelope_value(obj: Mapping[str, Any]) -> bytes:
+    if "value_b64" in obj:
+        return _b64(obj["value_b64"], "value_b64")
+    value = obj.get("value")
+    if value is None:
+        return b""
+    if isinstance(value, str):
+        return value.encode()
+    return orjson.dumps(value)
+
+
+def _envelope_key(obj: Mapping[str, Any]) -> bytes | None:
+    if "key_b64" in obj:
+        return _b64(obj["key_b64"], "key_b64")
+    key = obj.get("key")
+    return None if key is None else _text(key, "key").encode()
+
+
+def _header_value(value: object) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, dict) and "b64" in value:
+        return _b64(value["b64"], "headers[].b64")
+    raise LineError("bad_envelope", "a header value is a string, null or {'b64': ...}")
+
+
+def _envelope_headers(obj: Mapping[str, Any]) -> Headers:
+    raw = obj.get("headers")
+    if raw is None:
+        return ()
+    if isinstance(raw, dict):
+        pairs: Iterable[Any] = raw.items()
+    elif isinstance(raw, list):
+        pairs = raw
+    else:
+        raise LineError("bad_envelope", "'headers' is a list of [name, value] or an object")
+    headers = []
+    for pair in pairs:
+        if not (isinstance(pair, list | tuple) and len(pair) == 2):
+            raise LineError("bad_envelope", "each header is a [name, value] pair")
+        headers.append((_text(pair[0], "header name"), _header_value(pair[1])))
+    return tuple(headers)
+
+
+def _int(obj: Mapping[str, Any], key: str, default: int) -> int:
+    value = obj.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LineError("bad_envelope", f"'{key}' must be an integer")
+    return value
+
+
+def _time_of(obj: object) -> float:
+    """The event time of a parsed native message, 0 when there is none (best effort)."""
+    if isinstance(obj, list):
+        obj = obj[0] if obj else None
+    if not isinstance(obj, dict):
+        return 0.0
+    try:
+        return parse_time(obj.get("time"))
+    except ContractError:
+        return 0.0
+
+
+class _LineParser:
+    """Turns lines of a recording into records on the configured topics."""
+
+    def __init__(self, topics: TopicsSettings, input_topics: Iterable[str]) -> None:
+        self.deployments = topics.deployments
+        self.metrics = topics.metrics
+        self.names = {
+            DEPLOYMENTS: topics.deployments,
+            METRICS: topics.metrics,
+            topics.deployments: topics.deployments,
+            topics.metrics: topics.metrics,
+        }
+        for name in input_topics:
+            self.names.setdefault(name, name)
+
+    def parse(self, raw: bytes, line: int) -> Entry | None:
+        text = raw.strip()
+        if not text or text.startswith(b"#"):
+            return None
+        try:
+            obj = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise LineError("invalid_json", f"not valid JSON: {exc}") from None
+        if isinstance(obj, dict):
+            if "topic" in obj and ("value" in obj or "value_b64" in obj):
+                return self._envelope(obj, line)
+            service = obj.get("service")
+            key = service.encode() if isinstance(service, str) else None
+            if "event" in obj or "specversion" in obj:
+                record = Record(self.deployments, text, key, partition=0, offset=line)
+                return Entry(record, line, _time_of(obj), deploy=True)
+        elif isinstance(obj, list) and obj and isinstance(obj[0], dict):
+            service = obj[0].get("service")
+            key = service.encode() if isinstance(service, str) else None
+        else:
+            key = None
+        record = Record(self.metrics, text, key, partition=0, offset=line)
+        return Entry(record, line, _time_of(obj), deploy=False)
+
+    def _envelope(self, obj: Mapping[str, Any], line: int) -> Entry:
+        name = _text(obj["topic"], "topic")
+        topic = self.names.get(name)
+        if topic is None:
+            raise LineError("unknown_topic", f"topic {name!r} is not one the configuration reads")
+        timestamp = obj.get("timestamp")
+        if timestamp is not None and (
+            isinstance(timestamp, bool) or not isinstance(timestamp, int | float)
+        ):
+            raise LineError("bad_envelope", "'timestamp' must be milliseconds since the epoch")
+        value = _envelope_value(obj)
+        record = Record(
+            topic,
+            value,
+            _envelope_key(obj),
+            _envelope_headers(obj),
+            partition=_int(obj, "partition", 0),
+            offset=_int(obj, "offset", line),
+            timestamp_ms=None if timestamp is None else int(timestamp),
+        )
+        raw_value = obj.get("value")
+        when = (
+            timestamp / 1000.0
+            if timestamp is not None
+            else (_time_of(raw_value) if isinstance(raw_value, dict | list) else 0.0)
+        )
+        return Entry(record, line, when, deploy=topic == self.deployments)
+
+
+def read_jsonl(
+    stream: BinaryIO,
+    topics: TopicsSettings,
+    input_topics: Iterable[str] = (),
+    problems: Problems | None = None,
+) -> Iterator[Entry]:
+    """The records of a JSONL recording, in file order.
+
+    Lines that are not messages (not JSON, a malformed envelope, an unknown topic) are
+    counted in ``problems`` and skipped; blank lines and lines starting with ``#`` are
+    ignored.
+    """
+    parser = _LineParser(topics, input_topics)
+    for number, raw in enumerate(stream, start=1):
+        try:
+            entry = parser.parse(raw, number)
+        except LineError as exc:
+            if problems is not None:
+                problems.add(exc.reason, f"line {number}", str(exc))
+            continue
+        if entry is not None:
+            yield entry
+
+
+def record_entries(records: Iterable[Record], topics: TopicsSettings) -> Iterator[Entry]:
+    """Entries for records read from the bus (``line`` 0, time from the record timestamp)."""
+    for record in records:
+        stamp = record.timestamp_ms
+        yield Entry(
+            record,
+            0,
+            0.0 if stamp is None else stamp / 1000.0,
+            deploy=record.topic == topics.deployments,
+        )
+
+
+# ------------------------------------------------------------------------ judging
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of one deployment in a replay."""
+
+    deployment_id: str
+    service: str = "?"
+    profile: str = ""
+    started: float | None = None
+    decision: str = "open"
+    """``promote``, ``rollback``, ``inconclusive``; ``open`` (no final verdict by the end
+    of the stream); ``completed`` / ``aborted`` (ended by the pipeline) or ``ended``."""
+    verdict_id: str | None = None
+    """The final verdict's id; for a deployment without one, its latest interim verdict."""
+    decided_at: float | None = None
+    summary: str = ""
+    verdicts: int = 0
+    baseline_version: str | None = None
+    canary_version: str | None = None
+
+    @property
+    def final(self) -> bool:
+        """True when coalmine published a final verdict."""
+        return self.decision in FINAL_DECISIONS
+
+    @property
+    def time_to_decision(self) -> float | None:
+        """Event time from ``started`` to the final verdict."""
+        if self.decided_at is None or self.started is None:
+            return None
+        return self.decided_at - self.started
+
+
+@dataclass(slots=True)
+class ReplayResult:
+    """The outcome of every deployment, and what was read."""
+
+    outcomes: dict[str, Outcome]
+    verdicts: int
+    records: int
+    invalid: Counter[str]
+    examples: list[str]
+    seconds: float = 0.0
+
+    def decisions(self) -> Counter[str]:
+        """How many deployments ended in each decision (``open`` included)."""
+        return Counter(outcome.decision for outcome in self.outcomes.values())
+
+    def finals(self) -> dict[str, str]:
+        """Final decision per deployment id (deployments with a final verdict only)."""
+        return {o.deployment_id: o.decision for o in self.outcomes.values() if o.final}
+
+
+class Replayer:
+    """One configuration's router over a stream, and the outcome of every deployment.
+
+    Args:
+        settings: the configuration (profiles, topics, limits, inputs) to judge with.
+        on_verdict: called with every verdict, in publication order.
+        topics: the topic names the records carry, when not ``settings.topics`` (to judge
+            one stream with a second configuration that names its topics differently).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        on_verdict: Callable[[Verdict], None] | None = None,
+        topics: TopicsSettings | None = None,
+    ) -> None:
+        self.settings = settings
+        self.router = Router(
+            settings.profiles,
+            settings.topics,
+            settings.limits,
+            Telemetry(),
+            inputs=settings.inputs,
+        )
+        self.on_verdict = on_verdict
+        self.outcomes: dict[str, Outcome] = {}
+        self.problems = Problems()
+        self.verdicts = 0
+        self.records = 0
+        self._rename: dict[str, str] = {}
+        if topics is not None:
+            own = settings.topics
+            self._rename = {
+                old: new
+                for old, new in (
+                    (topics.deployments, own.deployments),
+                    (topics.metrics, own.metrics),
+                )
+                if old != new
+            }
+
+    def handle(self, chunk: Sequence[Entry], now: float) -> list[Verdict]:
+        """Judge one chunk of entries; return its verdicts."""
+        records = [entry.record for entry in chunk]
+        if self._rename:
+            records = [
+                replace(r, topic=self._rename[r.topic]) if r.topic in self._rename else r
+                for r in records
+            ]
+        self.records += len(records)
+        # Deploy records lead a chunk: handled first (as the router would), then the
+        # deployments they opened are noted before any of them can be decided.
+        deploys = 0
+        while deploys < len(chunk) and chunk[deploys].deploy:
+            deploys += 1
+        effects = self.router.handle(records[:deploys], now) if deploys else None
+        if deploys:
+            self._register_started()
+        rest = self.router.handle(records[deploys:], now) if deploys < len(records) else None
+        if effects is None:
+            effects = rest
+        elif rest is not None:
+            effects.extend(rest)
+        if effects is None:
+            return []
+        for letter in effects.dead_letters:
+            self._dead_letter(letter, chunk)
+        for verdict in effects.verdicts:
+            self._on_verdict(verdict)
+        return effects.verdicts
+
+    def result(self, seconds: float = 0.0, problems: Problems | None = None) -> ReplayResult:
+        """The outcomes so far (deployments still under analysis are ``open``)."""
+        self._register_started()
+        finished: Mapping[str, str] = getattr(self.router, "finished", {})
+        for outcome in self.outcomes.values():
+            if outcome.final or outcome.decision != "open":
+                continue
+            ended = finished.get(outcome.deployment_id)
+            if ended is not None and ended not in FINAL_DECISIONS:
+                outcome.decision = ended
+        invalid = Counter(self.problems.counts)
+        examples = list(self.problems.examples)
+        if problems is not None:
+            invalid.update(problems.counts)
+            examples = (problems.examples + examples)[:_MAX_EXAMPLES]
+        return ReplayResult(
+            outcomes=dict(self.outcomes),
+            verdicts=self.verdicts,
+            records=self.records,
+            invalid=invalid,
+            examples=examples,
+            seconds=seconds,
+        )
+
+    def deployment_info(self, deployment_id: str) -> Outcome | None:
+        """What is known about a deployment (service, versions, start, decision)."""
+        self._register_started()
+        return self.outcomes.get(deployment_id)
+
+    def _register_started(self) -> None:
+        for deployment in self.router.open_deployments():
+            if deployment.deployment_id in self.outcomes:
+                continue
+            self.outcomes[deployment.deployment_id] = Outcome(
+                deployment.deployment_id,
+                service=deployment.service,
+                profile=deployment.profile_name,
+                started=deployment.started,
+                baseline_version=deployment.baseline_version,
+                canary_version=deployment.canary_version,
+            )
+
+    def _on_verdict(self, verdict: Verdict) -> None:
+        self.verdicts += 1
+        outcome = self.outcomes.get(verdict.deployment_id)
+        if outcome is None:
+            outcome = self.outcomes[verdict.deployment_id] = Outcome(verdict.deployment_id)
+        outcome.service = verdict.service
+        outcome.profile = verdict.profile
+        outcome.started = verdict.window.start
+        outcome.verdict_id = verdict.verdict_id
+        outcome.summary = verdict.summary
+        outcome.verdicts += 1
+        if verdict.final:
+            outcome.decision = verdict.decision
+            outcome.decided_at = verdict.time
+        if self.on_verdict is not None:
+            self.on_verdict(verdict)
+
+    def _dead_letter(self, letter: Outgoing, chunk: Sequence[Entry]) -> None:
+        error = source = ""
+        for name, value in letter.headers:
+            if name == "coalmine-error":
+                error = value.decode(errors="replace")
+            elif name == "coalmine-source":
+                source = value.decode(errors="replace")
+        where = source
+        for entry in chunk:
+            if entry.line and entry.record.source == source:
+                where = f"line {entry.line}"
+                break
+        self.problems.add(error.split(":", 1)[0] or "invalid", where, error)
+
+
+def _chunks(entries: Iterable[Entry], size: int) -> Iterator[tuple[list[Entry], float]]:
+    """Chunks in stream order; a deploy record after a metric record starts a new one."""
+    chunk: list[Entry] = []
+    latest = 0.0
+    metrics_seen = False
+    for entry in entries:
+        if len(chunk) >= size or (entry.deploy and metrics_seen):
+            yield chunk, latest
+            chunk, latest, metrics_seen = [], 0.0, False
+        chunk.append(entry)
+        latest = max(latest, entry.time)
+        metrics_seen = metrics_seen or not entry.deploy
+    if chunk:
+        yield chunk, latest
+
+
+def replay(
+    entries: Iterable[Entry],
+    replayers: Sequence[Replayer],
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    on_chunk: Callable[[Sequence[Entry]], None] | None = None,
+) -> None:
+    """Feed ``entries`` in order to every replayer, in chunks.
+
+    ``now`` (the router's wall time) is the chunk's latest event time, or 0 when unknown.
+    """
+    for chunk, latest in _chunks(entries, chunk_size):
+        for replayer in replayers:
+            replayer.handle(chunk, latest)
+        if on_chunk is not None:
+            on_chunk(chunk)
+
+
+def replay_file(
+    settings: Settings,
+    stream: BinaryIO,
+    *,
+    on_verdict: Callable[[Verdict], None] | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> ReplayResult:
+    """Replay a JSONL recording with one configuration."""
+    began = _time.perf_counter()
+    problems = Problems()
+    replayer = Replayer(settings, on_verdict=on_verdict)
+    entries = read_jsonl(stream, settings.topics, _input_topics(settings), problems)
+    replay(entries, [replayer], chunk_size=chunk_size)
+    return replayer.result(_time.perf_counter() - began, problems)
+
+
+def _input_topics(settings: Settings) -> list[str]:
+    return [source.topic for source in settings.inputs]
+
+
+# ------------------------------------------------------------------------ comparing
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """A deployment two configurations judged differently.
+
+    ``kind`` is ``decision`` (different decisions) or ``timing`` (the same final decision
+    at a different judgement).
+    """
+
+    deployment_id: str
+    service: str
+    kind: str
+    first: Outcome | None
+    second: Outcome | None
+
+
+def compare(first: ReplayResult, second: ReplayResult) -> list[Difference]:
+    """Deployments the two replays decided differently, in order of first appearance."""
+    ids = list(first.outcomes)
+    ids += [dep_id for dep_id in second.outcomes if dep_id not in first.outcomes]
+    differences = []
+    for dep_id in ids:
+        a, b = first.outcomes.get(dep_id), second.outcomes.get(dep_id)
+        if a is None or b is None or a.decision != b.decision:
+            kind = "decision"
+        elif a.final and a.verdict_id != b.verdict_id:
+            kind = "timing"
+        else:
+            continue
+        service = a.service if a is not None else (b.service if b is not None else "?")
+        differences.append(Difference(dep_id, service, kind, a, b))
+    return differences
+
+
+# ------------------------------------------------------------------------ samples
+
+
+class SampleCollector:
+    """Distribution samples of one deployment, per metric and cohort, from its metric events.
+
+    An event belongs to the deployment when it names it (``deployment_id``), or names no
+    deployment but its service, with a cohort (``cohort``, or ``version`` matching the
+    baseline or canary version); only events timed while the deployment was open (from
+    ``started`` to its final verdict) count, as only those were judged.
+
+    Args:
+        deployment_id: the deployment.
+        settings: the configuration (topic names, ``[[inputs]]`` decoders).
+        info: what is known of the deployment (may be filled in later, before ``samples``).
+    """
+
+    def __init__(self, deployment_id: str, settings: Settings, info: Outcome | None = None) -> None:
+        from coalmine.formats import metric_decoder  # noqa: PLC0415 - only reports need it
+
+        self.deployment_id = deployment_id
+        self.info = info
+        self.metrics_topic = settings.topics.metrics
+        self._native = {s.topic for s in settings.inputs if s.format == "native"}
+        self._decoders: dict[str, MetricDecoder] = {
+            s.topic: metric_decoder(s) for s in settings.inputs if s.format != "native"
+        }
+        self._profiles = settings.profiles
+        self._events: list[MetricEvent] = []
+
+    def add(self, records: Iterable[Record]) -> None:
+        """Take the metric records of the stream, in order (other records are ignored)."""
+        for record in records:
+            try:
+                if record.topic == self.metrics_topic or record.topic in self._native:
+                    events = decode_metric_events(record.value)
+                elif (decoder := self._decoders.get(record.topic)) is not None:
+                    events = decoder.decode(record.value)
+                else:
+                    continue
+            except ContractError:
+                continue
+            self._events.extend(
+                e
+                for e in events
+                if not e.is_ratio
+                and (e.deployment_id == self.deployment_id or e.deployment_id is None)
+            )
+
+    def samples(self) -> dict[str, tuple[list[float], list[float]]]:
+        """Metric name -> (baseline values, canary values)."""
+        info = self.info
+        profile = self._profiles.get(info.profile) if info is not None else None
+        wanted = (
+            None
+            if profile is None
+            else {m.name for m in profile.metrics if m.kind == "distribution"}
+        )
+        out: dict[str, tuple[list[float], list[float]]] = {}
+        for event in self._events:
+            if wanted is not None and event.metric not in wanted:
+                continue
+            cohort = _cohort(event, info)
+            if cohort is None:
+                continue
+            pair = out.setdefault(event.metric, ([], []))
+            pair[1 if cohort == "canary" else 0].extend(event.values.tolist())
+        return out
+
+
+def _cohort(event: MetricEvent, info: Outcome | None) -> str | None:
+    """The cohort of an event of (or possibly of) the deployment ``info`` describes."""
+    if event.deployment_id is None and (info is None or event.service != info.service):
+        return None
+    # Only what was judged: samples while the deployment was open.
+    if info is not None and info.started is not None and event.time < info.started:
+        return None
+    if info is not None and info.decided_at is not None and event.time > info.decided_at:
+        return None
+    if event.cohort is not None:
+        return event.cohort
+    if info is not None and event.version == info.canary_version:
+        return "canary"
+    if info is not None and event.version == info.baseline_version:
+        return "baseline"
+    return None
+
+
+# ------------------------------------------------------------------------ running
+
+
+@dataclass(slots=True)
+class Run:
+    """A replay with one configuration, and optionally a second one to compare with."""
+
+    first: ReplayResult
+    second: ReplayResult | None = None
+
+    @property
+    def differences(self) -> list[Difference]:
+        """Deployments the two configurations decided differently (none without a second)."""
+        return [] if self.second is None else compare(self.first, self.second)
+
+
+def run(
+    entries: Iterable[Entry],
+    settings: Settings,
+    *,
+    other: Settings | None = None,
+    problems: Problems | None = None,
+    on_verdict: Callable[[Verdict], None] | None = None,
+    on_chunk: Callable[[Sequence[Entry]], None] | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> Run:
+    """Judge ``entries`` with ``settings`` (and ``other``, when given) in one pass."""
+    began = _time.perf_counter()
+    first = Replayer(settings, on_verdict=on_verdict)
+    replayers = [first]
+    if other is not None:
+        replayers.append(Replayer(other, topics=settings.topics))
+    replay(entries, replayers, chunk_size=chunk_size, on_chunk=on_chunk)
+    seconds = _time.perf_counter() - began
+    results = [r.result(seconds, problems) for r in replayers]
+    return Run(results[0], results[1] if len(results) > 1 else None)
+
+
+def input_topics(settings: Settings) -> list[str]:
+    """The ``[[inputs]]`` topics of a configuration."""
+    return _input_topics(settings)
+
+
+def report_data(
+    settings: Settings,
+    entries: Iterable[Entry],
+    deployment_id: str,
+    *,
+    known: Outcome | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, tuple[list[float], list[float]]], Outcome | None]:
+    """One deployment's verdicts, distribution samples and what is known of it.
+
+    The verdicts are dicts as published, in order; the samples map each distribution
+    metric to its (baseline values, canary values). ``known`` (e.g. from the verdicts
+    the daemon published) takes precedence over the replay for the deployment's start
+    and decision time.
+    """
+    verdicts: list[dict[str, Any]] = []
+
+    def keep(verdict: Verdict) -> None:
+        if verdict.deployment_id == deployment_id:
+            verdicts.append(verdict.to_dict())
+
+    replayer = Replayer(settings, on_verdict=keep)
+    collector = SampleCollector(deployment_id, settings)
+    replay(entries, [replayer], on_chunk=lambda chunk: collector.add(e.record for e in chunk))
+    info = replayer.deployment_info(deployment_id)
+    if known is not None:
+        if info is None:
+            info = known
+        else:
+            info.started = known.started if known.started is not None else info.started
+            info.decided_at = known.decided_at if known.decided_at is not None else info.decided_at
+    collector.info = info
+    return verdicts, collector.samples(), info
+
+
+# ------------------------------------------------------------------------ rendering
+
+_COLOURS = {
+    "continue": "cyan",
+    "promote": "green",
+    "rollback": "red",
+    "inconclusive": "yellow",
+    "open": "blue",
+}
+
+
+def span(seconds: float | None) -> str:
+    """A duration the way people write it: ``5m``, ``4m30s``, ``1h2m``, ``-``."""
+    if seconds is None:
+        return "-"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else ""]
+    parts.append(f"{secs}s" if secs or not (hours or minutes) else "")
+    return "".join(parts)
+
+
+def outcome_dict(outcome: Outcome | None) -> dict[str, Any] | None:
+    """An outcome as JSON (for ``replay --json --compare``)."""
+    if outcome is None:
+        return None
+    return {
+        "decision": outcome.decision,
+        "verdict_id": outcome.verdict_id,
+        "time_to_decision": outcome.time_to_decision,
+        "summary": outcome.summary,
+    }
+
+
+def _decision(decision: str) -> str:
+    return f"[{_COLOURS.get(decision, 'white')}]{decision}[/]"
+
+
+def render_outcomes(console: Console, result: ReplayResult, title: str) -> None:
+    """The table of final decisions per deployment."""
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=title, title_justify="left")
+    for name in ("deployment", "service", "decision", "final verdict"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("time to decision", justify="right")
+    table.add_column("summary", min_width=40)
+    for o in result.outcomes.values():
+        table.add_row(
+            o.deployment_id,
+            o.service,
+            _decision(o.decision),
+            (o.verdict_id or "-") if o.final else "-",
+            span(o.time_to_decision),
+            o.summary
+            if o.final or o.decision == "open"
+            else f"ended by the pipeline ({o.decision})",
+        )
+    console.print(table)
+
+
+def summary_line(result: ReplayResult) -> str:
+    """One line: deployments per decision, records, verdicts, speed."""
+    counts = result.decisions()
+    decided = ", ".join(f"{n} {d}" for d, n in sorted(counts.items(), key=lambda i: -i[1]))
+    rate = len(result.outcomes) / result.seconds * 60 if result.seconds > 0 else 0.0
+    return (
+        f"{len(result.outcomes)} deployments ({decided or 'none'}); {result.records} records,"
+        f" {result.verdicts} verdicts in {result.seconds:.2f}s ({rate:,.0f} deployments/min)"
+    )
+
+
+def problems_lines(result: ReplayResult) -> list[str]:
+    """Invalid input: the count per reason, then the first examples."""
+    total = sum(result.invalid.values())
+    if not total:
+        return ["no invalid input"]
+    reasons = ", ".join(f"{reason} {n}" for reason, n in result.invalid.most_common())
+    lines = [f"{total} invalid (as the dead-letter topic would get them): {reasons}"]
+    lines += [f"  {example}" for example in result.examples]
+    return lines
+
+
+def render_comparison(
+    console: Console, run: Run, names: tuple[str, str], differences: Sequence[Difference]
+) -> None:
+    """The deployments two configurations decided differently, and how many."""
+    from rich.table import Table  # noqa: PLC0415
+
+    assert run.second is not None  # noqa: S101 - only called with a comparison
+    table = Table(title=f"{names[0]} vs {names[1]}", title_justify="left")
+    for name in ("deployment", "service", "difference", names[0], names[1]):
+        table.add_column(name, no_wrap=name != names[1] and name != names[0])
+
+    def cell(outcome: Outcome | None) -> str:
+        if outcome is None:
+            return "[dim]not started[/]"
+        at = f" {outcome.verdict_id} ({span(outcome.time_to_decision)})" if outcome.final else ""
+        return f"{_decision(outcome.decision)}{at}"
+
+    for difference in differences:
+        table.add_row(
+            difference.deployment_id,
+            difference.service,
+            difference.kind,
+            cell(difference.first),
+            cell(difference.second),
+        )
+    if differences:
+        console.print(table)
+    by_kind = Counter(d.kind for d in differences)
+    total = len(set(run.first.outcomes) | set(run.second.outcomes))
+    console.print(
+        f"{len(differences)} of {total} deployments decided differently"
+        f" ({by_kind['decision']} by decision, {by_kind['timing']} by timing only)",
+        highlight=False,
+    )
