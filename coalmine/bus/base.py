@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import AsyncIterator, Mapping, Sequence
 
 Headers = tuple[tuple[str, bytes], ...]
 
@@ -109,3 +109,6 @@ class Partitioned(Protocol):
 
     def lag(self) -> dict[str, int]:
         """Records between what was fetched and the log end, per topic."""
+
+    def follow(self, topics: Sequence[str]) -> AsyncIterator[list[Record]]:
+        """Every record of ``topics`` from their beginning on, outside the group."""

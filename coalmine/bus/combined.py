@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from coalmine.bus.base import Partitioned
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import AsyncIterator, Mapping, Sequence
 
     from coalmine.bus.base import (
         AfterAssign,
@@ -82,6 +82,15 @@ class CombinedTransport:
             if isinstance(transport, Partitioned):
                 return await transport.read_topic(topic)
         return []
+
+    async def follow(self, topics: Sequence[str]) -> AsyncIterator[list[Record]]:
+        """Follow ``topics`` on the partitioned bus that publishes (Kafka), if any."""
+        for transport in self._all:
+            if isinstance(transport, Partitioned):
+                async for records in transport.follow(topics):
+                    yield records
+                return
+        await asyncio.Event().wait()  # nothing to follow: never yields
 
     def lag(self) -> dict[str, int]:
         """Consumer lag of the partitioned buses, per topic."""

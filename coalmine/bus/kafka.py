@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
@@ -306,6 +307,9 @@ class KafkaTransport:
                     heartbeat_interval_ms=_ms(self.session_timeout / 3),
                     metadata_max_age_ms=_METADATA_MAX_AGE_MS,
                     group_instance_id=settings.group_instance_id,
+                    # Range gives each member the same partition numbers of every topic
+                    # (equal counts): a service's deploy events and metrics stay together.
+                    partition_assignment_strategy=(RangePartitionAssignor,),
                 )
                 await self._check_copartitioned()
                 pattern = "^(?:" + "|".join(re.escape(t) for t in self.consume) + ")$"
@@ -560,6 +564,52 @@ class KafkaTransport:
             await reader.stop()
         return records
 
+    async def follow(self, topics: Sequence[str]) -> AsyncIterator[list[Record]]:
+        """Every record of ``topics``, from their beginning on, as they arrive.
+
+        Read outside the consumer group (every daemon sees every partition); partitions
+        that appear later are picked up within ``metadata_max_age``.
+
+        Raises:
+            TransportError: the broker cannot be reached.
+        """
+        reader = AIOKafkaConsumer(
+            **_client_options(self.settings),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            metadata_max_age_ms=_METADATA_MAX_AGE_MS,
+        )
+        try:
+            async with _bounded(self.settings.request_timeout, f"follow {', '.join(topics)}"):
+                await reader.start()
+            assigned: set[Any] = set()
+            refresh_at = 0.0
+            while True:
+                if time.monotonic() >= refresh_at:
+                    found = {
+                        TopicPartition(topic, partition)
+                        for topic in topics
+                        for partition in reader.partitions_for_topic(topic) or ()
+                    }
+                    if found != assigned:
+                        reader.assign(list(found))
+                        await reader.seek_to_beginning(*found)
+                        assigned = found
+                    refresh_at = time.monotonic() + _METADATA_MAX_AGE_MS / 1000
+                if not assigned:
+                    await asyncio.sleep(1.0)
+                    continue
+                try:
+                    batches = await reader.getmany(timeout_ms=1000)
+                except KafkaError as err:
+                    raise TransportError(f"follow: {_describe(err)}") from err
+                records = [_record(m) for messages in batches.values() for m in messages]
+                if records:
+                    yield records
+        finally:
+            await reader.stop()
+
     async def _check_copartitioned(self) -> None:
         """Refuse topics that must be co-partitioned and are not (when they exist)."""
         if len(self.copartitioned) < 2 or self._admin is None:
@@ -622,6 +672,15 @@ class KafkaTransport:
             if partitions:
                 counts[topic] = len(partitions)
         self._fatal = self._fatal or _copartitioning_problem(counts)
+        numbers = [{p for t, p in self._owned if t == topic} for topic in self.copartitioned]
+        if len(counts) == len(self.copartitioned) and any(n != numbers[0] for n in numbers):
+            _log.error(
+                "this member owns different partition numbers of %s (%s): another member of"
+                " group %r assigns partitions without the range assignor",
+                ", ".join(self.copartitioned),
+                "; ".join(str(sorted(n)) for n in numbers),
+                self.group_id,
+            )
 
     async def _catch_up_first(self, assigned: list[Any]) -> None:
         """Pause all but the ``first`` topics until those are read to their current end."""

@@ -18,7 +18,7 @@ from coalmine._exceptions import TransportError
 from coalmine.bus.base import Headers, Outgoing, Record
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import AsyncIterator, Mapping, Sequence
 
     from coalmine.bus.base import AfterAssign, BeforeRevoke
 
@@ -218,6 +218,16 @@ class MemoryTransport:
     async def read_topic(self, topic: str) -> list[Record]:
         """Every record of ``topic``, in append order."""
         return self.broker.records(topic)
+
+    async def follow(self, topics: Sequence[str]) -> AsyncIterator[list[Record]]:
+        """Every record of ``topics``, from their beginning on, as they arrive."""
+        positions: dict[TopicPartition, int] = {}
+        while True:
+            batch = self.broker.read(topics, positions, self.max_records)
+            if batch:
+                yield batch
+            else:
+                await self.broker.wait_for_change(1.0)
 
     def lag(self) -> dict[str, int]:
         """Records not yet fetched, per consumed topic."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from coalmine._exceptions import CoalmineError, ConfigError, TransportError
 from coalmine.bus.base import Partitioned
+from coalmine.daemon.directory import Directory
 from coalmine.daemon.http import HttpServer, build_app
 from coalmine.daemon.router import Effects, Router
 from coalmine.daemon.telemetry import Telemetry
@@ -64,7 +65,9 @@ class Daemon:
             self.telemetry,
             inputs=settings.inputs,
         )
+        self.directory = Directory(settings.topics)
         self.http: HttpServer | None = None
+        self._follower: asyncio.Task[None] | None = None
         self._wall_clock = wall_clock
         self._stopping = asyncio.Event()
         self._started = False
@@ -133,14 +136,26 @@ class Daemon:
     async def run(self) -> None:
         """Run until ``request_stop``; return after a clean shutdown."""
         if self.settings.http.enabled:
-            app = build_app(self.telemetry, live=self.live, ready=self.ready)
+            app = build_app(
+                self.telemetry,
+                live=self.live,
+                ready=self.ready,
+                directory=self.directory,
+                api_token=self.settings.http.api_token,
+            )
             self.http = HttpServer(app, self.settings.http.host, self.settings.http.port)
             await self.http.start()
             log.info("http: /metrics /livez /readyz on port %d", self.http.port)
         try:
             if await self._connect():
+                if self.settings.http.enabled and isinstance(self.transport, Partitioned):
+                    self._follower = asyncio.create_task(self._follow(self.transport))
                 await self._loop()
         finally:
+            if self._follower is not None:
+                self._follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._follower
             with contextlib.suppress(CoalmineError):
                 await self.transport.stop()
             if self.http is not None:
@@ -194,6 +209,10 @@ class Daemon:
                     self._report_lag()
                 if effects and not await self._publish(effects):
                     return  # stopping while the broker refuses: leave the batch uncommitted
+                self.directory.take(
+                    r for r in records if r.topic == self.settings.topics.deployments
+                )
+                self.directory.verdicts(effects.verdicts)
             if records:
                 await self._commit()
         # A stop between fetches leaves nothing in hand: everything fetched was committed.
@@ -238,6 +257,20 @@ class Daemon:
                 len(gained),
                 learned,
             )
+
+    async def _follow(self, transport: Partitioned) -> None:
+        """Keep the directory (the HTTP API) up to date with every daemon's deployments."""
+        topics = [self.settings.topics.deployments, self.settings.topics.verdicts]
+        backoff = 1.0
+        while not self._stopping.is_set():
+            try:
+                async for records in transport.follow(topics):
+                    self.directory.take(records)
+                    backoff = 1.0
+            except TransportError as exc:
+                log.warning("following %s for the API: %s", ", ".join(topics), exc)
+            await self._sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF)
 
     def _report_lag(self) -> None:
         if isinstance(self.transport, Partitioned):

@@ -1,21 +1,144 @@
-"""The daemon's HTTP endpoint: ``/metrics``, ``/livez`` and ``/readyz``."""
+"""The daemon's HTTP endpoint: ``/metrics``, ``/livez``, ``/readyz`` and the read-only API.
+
+API (JSON; with ``[http] api_token`` set, ``Authorization: Bearer <token>`` is required):
+
+- ``GET /api/v1/deployments[?service=S]``: ``{"deployments": [view, ...]}``, newest first
+- ``GET /api/v1/deployments/{id}``: one view, or 404
+- ``GET /api/v1/services/{service}``: the view of the service's latest deployment, or 404
+- ``POST /api/v1/gates/promote`` and ``/api/v1/gates/rollback``: Flagger webhooks; 200 when
+  the deployment's final decision is promote (its latest decision is rollback), else 412.
+  Flagger cannot send headers: its payload may carry the token as ``metadata.token``.
+
+A view: ``deployment_id``, ``service``, ``profile``, ``config_digest``, ``state`` (open,
+final, ended), ``baseline_version``, ``canary_version``, ``strategy``, ``started``,
+``decision`` (latest, or null), ``final``, ``verdict`` (the latest verdict, or null).
+"""
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from coalmine.daemon.directory import Directory
     from coalmine.daemon.telemetry import Telemetry
 
 Probe = Callable[[], Awaitable[bool]]
 
+_MAX_GATE_BODY = 64 * 1024
 
-def build_app(telemetry: Telemetry, *, live: Probe, ready: Probe) -> web.Application:
-    """An aiohttp application serving the metrics and the two health probes."""
+
+def _json(body: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+class _Api:
+    """The read-only deployment API and the Flagger gates, over a directory."""
+
+    def __init__(self, directory: Directory, token: SecretStr | None) -> None:
+        self.directory = directory
+        self._secret = None if token is None else token.get_secret_value().encode()
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/api/v1/deployments", self.deployments),
+            web.get("/api/v1/deployments/{deployment_id}", self.deployment),
+            web.get("/api/v1/services/{service}", self.service),
+            web.post("/api/v1/gates/{gate:promote|rollback}", self.gate),
+        ]
+
+    def _authorised(self, request: web.Request, payload: dict[str, Any] | None = None) -> bool:
+        if self._secret is None:
+            return True
+        header = request.headers.get("Authorization", "")
+        given = header.removeprefix("Bearer ").encode() if header.startswith("Bearer ") else b""
+        if not given and payload is not None:
+            metadata = payload.get("metadata")
+            if isinstance(metadata, dict) and isinstance(metadata.get("token"), str):
+                given = metadata["token"].encode()
+        return hmac.compare_digest(given, self._secret)
+
+    async def deployments(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return _DENIED()
+        return _json({"deployments": self.directory.list(request.query.get("service"))})
+
+    async def deployment(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return _DENIED()
+        dep_id = request.match_info["deployment_id"]
+        view = self.directory.get(dep_id)
+        if view is None:
+            return _json({"error": f"no deployment {dep_id!r} known"}, 404)
+        return _json(view)
+
+    async def service(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return _DENIED()
+        name = request.match_info["service"]
+        view = self.directory.latest(name)
+        if view is None:
+            return _json({"error": f"no deployment of service {name!r} known"}, 404)
+        return _json(view)
+
+    async def gate(self, request: web.Request) -> web.Response:
+        if request.content_length is not None and request.content_length > _MAX_GATE_BODY:
+            return _json({"error": "body too large"}, 413)
+        try:
+            payload = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            payload = None
+        if not isinstance(payload, dict):
+            return _json({"error": "the body must be a JSON object (a Flagger webhook)"}, 400)
+        if not self._authorised(request, payload):
+            return _DENIED()
+        view = _gate_deployment(self.directory, payload)
+        if view is None:
+            return _json({"error": "no deployment known for this webhook"}, 412)
+        decision = view["decision"]
+        if request.match_info["gate"] == "promote":
+            ok = decision == "promote" and view["final"]
+        else:
+            ok = decision == "rollback"
+        if ok:
+            return _json({"deployment_id": view["deployment_id"], "decision": decision})
+        reason = f"{view['deployment_id']}: decision {decision or 'none yet'}"
+        return _json({"error": reason, "deployment_id": view["deployment_id"]}, 412)
+
+
+def _DENIED() -> web.Response:  # noqa: N802 - reads as a constant response
+    return _json({"error": "missing or wrong bearer token"}, 401)
+
+
+def _gate_deployment(directory: Directory, payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The deployment a webhook is about: by id, else the latest of its service."""
+    metadata = payload.get("metadata")
+    metadata = metadata if isinstance(metadata, dict) else {}
+    dep_id = metadata.get("deployment_id")
+    if isinstance(dep_id, str):
+        return directory.get(dep_id)
+    for name in (metadata.get("service"), payload.get("name")):
+        if isinstance(name, str) and (view := directory.latest(name)) is not None:
+            return view
+    return None
+
+
+def build_app(
+    telemetry: Telemetry,
+    *,
+    live: Probe,
+    ready: Probe,
+    directory: Directory | None = None,
+    api_token: SecretStr | None = None,
+) -> web.Application:
+    """An aiohttp application serving the metrics, the health probes and the API."""
 
     async def metrics(_: web.Request) -> web.Response:
         body = generate_latest(telemetry.registry)
@@ -33,6 +156,8 @@ def build_app(telemetry: Telemetry, *, live: Probe, ready: Probe) -> web.Applica
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
+    if directory is not None:
+        app.router.add_routes(_Api(directory, api_token).routes())
     return app
 
 

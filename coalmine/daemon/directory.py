@@ -1,0 +1,168 @@
+"""Every deployment announced and its latest verdict: what the HTTP API answers from.
+
+The router only knows the deployments of the partitions its daemon owns; the directory
+knows them all, so any daemon of a group answers for any deployment. On Kafka it follows
+the deployments and verdict topics outside the consumer group; it also takes what its own
+daemon handles and publishes, which is all there is on the other buses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import orjson
+
+from coalmine._exceptions import ContractError
+from coalmine.contract import decode_deploy_event, format_time
+from coalmine.daemon.ledger import look_of
+from coalmine.formats import decode_cloudevent, is_cloudevent
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from coalmine.bus.base import Record
+    from coalmine.config.models import TopicsSettings
+    from coalmine.contract import DeployEvent, Verdict
+
+__all__ = ["Directory"]
+
+log = logging.getLogger(__name__)
+
+State = Literal["open", "final", "ended"]
+
+
+@dataclass(slots=True)
+class _Entry:
+    deployment_id: str
+    service: str
+    profile: str | None = None
+    strategy: str | None = None
+    baseline_version: str | None = None
+    canary_version: str | None = None
+    started: float | None = None
+    ended: bool = False
+    verdict: dict[str, Any] | None = None
+    look: int = 0
+
+    @property
+    def state(self) -> State:
+        if self.verdict is not None and self.verdict.get("final") is True:
+            return "final"
+        return "ended" if self.ended else "open"
+
+    def view(self) -> dict[str, Any]:
+        verdict = self.verdict
+        return {
+            "deployment_id": self.deployment_id,
+            "service": self.service,
+            "profile": self.profile or (verdict or {}).get("profile"),
+            "config_digest": (verdict or {}).get("config_digest"),
+            "state": self.state,
+            "baseline_version": self.baseline_version,
+            "canary_version": self.canary_version,
+            "strategy": self.strategy or (verdict or {}).get("strategy"),
+            "started": None if self.started is None else format_time(self.started),
+            "decision": None if verdict is None else verdict.get("decision"),
+            "final": self.state == "final",
+            "verdict": verdict,
+        }
+
+
+class Directory:
+    """The last ``max_deployments`` deployments announced, with their latest verdicts."""
+
+    def __init__(self, topics: TopicsSettings, max_deployments: int = 10_000) -> None:
+        self.topics = topics
+        self.max_deployments = max_deployments
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def take(self, records: Iterable[Record]) -> None:
+        """Take records of the deployments and verdict topics; anything else is ignored."""
+        for record in records:
+            if record.topic == self.topics.deployments:
+                event = _deploy_event(record)
+                if event is not None:
+                    self.deploy_event(event)
+            elif record.topic == self.topics.verdicts:
+                try:
+                    obj = orjson.loads(record.value)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(obj, dict):
+                    self.verdict(obj)
+
+    def deploy_event(self, event: DeployEvent) -> None:
+        """Note a deploy event."""
+        entry = self._entry(event.deployment_id, event.service)
+        if event.event == "started":
+            entry.profile = event.profile
+            entry.strategy = event.strategy
+            entry.baseline_version = event.baseline_version
+            entry.canary_version = event.canary_version
+            entry.started = event.time
+        elif event.event in {"completed", "aborted"}:
+            entry.ended = True
+
+    def verdicts(self, verdicts: Iterable[Verdict]) -> None:
+        """Note verdicts this daemon published."""
+        for verdict in verdicts:
+            self.verdict(verdict.to_dict())
+
+    def verdict(self, obj: dict[str, Any]) -> None:
+        """Note one verdict (as on the verdict topic); the latest judgement is kept."""
+        dep_id, service, verdict_id = (
+            obj.get(k) for k in ("deployment_id", "service", "verdict_id")
+        )
+        if not isinstance(dep_id, str) or not isinstance(service, str):
+            return
+        look = look_of(verdict_id) if isinstance(verdict_id, str) else None
+        if look is None:
+            return
+        entry = self._entry(dep_id, service)
+        if entry.state == "final" or look < entry.look:
+            return
+        entry.verdict = obj
+        entry.look = look
+
+    def get(self, deployment_id: str) -> dict[str, Any] | None:
+        """The view of one deployment, if known."""
+        entry = self._entries.get(deployment_id)
+        return None if entry is None else entry.view()
+
+    def list(self, service: str | None = None) -> list[dict[str, Any]]:
+        """Views of the known deployments (of ``service``), most recently started first."""
+        entries = [e for e in self._entries.values() if service is None or e.service == service]
+        entries.sort(key=lambda e: e.started or 0.0, reverse=True)
+        return [entry.view() for entry in entries]
+
+    def latest(self, service: str) -> dict[str, Any] | None:
+        """The view of the service's most recently started deployment."""
+        views = self.list(service)
+        return views[0] if views else None
+
+    def _entry(self, deployment_id: str, service: str) -> _Entry:
+        entry = self._entries.get(deployment_id)
+        if entry is None:
+            entry = self._entries[deployment_id] = _Entry(deployment_id, service)
+            while len(self._entries) > self.max_deployments:
+                self._entries.popitem(last=False)
+        return entry
+
+
+def _deploy_event(record: Record) -> DeployEvent | None:
+    headers: tuple[tuple[str, bytes | None], ...] = record.headers
+    try:
+        if is_cloudevent(headers) or b'"specversion"' in record.value[:4096]:
+            if not is_cloudevent(headers):
+                headers = (*headers, ("content-type", b"application/cloudevents+json"))
+            event, _ = decode_cloudevent(record.value, headers)
+            return event
+        return decode_deploy_event(record.value)
+    except ContractError:
+        return None
