@@ -1,5 +1,7 @@
-"""The ``coalmine`` command: the daemon (``run``), ``demo``, ``check``, and the SRE and
-pipeline tools (``replay``, ``record``, ``report``, ``start``, ``finish``, ``wait``).
+"""The ``coalmine`` command: the daemon, the demo, and the SRE and pipeline tools.
+
+Commands: ``run``, ``demo``, ``check``, ``replay``, ``record``, ``report``, ``start``,
+``finish``, ``wait``.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration; ``wait`` also
 exits 1 rollback, 3 inconclusive, 4 timeout (docs/cli.md).

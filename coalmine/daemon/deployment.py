@@ -151,7 +151,9 @@ class Deployment:
                 break
             verdicts.append(self._judge(self._look, due))
             self._look += 1
-        if self.is_open and self.ends_at is not None and self.watermark > self.ends_at:
+        # At ends_at itself it closes too, whether `completed` was read before or after the
+        # metrics of its own time: end() closes there as well.
+        if self.is_open and self.ends_at is not None and self.watermark >= self.ends_at:
             self._close("ended")
         return verdicts
 

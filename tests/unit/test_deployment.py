@@ -280,3 +280,19 @@ def test_ratio_verdicts_carry_burn_windows_and_sequential_evidence():
     latency = next(m for m in verdicts[-1].metrics if m.metric == "latency_ms").detail
     assert latency["test"] == "sequential"
     assert latency["unit"] == "request"
+
+
+def test_completed_and_a_metric_of_the_same_time_close_it_in_either_order():
+
+    started = DeployEvent("started", "d1", "svc", T0, baseline_version="v1", canary_version="v2")
+    done = DeployEvent("completed", "d1", "svc", T0 + 90)
+    sample = MetricEvent("svc", "latency_ms", T0 + 90, values=np.array([1.0]), cohort="canary")
+    for order in ("completed first", "metric first"):
+        deployment = Deployment(started, PROFILE)
+        if order == "completed first":
+            deployment.end(done)
+            deployment.observe(sample, "canary")
+        else:
+            deployment.observe(sample, "canary")
+            deployment.end(done)
+        assert deployment.status == "ended", order
