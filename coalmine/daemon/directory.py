@@ -44,29 +44,33 @@ class _Entry:
     canary_version: str | None = None
     started: float | None = None
     ended: bool = False
-    verdict: dict[str, Any] | None = None
+    verdict: bytes | None = None
+    """The latest verdict as published: kept encoded, parsed only for an API answer."""
     look: int = 0
+    final: bool = False
+    decision: str | None = None
+    config_digest: str | None = None
 
     @property
     def state(self) -> State:
-        if self.verdict is not None and self.verdict.get("final") is True:
+        if self.final:
             return "final"
         return "ended" if self.ended else "open"
 
     def view(self) -> dict[str, Any]:
-        verdict = self.verdict
+        verdict = None if self.verdict is None else orjson.loads(self.verdict)
         return {
             "deployment_id": self.deployment_id,
             "service": self.service,
             "profile": self.profile or (verdict or {}).get("profile"),
-            "config_digest": (verdict or {}).get("config_digest"),
+            "config_digest": self.config_digest,
             "state": self.state,
             "baseline_version": self.baseline_version,
             "canary_version": self.canary_version,
             "strategy": self.strategy or (verdict or {}).get("strategy"),
             "started": None if self.started is None else format_time(self.started),
-            "decision": None if verdict is None else verdict.get("decision"),
-            "final": self.state == "final",
+            "decision": self.decision,
+            "final": self.final,
             "verdict": verdict,
         }
 
@@ -95,7 +99,7 @@ class Directory:
                 except orjson.JSONDecodeError:
                     continue
                 if isinstance(obj, dict):
-                    self.verdict(obj)
+                    self.verdict(obj, record.value)
 
     def deploy_event(self, event: DeployEvent) -> None:
         """Note a deploy event."""
@@ -114,8 +118,11 @@ class Directory:
         for verdict in verdicts:
             self.verdict(verdict.to_dict())
 
-    def verdict(self, obj: dict[str, Any]) -> None:
-        """Note one verdict (as on the verdict topic); the latest judgement is kept."""
+    def verdict(self, obj: dict[str, Any], encoded: bytes | None = None) -> None:
+        """Note one verdict (as on the verdict topic); the latest judgement is kept.
+
+        ``encoded`` is the verdict as published, when at hand (it is what is kept).
+        """
         dep_id, service, verdict_id = (
             obj.get(k) for k in ("deployment_id", "service", "verdict_id")
         )
@@ -125,10 +132,14 @@ class Directory:
         if look is None:
             return
         entry = self._entry(dep_id, service)
-        if entry.state == "final" or look < entry.look:
+        if entry.final or look < entry.look:
             return
-        entry.verdict = obj
+        entry.verdict = encoded if encoded is not None else orjson.dumps(obj)
         entry.look = look
+        entry.final = obj.get("final") is True
+        decision, digest = obj.get("decision"), obj.get("config_digest")
+        entry.decision = decision if isinstance(decision, str) else None
+        entry.config_digest = digest if isinstance(digest, str) else None
 
     def get(self, deployment_id: str) -> dict[str, Any] | None:
         """The view of one deployment, if known."""
