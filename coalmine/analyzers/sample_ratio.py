@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from scipy import stats
+from scipy import special
 
 if TYPE_CHECKING:
     from coalmine.analyzers.result import DetailValue
@@ -27,7 +27,7 @@ def sample_ratio_check(
     expected_c = expected_share * total
     expected_b = total - expected_c
     chi2 = (canary - expected_c) ** 2 / expected_c + (baseline - expected_b) ** 2 / expected_b
-    p_value = float(stats.chi2.sf(chi2, 1))
+    p_value = float(special.chdtrc(1, chi2))  # = scipy.stats.chi2.sf(chi2, 1), 30x cheaper
     return {
         "expected_share": expected_share,
         "observed_share": canary / total,

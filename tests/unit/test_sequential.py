@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import special
 
 from coalmine.analyzers.mann_whitney import rank_sum_test
 from coalmine.analyzers.sequential import (
@@ -15,6 +16,7 @@ from coalmine.analyzers.sequential import (
     RateRatioEProcess,
     auc_log_e,
     binomial_guard_log_e,
+    logsumexp,
 )
 
 ALPHA = 0.05
@@ -123,3 +125,26 @@ def test_binomial_guard_edge_cases():
     assert binomial_guard_log_e(0, 0, 0.01) == 0.0
     assert binomial_guard_log_e(5, 10, 1.0) == 0.0
     assert binomial_guard_log_e(0, 10_000, 0.01) < 0
+
+
+def test_logsumexp_is_scipys_bit_for_bit():
+    # The e-process compares its log e-value with log(1/alpha): the numpy version must not
+    # move it by an ulp, so decisions stay those of scipy.special.logsumexp.
+    rng = np.random.default_rng(5)
+    for i in range(3000):
+        n = int(rng.integers(1, 300))
+        a = rng.normal(size=n) * 10 ** rng.uniform(-3, 3) - (1e4 if i % 3 == 0 else 0.0)
+        if i % 4 == 1:
+            a = np.round(a)  # several terms tie for the largest
+        if i % 5 == 2:
+            a[rng.integers(0, n)] = -np.inf
+        assert logsumexp(a) == float(special.logsumexp(a))
+    for a in ([5.0], [-np.inf, -np.inf], [np.inf, 1.0], [np.nan, 1.0]):
+        expected = float(special.logsumexp(np.array(a)))
+        assert logsumexp(np.array(a)) == expected or (math.isnan(expected))
+    evidence = RateRatioEProcess()
+    for _ in range(200):
+        evidence.add(int(rng.poisson(3)), 1000, int(rng.poisson(2)), 1000)
+        evidence.update()
+        reference = float(special.logsumexp(evidence._log_w + evidence.log_lr))
+        assert evidence.log_e == reference
