@@ -20,7 +20,9 @@ times each:
 * **coalmine**: the daemon itself (``coalmine.daemon.app.Daemon``, HTTP off) on a
   ``KafkaTransport`` in its own group, reading both topics: fetch, ``Router.handle`` (decode,
   route, buffer, judge) in a worker thread, publish the verdicts and wait for the broker's
-  acknowledgement, commit; every batch, as in production.
+  acknowledgement, commit; every batch, as in production. Each run publishes to a verdict
+  topic of its own (the daemon reads the verdict topic when it is assigned partitions and
+  would suppress the verdicts of an earlier run as already published).
 
 The clock (``time.perf_counter``) and the process CPU clock (``time.process_time``, all
 threads of this process; tansu is a separate process, its CPU is shown apart) start once
@@ -274,17 +276,18 @@ class _TimedTransport(KafkaTransport):
         self.done = done
         self.clock = _Clock()
         self.handled = 0
-        self._fetched = 0
+        self._metrics_fetched = 0
 
     async def fetch(self, timeout: float) -> list:
         records = await super().fetch(timeout)
-        self._fetched += sum(1 for record in records if record.topic == self.work.topics.metrics)
+        metrics = self.work.topics.metrics
+        self._metrics_fetched += sum(1 for record in records if record.topic == metrics)
         return records
 
-    async def commit(self) -> None:
+    async def commit(self, floors=None) -> None:
         # The daemon commits after the batch is handled and its verdicts acknowledged.
-        await super().commit()
-        self.handled = self._fetched
+        await super().commit(floors)
+        self.handled = self._metrics_fetched
         if self.clock.started is None and self.handled:
             self.clock.start(self.handled)
         if self.handled >= self.work.messages and not self.done.is_set():
@@ -311,15 +314,22 @@ async def _coalmine(bootstrap: str, work: Workload, run: int, max_records: int) 
         group_id=f"bench-coalmine-{uuid.uuid4().hex[:8]}",
         max_poll_records=max_records,
     )
+    # Its own verdict topic per run: the daemon reads the verdict topic when it is assigned
+    # its partitions, and would suppress, as already published, every verdict of a run
+    # before it (no publishing at all: a flattering figure).
+    topics = work.topics.model_copy(update={"verdicts": f"{work.topics.verdicts}.{run}"})
+    await ensure_topics(
+        KafkaSettings(bootstrap_servers=bootstrap, idempotent_producer=False),
+        {topics.verdicts: work.partitions},
+    )
     settings = Settings(
         kafka=kafka,
-        topics=work.topics,
+        topics=topics,
         http=HttpSettings(enabled=False),
         profiles={"default": PROFILE},
         log_level="WARNING",
     )
     done = asyncio.Event()
-    topics = work.topics
     transport = _TimedTransport(
         kafka,
         (topics.deployments, topics.metrics),

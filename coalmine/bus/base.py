@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -47,6 +47,42 @@ class Record:
             if key.lower() == lname:
                 return value
         return None
+
+
+# Transports build a Record per message: ``make_record`` skips the frozen dataclass's
+# ``__init__`` (one ``object.__setattr__`` per field) and sets the slots directly. The
+# unpacking fails at import if a field is added or removed.
+_new = object.__new__
+(
+    _set_topic,
+    _set_value,
+    _set_key,
+    _set_headers,
+    _set_partition,
+    _set_offset,
+    _set_timestamp_ms,
+) = (vars(Record)[f.name].__set__ for f in fields(Record))
+
+
+def make_record(
+    topic: str,
+    value: bytes,
+    key: bytes | None,
+    headers: Headers,
+    partition: int,
+    offset: int,
+    timestamp_ms: int | None,
+) -> Record:
+    """``Record(topic, value, key, headers, partition, offset, timestamp_ms)``, faster."""
+    record: Record = _new(Record)
+    _set_topic(record, topic)
+    _set_value(record, value)
+    _set_key(record, key)
+    _set_headers(record, headers)
+    _set_partition(record, partition)
+    _set_offset(record, offset)
+    _set_timestamp_ms(record, timestamp_ms)
+    return record
 
 
 @dataclass(frozen=True, slots=True)

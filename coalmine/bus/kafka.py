@@ -25,7 +25,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
 from coalmine._exceptions import CoalmineError, TransportError
-from coalmine.bus.base import Outgoing, Record
+from coalmine.bus.base import Outgoing, Record, make_record
 
 if TYPE_CHECKING:
     import ssl
@@ -377,7 +377,7 @@ class KafkaTransport:
         for tp, messages in batches.items():
             if not messages:
                 continue
-            records.extend(_record(message) for message in messages)
+            records.extend(map(_record, messages))
             self._fetched[tp.topic, tp.partition] = messages[-1].offset + 1
         await self._check_truncated()
         if self._catch_up:
@@ -725,12 +725,13 @@ def _copartitioning_problem(counts: Mapping[str, int]) -> PartitioningError | No
 
 
 def _record(message: Any) -> Record:
-    return Record(
-        topic=message.topic,
-        value=message.value if message.value is not None else b"",
-        key=message.key,
-        headers=tuple((name, value or b"") for name, value in message.headers),
-        partition=message.partition,
-        offset=message.offset,
-        timestamp_ms=message.timestamp,
+    value, headers = message.value, message.headers
+    return make_record(
+        message.topic,
+        value if value is not None else b"",
+        message.key,
+        tuple([(name, data or b"") for name, data in headers]) if headers else (),
+        message.partition,
+        message.offset,
+        message.timestamp,
     )

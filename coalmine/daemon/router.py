@@ -129,22 +129,30 @@ class Router:
         self._positions: dict[TopicPartition, int] = {}
         self._batch_floors: dict[TopicPartition, int] = {}
         self._record: Record | None = None
-        self.rebuilding: dict[TopicPartition, int] = {}
-        """Per deploy partition being re-read, its end offset when it was assigned."""
+        self.rebuilding: dict[TopicPartition, tuple[int, int]] = {}
+        """Per deploy partition being re-read: its end offset and the wall time (ms) when
+        it was assigned; a deployment started before either is being rebuilt."""
 
     def handle(self, records: Iterable[Record], now: float) -> Effects:
         """Handle records in order; ``now`` is the wall time they were received."""
         effects = Effects()
-        # Deploy events first: Kafka orders each partition, not the two topics, and a
-        # metric read before its deployment's `started` could not be routed.
-        batch = list(records)
-        batch.sort(key=lambda record: record.topic != self.topics.deployments)
-        self._note_batch(batch)
+        batch = records if isinstance(records, list) else list(records)
+        spans, counts = _spans(batch)
+        deploys = self.topics.deployments
+        if deploys in counts and len(counts) > 1:
+            # Deploy events first: Kafka orders each partition, not the two topics, and a
+            # metric read before its deployment's `started` could not be routed.
+            batch = [r for r in batch if r.topic == deploys] + [
+                r for r in batch if r.topic != deploys
+            ]
+        for topic, count in counts.items():
+            self.telemetry.consumed(topic, count)
+        self._note_batch(spans)
+        on_record = self._on_record
         for record in batch:
-            self.telemetry.events_consumed.labels(record.topic).inc()
             self._record = record
             try:
-                verdicts = self._on_record(record, now)
+                verdicts = on_record(record, now)
             except ContractError as exc:
                 effects.dead_letters.append(self._dead_letter(record, exc))
                 continue
@@ -154,10 +162,10 @@ class Router:
                 published = self._settle(verdicts)
                 effects.verdicts.extend(published)
                 effects.received.extend(now for _ in published)
-        for record in batch:
-            key = (record.topic, record.partition)
-            if record.offset >= self._positions.get(key, 0):
-                self._positions[key] = record.offset + 1
+        positions = self._positions
+        for key, (_, last) in spans.items():
+            if last >= positions.get(key, 0):
+                positions[key] = last + 1
         return effects
 
     def floors(self) -> dict[TopicPartition, int]:
@@ -197,7 +205,7 @@ class Router:
         """Learn the verdicts already published (read from the verdict topic)."""
         return self.ledger.learn(verdicts)
 
-    def _note_batch(self, batch: list[Record]) -> None:
+    def _note_batch(self, spans: Mapping[TopicPartition, tuple[int, int]]) -> None:
         """Note the first offset of each input partition in this batch.
 
         A deployment started in this batch may use any input record of the batch (deploy
@@ -205,11 +213,8 @@ class Router:
         offset there, or the position before the batch. A partition seen for the first
         time gives every open deployment a floor at its first offset.
         """
-        floors: dict[TopicPartition, int] = {}
-        for record in batch:
-            if record.topic == self.topics.deployments:
-                continue
-            _lower(floors, (record.topic, record.partition), record.offset)
+        deploys = self.topics.deployments
+        floors = {key: first for key, (first, _) in spans.items() if key[0] != deploys}
         self._batch_floors = floors
         new = [source for source in floors if source not in self._positions]
         if new:
@@ -326,7 +331,11 @@ class Router:
         if record is None:
             return
         origin = _Origin((record.topic, record.partition), record.offset, {})
-        if record.offset < self.rebuilding.get(origin.deploy, -1):
+        end, assigned_ms = self.rebuilding.get(origin.deploy, (-1, -1))
+        stamp = record.timestamp_ms
+        # Before the end offset at assignment, or appended before it: some brokers (tansu)
+        # answer the end offset short, so the record's timestamp is asked too.
+        if record.offset < end or (stamp is not None and 0 <= stamp <= assigned_ms):
             self.telemetry.recovered_deployments.inc()
             log.info("deployment %s: rebuilding from the log", dep_id)
         for source in {*self._positions, *self._batch_floors}:
@@ -351,31 +360,40 @@ class Router:
         return verdicts
 
     def _on_metrics(self, events: list[MetricEvent], now: float) -> list[Verdict]:
-        # Resolve every event before applying any: a message is taken or rejected whole.
-        routed: list[tuple[Deployment, MetricEvent, Cohort]] = []
-        for index, event in enumerate(events):
-            try:
-                target = self._route(event)
-            except ContractError as exc:
-                if len(events) == 1:
-                    raise
-                raise ContractError(exc.reason, f"item {index}: {exc.message}") from None
-            if target is not None:
-                routed.append(target)
         verdicts: list[Verdict] = []
-        for deployment, event, cohort in routed:
+        for deployment, event, cohort in self._route_all(events):
             if not deployment.is_open:
                 continue
             self._last_seen[deployment.deployment_id] = now
-            verdicts.extend(deployment.observe(event, cohort))
+            made = deployment.observe(event, cohort)
+            if made:
+                verdicts.extend(made)
             if deployment.limits_hit:
                 self._limits_hit(deployment)
-            self._forget_if_ended(deployment)
+            if deployment.status == "ended":
+                self._forget_if_ended(deployment)
             final_time = self.ledger.final_time(deployment.deployment_id)
             if final_time is not None and deployment.watermark > final_time:
                 # Rebuilt after its final verdict was published: it has said its last word.
                 self._forget(deployment, "final")
         return verdicts
+
+    def _route_all(self, events: list[MetricEvent]) -> list[tuple[Deployment, MetricEvent, Cohort]]:
+        """Resolve every event before applying any: a message is taken or rejected whole."""
+        routed: list[tuple[Deployment, MetricEvent, Cohort]] = []
+        if len(events) == 1:
+            target = self._route(events[0])
+            if target is not None:
+                routed.append(target)
+            return routed
+        for index, event in enumerate(events):
+            try:
+                target = self._route(event)
+            except ContractError as exc:
+                raise ContractError(exc.reason, f"item {index}: {exc.message}") from None
+            if target is not None:
+                routed.append(target)
+        return routed
 
     def _limits_hit(self, deployment: Deployment) -> None:
         for hit in deployment.limits_hit:
@@ -515,6 +533,48 @@ class Router:
             value = value[: self.limits.max_message_bytes]
             headers = (*headers, ("coalmine-truncated-from", str(len(record.value)).encode()))
         return Outgoing(self.topics.dead_letter, value, record.key, headers)
+
+
+def _spans(batch: list[Record]) -> tuple[dict[TopicPartition, tuple[int, int]], dict[str, int]]:
+    """Per partition, the lowest and highest offset in ``batch``; per topic, its records.
+
+    One pass; a transport hands out a partition's records together and in order, so the
+    work per record is mostly comparing it with the run it continues.
+    """
+    spans: dict[TopicPartition, tuple[int, int]] = {}
+    counts: dict[str, int] = {}
+    topic: str | None = None
+    partition = low = high = run = 0
+    for record in batch:
+        offset = record.offset
+        if record.partition == partition and record.topic == topic:
+            run += 1
+            if offset > high:
+                high = offset
+            elif offset < low:
+                low = offset
+            continue
+        if topic is not None:
+            _merge_run(spans, counts, topic, partition, low, high, run)
+        topic, partition, low, high, run = record.topic, record.partition, offset, offset, 1
+    if topic is not None:
+        _merge_run(spans, counts, topic, partition, low, high, run)
+    return spans, counts
+
+
+def _merge_run(
+    spans: dict[TopicPartition, tuple[int, int]],
+    counts: dict[str, int],
+    topic: str,
+    partition: int,
+    low: int,
+    high: int,
+    run: int,
+) -> None:
+    key = (topic, partition)
+    span = spans.get(key)
+    spans[key] = (low, high) if span is None else (min(span[0], low), max(span[1], high))
+    counts[topic] = counts.get(topic, 0) + run
 
 
 def _lower(floors: dict[TopicPartition, int], source: TopicPartition, offset: int) -> None:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -96,14 +101,37 @@ class Telemetry:
             registry=r,
         )
 
+        # ``Counter.labels`` validates and takes a lock on every call (~1 us): the hot
+        # paths keep each label's child, per counter, and increment it directly.
+        self._consumed: dict[str, Callable[[float], None]] = {}
+        self._dropped: dict[str, Callable[[float], None]] = {}
+        self._ignored: dict[str, Callable[[float], None]] = {}
+        self._ended: dict[str, Callable[[float], None]] = {}
+
+    def consumed(self, topic: str, count: int = 1) -> None:
+        """Count messages consumed from ``topic``."""
+        inc = self._consumed.get(topic)
+        if inc is None:
+            inc = self._consumed[topic] = self.events_consumed.labels(topic).inc
+        inc(count)
+
     def dropped(self, reason: str, count: int) -> None:
         """Count observations that were valid but not analysed."""
-        self.dropped_samples.labels(reason).inc(count)
+        inc = self._dropped.get(reason)
+        if inc is None:
+            inc = self._dropped[reason] = self.dropped_samples.labels(reason).inc
+        inc(count)
 
     def ignored(self, reason: str) -> None:
         """Count a deploy event that changed nothing."""
-        self.ignored_events.labels(reason).inc()
+        inc = self._ignored.get(reason)
+        if inc is None:
+            inc = self._ignored[reason] = self.ignored_events.labels(reason).inc
+        inc(1)
 
     def ended(self, event: str) -> None:
         """Count a deployment the pipeline ended itself."""
-        self.ended_deployments.labels(event).inc()
+        inc = self._ended.get(event)
+        if inc is None:
+            inc = self._ended[event] = self.ended_deployments.labels(event).inc
+        inc(1)

@@ -13,6 +13,7 @@ from coalmine.contract import (
     decode_metric_events,
     encode_verdict,
     format_time,
+    metric_event_from_mapping,
     parse_time,
 )
 
@@ -184,6 +185,80 @@ def test_invalid_metric_messages_name_their_reason(payload, reason):
     with pytest.raises(ContractError) as info:
         decode_metric_events(payload)
     assert info.value.reason == reason
+
+
+VALUES = {k: v for k, v in METRIC.items() if k != "value"}
+
+
+@pytest.mark.parametrize(
+    ("decode", "payload", "reason"),
+    [
+        (decode_metric_events, dumps({**METRIC, "cohort": []}), "unknown_cohort"),
+        (decode_metric_events, dumps({**METRIC, "cohort": {"a": 1}}), "unknown_cohort"),
+        (decode_deploy_event, dumps({**STARTED, "event": ["started"]}), "unknown_event"),
+        (decode_deploy_event, dumps({**STARTED, "strategy": {}}), "wrong_type"),
+    ],
+)
+def test_unhashable_names_are_contract_errors_not_a_crash(decode, payload, reason):
+    with pytest.raises(ContractError) as info:
+        decode(payload)
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        # A null or a numeric string would become NaN in a float64 array.
+        (dumps(VALUES | {"values": [1.5, None]}), "non_finite"),
+        (dumps(VALUES | {"values": [1.5, "nan"]}), "non_finite"),
+        (dumps(VALUES | {"values": ["inf"]}), "non_finite"),
+        (dumps(VALUES | {"values": [True, False]}), "wrong_type"),
+        (dumps(VALUES | {"values": [2.5, False]}), "wrong_type"),
+        (dumps({**METRIC, "value": None}), "wrong_type"),
+    ],
+)
+def test_values_numpy_would_convert_are_refused(payload, reason):
+    with pytest.raises(ContractError) as info:
+        decode_metric_events(payload)
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        METRIC,
+        {**METRIC, "value": 7},
+        {**METRIC, "value": 2**53 + 1},  # beyond exact float: the validating path
+        {**METRIC, "time": "2026-11-26T10:00:00.250+01:00"},
+        {**METRIC, "deployment_id": "d", "instance": "i-1", "labels": {"zone": "a"}},
+        VALUES | {"values": [1, 2.5, 3]},
+        VALUES | {"values": [1, 2, 2**63]},
+        VALUES | {"values": [0.0, 1.0], "service": "true"},  # 'true' in the text
+        {k: v for k, v in VALUES.items() if k != "cohort"} | {"version": "v2", "values": [1.0]},
+        {k: v for k, v in METRIC.items() if k != "value"} | {"good": 9, "total": 10},
+        {k: v for k, v in METRIC.items() if k != "value"} | {"good": 9.0, "total": 10},
+    ],
+)
+def test_decoding_builds_the_event_the_validating_path_builds(obj):
+    (event,) = decode_metric_events(dumps(obj))
+    expected = metric_event_from_mapping(orjson.loads(dumps(obj)))
+    for name in (
+        "service",
+        "metric",
+        "time",
+        "good",
+        "total",
+        "is_ratio",
+        "deployment_id",
+        "cohort",
+        "version",
+        "instance",
+    ):
+        assert getattr(event, name) == getattr(expected, name), name
+        assert type(getattr(event, name)) is type(getattr(expected, name)), name
+    assert event.values.dtype == np.float64
+    assert event.values.tolist() == expected.values.tolist()
+    assert repr(event) == repr(expected)
 
 
 def test_one_bad_item_rejects_the_whole_array_and_says_which():

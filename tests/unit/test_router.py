@@ -294,3 +294,33 @@ def test_structured_cloudevents_without_a_content_type_are_recognised_and_dedupl
     broken = orjson.dumps({**envelope, "specversion": "0.3", "id": "evt-2"})
     (letter,) = r.handle([deploy(broken, 2)], now=0.0).dead_letters
     assert dict(letter.headers)["coalmine-error"].startswith(b"cloudevent_invalid")
+
+
+def test_batch_positions_floors_and_counts_do_not_depend_on_record_order():
+    # Partitions interleaved and out of offset order (a transport need not group them).
+    canary = orjson.dumps(sample(cohort="canary"))
+    records = [
+        metric(sample(cohort="canary"), offset=7),
+        Record(TOPICS.metrics, canary, b"checkout", partition=1, offset=3),
+        metric(sample(cohort="canary"), offset=5),
+        Record(TOPICS.deployments, started_event(CHECKOUT, T0), b"checkout", partition=2, offset=4),
+        metric(sample(cohort="canary"), offset=9),
+        metric(sample(cohort="canary"), offset=6),
+    ]
+    ordered = router()
+    ordered.handle(sorted(records, key=lambda r: (r.topic, r.partition, r.offset)), now=0.0)
+    shuffled = router()
+    shuffled.handle(records, now=0.0)
+    for r in (ordered, shuffled):
+        assert r._positions == {  # what a restart re-reads from
+            (TOPICS.metrics, 2): 10,
+            (TOPICS.metrics, 1): 4,
+            (TOPICS.deployments, 2): 5,
+        }
+        # The deployment started in this batch may use any of its records: floors at the
+        # batch's first offsets (of its own metrics partition: co-partitioned by service).
+        assert r.floors() == {(TOPICS.deployments, 2): 4, (TOPICS.metrics, 2): 5}
+        consumed = r.telemetry.events_consumed
+        assert consumed.labels(TOPICS.metrics)._value.get() == 5
+        assert consumed.labels(TOPICS.deployments)._value.get() == 1
+        assert seen(r) == {"latency_ms": (0, 10)}
