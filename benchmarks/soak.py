@@ -1,0 +1,1013 @@
+"""Soak: the daemon under steady load for minutes; its memory, lag and throughput over time.
+
+Run from the repository root: ``python benchmarks/soak.py [--duration 600]
+[--deployments-open 200] [--rate N] [--png benchmarks/results/soak.png]``.
+
+A private tansu broker (``tests/brokers.py``) gets the four topics (deployments and metrics
+with the same partition count), and the daemon runs as a **subprocess**
+(``python -m coalmine run --config ...``), so its resident memory is its own. This process
+is the load: an ``AIOKafkaProducer`` keyed by service plays deployment pipelines and
+services for ``--duration`` seconds of wall time, on an event clock running ``--speed``
+times faster than the wall clock:
+
+* about ``--deployments-open`` deployments are open at any time. Each one gets a
+  ``started`` event, then every ``step`` seconds of event time four metric messages (the
+  ``latency_ms`` samples of each cohort, ``values`` with ``--samples-per-message`` numbers,
+  and the ``requests`` good/total counts of each cohort). Most canaries are healthy; some
+  are slower (+30% latency) or fail more (3% errors on the critical ratio metric).
+* a deployment ends like a pipeline ends it: on its **final verdict** (the load reads the
+  verdict topic and stops feeding a deployment whose final verdict it sees), or at its
+  planned end (1.5-7 minutes of event time) with a ``completed`` event, after which the
+  service keeps reporting its new version for ``--tail-ticks`` steps (the baseline is gone).
+  Each ending starts a new deployment on a free service, so the open count stays level.
+* ``step`` follows from ``--rate``: ``4 x open / rate`` seconds of wall time.
+
+Every ``--sample-every`` seconds it records the daemon's RSS (``/proc/<pid>/status``), its
+CPU, its threads and file descriptors; the consumer lag the daemon reports
+(``coalmine_consumer_lag``: log end minus its fetch position) and the messages it consumed
+(``coalmine_events_consumed_total``); the recovery window (log end minus the group's
+committed offsets, which the daemon holds back to what its open deployments need); messages produced
+(acknowledged); verdicts seen on the verdict topic; the daemon's open deployments
+(``coalmine_active_deployments`` from its ``/metrics``); and how busy the machine was.
+After the load stops it waits up to ``--drain`` seconds for the lag to reach zero, reads
+the daemon's counters once more, sends it SIGTERM and stops the broker.
+
+It prints a table (a row every ~30 s) and a summary (RSS start / peak / end and its slope
+over the second half, lag, rates, the consumed / produced ratio) and writes a PNG of RSS
+and lag over time (``--png``) and every sample as CSV next to it (same name, ``.csv``).
+``--daemon-src`` runs the daemon from another source tree (a ``git archive`` of a commit).
+Exit status 1 if the daemon died (exited before it was told to, or not with 0 on SIGTERM),
+else 0, whatever the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client.parser import text_string_to_metric_families
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.brokers, this coalmine
+
+from tests.brokers import Tansu, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+T0 = 1_800_000_000.0
+"""Event time the load starts at (2027-01-15)."""
+INTERVAL, MIN_DURATION, MAX_DURATION = 30.0, 120.0, 300.0
+"""The profile's schedule, event seconds: a look every 30 s, promote from 2 min, end at 5."""
+LIFETIME = (90.0, 420.0)
+"""Planned event-time life of a deployment (uniform), when no final verdict ends it first."""
+KINDS = (("healthy", 0.70), ("slow", 0.15), ("errors", 0.15))
+MESSAGES_PER_TICK = 4
+TABLE_EVERY = 30.0
+READY_TIMEOUT = 90.0
+STOP_TIMEOUT = 30.0
+
+CONFIG = """\
+log_level = "WARNING"
+
+[kafka]
+bootstrap_servers = "{bootstrap}"
+group_id = "{group}"
+client_id = "coalmine-soak"
+idempotent_producer = false   # tansu has no InitProducerId
+
+[topics]
+deployments = "{deployments}"
+metrics = "{metrics}"
+verdicts = "{verdicts}"
+dead_letter = "{dead_letter}"
+
+[http]
+enabled = true
+host = "127.0.0.1"
+port = {http_port}
+
+[profiles.default]
+interval = "{interval:g}s"
+min_duration = "{min_duration:g}s"
+max_duration = "{max_duration:g}s"
+
+[[profiles.default.metrics]]
+name = "latency_ms"
+kind = "distribution"
+direction = "increase"
+
+[[profiles.default.metrics]]
+name = "requests"
+kind = "ratio"
+objective = 0.999
+critical = true
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    deployments: str
+    metrics: str
+    verdicts: str
+    dead_letter: str
+
+
+def format_time(seconds: float) -> str:
+    """RFC 3339 in UTC with a ``Z``, milliseconds when needed (as coalmine writes it)."""
+    moment = datetime.fromtimestamp(seconds, tz=UTC)
+    text = moment.isoformat(timespec="milliseconds" if seconds % 1 else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, count, 1) for name, count in topics.items()])
+        while not set(topics) <= set(await admin.list_topics()):
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
+# -- /proc ----------------------------------------------------------------------------------
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def rss_mb(pid: int) -> float:
+    value = proc_status(pid).get("VmRSS", "0 kB").split()[0]
+    return int(value) / 1024
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (0 once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def proc_fds(pid: int) -> int:
+    try:
+        return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return 0
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])
+    return total - idle, total
+
+
+def child_pid(name: str) -> int | None:
+    """A live child of this process whose command name starts with ``name`` (tansu)."""
+    me = str(os.getpid())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if stat[stat.rindex(")") + 2 :].split()[1] == me and comm.startswith(name):
+            return int(entry.name)
+    return None
+
+
+# -- the load ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Plan:
+    """One simulated deployment, as its pipeline and its service see it."""
+
+    serial: int
+    service: str
+    kind: str
+    started: float
+    ends: float
+    next_tick: float
+    tail_left: int
+    completed: bool = False
+
+    @property
+    def deployment_id(self) -> str:
+        return f"{self.service}-d{self.serial}"
+
+    @property
+    def baseline(self) -> str:
+        return f"b{self.serial}"
+
+    @property
+    def canary(self) -> str:
+        return f"c{self.serial}"
+
+
+@dataclass(slots=True)
+class Stats:
+    produced: int = 0
+    produce_errors: int = 0
+    deployments_started: int = 0
+    ended: Counter[str] = field(default_factory=Counter)
+    verdicts: int = 0
+    verdict_decisions: Counter[str] = field(default_factory=Counter)
+    finals: set[str] = field(default_factory=set)
+    open_plans: int = 0
+    load_finished: float | None = None
+    """``time.monotonic()`` when the last message of the load was acknowledged."""
+    load_end_t: float | None = None
+    """The same, in seconds since sampling began (the samples' ``t``)."""
+    ends: dict[tuple[str, int], int] = field(default_factory=dict)
+    """(topic, partition) -> highest acknowledged offset + 1: the true end offsets."""
+
+
+class Load:
+    """Pipelines and services: deploy events and metrics on an event clock, keyed by service."""
+
+    def __init__(self, args: argparse.Namespace, topics: Topics, stats: Stats) -> None:
+        self.args = args
+        self.topics = topics
+        self.stats = stats
+        self.rng = np.random.default_rng(args.seed)
+        self.speed = args.speed
+        open_ = args.deployments_open
+        self.step = self.speed * MESSAGES_PER_TICK * open_ / args.rate
+        """Event seconds between two ticks of one deployment."""
+        self.free = [f"svc-{i:05d}" for i in range(open_ * 3)]
+        self.rng.shuffle(self.free)
+        self.plans: dict[str, Plan] = {}  # by deployment id
+        self.serial = 0
+        self.began = 0.0
+        self.producer: AIOKafkaProducer | None = None
+
+    def now(self) -> float:
+        return T0 + self.speed * (time.monotonic() - self.began)
+
+    def _acked(self, future: asyncio.Future) -> None:
+        if future.cancelled() or future.exception() is not None:
+            self.stats.produce_errors += 1
+            return
+        self.stats.produced += 1
+        meta = future.result()
+        key = (meta.topic, meta.partition)
+        self.stats.ends[key] = max(self.stats.ends.get(key, 0), meta.offset + 1)
+
+    async def _send(self, topic: str, key: str, value: object) -> None:
+        assert self.producer is not None
+        future = await self.producer.send(topic, orjson.dumps(value), key=key.encode())
+        future.add_done_callback(self._acked)
+
+    async def _open(self, at: float) -> None:
+        self.serial += 1
+        service = self.free.pop() if self.free else f"svc-x{self.serial:06d}"
+        kind = str(self.rng.choice([k for k, _ in KINDS], p=[w for _, w in KINDS]))
+        life = float(self.rng.uniform(*LIFETIME))
+        ticks = max(1, math.ceil(life / self.step))
+        plan = Plan(
+            self.serial,
+            service,
+            kind,
+            at,
+            at + ticks * self.step,
+            at + self.step,
+            self.args.tail_ticks,
+        )
+        self.plans[plan.deployment_id] = plan
+        self.stats.deployments_started += 1
+        await self._send(
+            self.topics.deployments,
+            service,
+            {
+                "event": "started",
+                "deployment_id": plan.deployment_id,
+                "service": service,
+                "time": format_time(at),
+                "strategy": "canary",
+                "baseline": {"version": plan.baseline},
+                "canary": {"version": plan.canary},
+                "traffic_weight": 50,
+            },
+        )
+
+    async def _tick(self, plan: Plan, at: float) -> None:
+        stamp = format_time(at)
+        samples = self.args.samples_per_message
+        cohorts = ("canary",) if plan.completed else ("baseline", "canary")
+        for cohort in cohorts:
+            canary = cohort == "canary"
+            factor = 1.3 if canary and plan.kind == "slow" else 1.0
+            errors = 0.03 if canary and plan.kind == "errors" else 0.0003
+            common: dict[str, object] = {"service": plan.service, "time": stamp}
+            if plan.completed:  # the service now runs the new version only, no pipeline ids
+                common["version"] = plan.canary
+            else:
+                common |= {"deployment_id": plan.deployment_id, "cohort": cohort}
+            latency = np.round(100.0 * factor * self.rng.lognormal(0.0, 0.5, samples), 1)
+            total = int(self.rng.poisson(500))
+            bad = int(self.rng.binomial(total, errors)) if total else 0
+            await self._send(
+                self.topics.metrics,
+                plan.service,
+                {**common, "metric": "latency_ms", "values": latency.tolist()},
+            )
+            await self._send(
+                self.topics.metrics,
+                plan.service,
+                {**common, "metric": "requests", "good": total - bad, "total": total},
+            )
+
+    async def _complete(self, plan: Plan) -> None:
+        plan.completed = True
+        self.stats.ended["completed"] += 1
+        await self._send(
+            self.topics.deployments,
+            plan.service,
+            {
+                "event": "completed",
+                "deployment_id": plan.deployment_id,
+                "service": plan.service,
+                "time": format_time(plan.ends),
+            },
+        )
+
+    def _retire(self, plan: Plan) -> None:
+        del self.plans[plan.deployment_id]
+        self.free.insert(0, plan.service)  # reused last: its old deployment is long gone
+
+    async def run(self, bootstrap: str, duration: float) -> None:
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks=1, linger_ms=5, max_batch_size=256 * 1024
+        )
+        await self.producer.start()
+        try:
+            self.began = time.monotonic()
+            for _ in range(self.args.deployments_open):  # random phases within one step
+                await self._open(T0 + float(self.rng.uniform(0.0, self.step)))
+            deadline = self.began + duration
+            while time.monotonic() < deadline:
+                await self._advance(self.now())
+                await asyncio.sleep(0.05)
+            await self.producer.flush()
+        finally:
+            await self.producer.stop()
+            self.stats.load_finished = time.monotonic()
+
+    async def _advance(self, now: float) -> None:
+        for plan in list(self.plans.values()):
+            if not plan.completed and plan.deployment_id in self.stats.finals:
+                # The pipeline acts on the final verdict: stop feeding, start the next one.
+                self.stats.ended["final verdict"] += 1
+                self._retire(plan)
+                await self._open(now)
+                continue
+            while plan.next_tick <= now:
+                if not plan.completed and plan.next_tick > plan.ends:
+                    await self._complete(plan)
+                    await self._open(now)
+                    continue
+                if plan.completed:
+                    if plan.tail_left <= 0:
+                        self._retire(plan)
+                        break
+                    plan.tail_left -= 1
+                await self._tick(plan, plan.next_tick)
+                plan.next_tick += self.step
+        self.stats.open_plans = sum(1 for plan in self.plans.values() if not plan.completed)
+
+
+async def count_verdicts(bootstrap: str, topic: str, stats: Stats) -> None:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        while True:
+            batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for messages in batches.values():
+                for message in messages:
+                    verdict = orjson.loads(message.value)
+                    stats.verdicts += 1
+                    stats.verdict_decisions[verdict["decision"]] += 1
+                    if verdict.get("final"):
+                        stats.finals.add(verdict["deployment_id"])
+    finally:
+        await consumer.stop()
+
+
+# -- sampling -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    t: float
+    rss: float
+    lag: int | None
+    produced: int
+    consumed: int | None
+    held: int | None
+    verdicts: int
+    open_daemon: int | None
+    open_load: int
+    daemon_cpu: float
+    broker_cpu: float
+    bench_cpu: float
+    machine: tuple[float, float]
+    broker_rss: float
+    threads: int
+    fds: int
+    loading: bool
+
+
+class Sampler:
+    def __init__(
+        self, bootstrap: str, group: str, topics: Topics, partitions: int, http_port: int
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.group = group
+        self.partitions = [
+            TopicPartition(topic, p)
+            for topic in (topics.deployments, topics.metrics)
+            for p in range(partitions)
+        ]
+        self.url = f"http://127.0.0.1:{http_port}"
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        self.ends = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+
+    async def start(self) -> None:
+        await self.admin.start()
+        await self.ends.start()
+
+    async def close(self) -> None:
+        await self.http.close()
+        await self.ends.stop()
+        await self.admin.close()
+
+    async def offsets(self, acked: dict[tuple[str, int], int]) -> tuple[int, int] | None:
+        """(end offsets, committed offsets) summed over the daemon's input partitions.
+
+        The end of a partition is the larger of the broker's answer and the highest offset
+        the broker acknowledged to the load + 1: tansu 0.6 answers ListOffsets(latest) with
+        the base offset of the last batch + 1, not the high watermark, which would hide up
+        to a batch of lag per partition (and show a negative lag once the daemon caught up).
+        """
+        try:
+            ends = await self.ends.end_offsets(self.partitions)
+            committed = await self.admin.list_consumer_group_offsets(
+                self.group, partitions=self.partitions
+            )
+        except Exception as exc:  # noqa: BLE001 - a missed sample, not a failed run
+            print(f"  (offsets not read: {exc!r})")
+            return None
+        total_end = total_committed = 0
+        for tp in self.partitions:
+            end = max(ends.get(tp, 0), acked.get((tp.topic, tp.partition), 0))
+            meta = committed.get(tp)
+            total_end += end
+            total_committed += min(end, max(0, meta.offset)) if meta is not None else 0
+        return total_end, total_committed
+
+    async def scrape(self) -> dict[str, float]:
+        """The daemon's metrics, ``name{label=value,...}`` -> value; empty if unreachable."""
+        try:
+            async with self.http.get(self.url + "/metrics") as response:
+                text = await response.text()
+        except (aiohttp.ClientError, TimeoutError):
+            return {}
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return out
+
+    async def ready(self) -> bool:
+        try:
+            async with self.http.get(self.url + "/readyz") as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def write_config(path: Path, bootstrap: str, group: str, topics: Topics, http_port: int) -> None:
+    path.write_text(
+        CONFIG.format(
+            bootstrap=bootstrap,
+            group=group,
+            deployments=topics.deployments,
+            metrics=topics.metrics,
+            verdicts=topics.verdicts,
+            dead_letter=topics.dead_letter,
+            http_port=http_port,
+            interval=INTERVAL,
+            min_duration=MIN_DURATION,
+            max_duration=MAX_DURATION,
+        )
+    )
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    text = path.read_text(errors="replace").splitlines() if path.exists() else []
+    return "\n".join(text[-lines:]) or "(empty)"
+
+
+async def soak(args: argparse.Namespace) -> int:
+    tag = uuid.uuid4().hex[:6]
+    topics = Topics(
+        f"soak.{tag}.deployments", f"soak.{tag}.metrics", f"soak.{tag}.verdicts", f"soak.{tag}.dlq"
+    )
+    group = f"coalmine-soak-{tag}"
+    http_port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="coalmine-soak-"))
+    source = args.daemon_src.resolve()
+    where = subprocess.run(
+        [sys.executable, "-c", "import coalmine; print(coalmine.__file__)"],
+        cwd=source,
+        env=os.environ | {"PYTHONPATH": str(source)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    print(f"daemon code: {Path(where).parent} (python {sys.version.split()[0]})")
+    config = workdir / "coalmine.toml"
+    daemon_log = workdir / "daemon.log"
+    stats = Stats()
+    samples: list[Sample] = []
+    died: str | None = None
+    final_metrics: dict[str, float] = {}
+    drained_after: float | None = None
+
+    async with Tansu() as broker:
+        bootstrap = broker.bootstrap
+        await create_topics(
+            bootstrap,
+            {
+                topics.deployments: args.partitions,
+                topics.metrics: args.partitions,
+                topics.verdicts: args.partitions,
+                topics.dead_letter: 1,
+            },
+        )
+        write_config(config, bootstrap, group, topics, http_port)
+        with daemon_log.open("wb") as log:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "coalmine", "run", "--config", str(config)],
+                cwd=source,
+                env=os.environ | {"PYTHONPATH": str(source)},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        broker_pid = child_pid("tansu")
+        sampler = Sampler(bootstrap, group, topics, args.partitions, http_port)
+        await sampler.start()
+        verdict_task = asyncio.create_task(count_verdicts(bootstrap, topics.verdicts, stats))
+        load_task: asyncio.Task[None] | None = None
+        try:
+            waited = time.monotonic()
+            died = await wait_ready(daemon, sampler)
+            idle_rss = rss_mb(daemon.pid)
+            if died is None:
+                print(
+                    f"daemon pid {daemon.pid} ready after {time.monotonic() - waited:.1f} s, "
+                    f"RSS {idle_rss:.1f} MB idle; load for {args.duration:g} s"
+                )
+                load = Load(args, topics, stats)
+                print(
+                    f"{args.deployments_open} deployments open, {args.rate:g} metric msgs/s, "
+                    f"event time x{args.speed:g}, a tick every {load.step:g} event s "
+                    f"({load.step / args.speed:g} wall s) per deployment, "
+                    f"{args.samples_per_message} samples per latency message\n"
+                )
+                load_task = asyncio.create_task(load.run(bootstrap, args.duration))
+                died, drained_after = await observe(
+                    args, daemon, broker_pid, sampler, stats, samples, load_task
+                )
+                if died is None:
+                    final_metrics = await sampler.scrape()
+        finally:
+            for task in (load_task, verdict_task):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            await sampler.close()
+            stopped = await stop(daemon)
+            died = died or stopped
+    report(args, samples, stats, final_metrics, idle_rss, drained_after, daemon_log)
+    if samples:
+        plot(args, samples, stats.load_end_t)
+    if died is not None:
+        print(f"\nDAEMON DIED: {died}; its log ({daemon_log}) ends:\n{tail(daemon_log)}")
+        return 1
+    return 0
+
+
+async def wait_ready(daemon: subprocess.Popen[bytes], sampler: Sampler) -> str | None:
+    """None once ``/readyz`` says ready, else why not."""
+    waited = time.monotonic()
+    while not await sampler.ready():
+        if daemon.poll() is not None:
+            return f"exited with {daemon.returncode} before it was ready"
+        if time.monotonic() - waited > READY_TIMEOUT:
+            return f"not ready after {READY_TIMEOUT:g} s"
+        await asyncio.sleep(0.2)
+    return None
+
+
+async def stop(daemon: subprocess.Popen[bytes]) -> str | None:
+    """SIGTERM the daemon if it still runs; None if it then exits 0 in time."""
+    if daemon.poll() is not None:
+        return None  # already reported by whoever saw it go
+    daemon.send_signal(signal.SIGTERM)
+    stopping = time.monotonic()
+    try:
+        code = await asyncio.to_thread(daemon.wait, STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.wait()
+        return f"did not stop within {STOP_TIMEOUT:g} s of SIGTERM (killed)"
+    print(f"daemon stopped on SIGTERM in {time.monotonic() - stopping:.1f} s, exit code {code}")
+    return None if code == 0 else f"exited with {code} on SIGTERM"
+
+
+async def observe(
+    args: argparse.Namespace,
+    daemon: subprocess.Popen[bytes],
+    broker_pid: int | None,
+    sampler: Sampler,
+    stats: Stats,
+    samples: list[Sample],
+    load_task: asyncio.Task[None],
+) -> tuple[str | None, float | None]:
+    """Sample until the load is over and the lag drained (or ``--drain`` passed)."""
+    began = time.monotonic()
+    load_over: float | None = None
+    next_row = 0.0
+    print(
+        f"{'t s':>5} {'RSS MB':>7} {'lag':>7} {'prod/s':>7} {'cons/s':>7} {'verd/s':>6} "
+        f"{'open d':>6} {'open l':>6} {'d CPU':>6} {'box CPU':>7} {'thr':>4} {'fds':>4}"
+    )
+    while True:
+        await asyncio.sleep(args.sample_every - (time.monotonic() - began) % args.sample_every)
+        if daemon.poll() is not None:
+            return f"exited with {daemon.returncode} during the run", None
+        if load_task.done() and load_over is None:
+            load_task.result()  # raise what stopped the load, if anything
+            assert stats.load_finished is not None
+            load_over = stats.load_end_t = stats.load_finished - began
+        offsets = await sampler.offsets(dict(stats.ends))
+        metrics = await sampler.scrape()
+        status = proc_status(daemon.pid)
+        active = metrics.get("coalmine_active_deployments")
+        # Lag and consumption as the daemon reports them (fetch position vs the log end):
+        # its committed offsets are held back on purpose to the oldest record its open
+        # deployments still need (restart recovery), so end - committed is that window.
+        lags = [v for k, v in metrics.items() if k.startswith("coalmine_consumer_lag{")]
+        consumed = [
+            v for k, v in metrics.items() if k.startswith("coalmine_events_consumed_total{")
+        ]
+        sample = Sample(
+            t=time.monotonic() - began,
+            rss=rss_mb(daemon.pid),
+            lag=int(sum(lags)) if lags else None,
+            produced=stats.produced,
+            consumed=int(sum(consumed)) if consumed else None,
+            held=None if offsets is None else offsets[0] - offsets[1],
+            verdicts=stats.verdicts,
+            open_daemon=None if active is None else int(active),
+            open_load=stats.open_plans,
+            daemon_cpu=proc_cpu(daemon.pid),
+            broker_cpu=proc_cpu(broker_pid) if broker_pid else 0.0,
+            bench_cpu=time.process_time(),
+            machine=machine_cpu(),
+            broker_rss=rss_mb(broker_pid) if broker_pid else 0.0,
+            threads=int(status.get("Threads", "0")),
+            fds=proc_fds(daemon.pid),
+            loading=load_over is None,
+        )
+        samples.append(sample)
+        if sample.t >= next_row or load_over is not None:
+            print(row(samples, sample.t - TABLE_EVERY))
+            next_row = sample.t + TABLE_EVERY - args.sample_every / 2
+        if load_over is not None:
+            since = sample.t - load_over
+            if sample.lag == 0:
+                return None, since
+            if since >= args.drain:
+                return None, None
+
+
+def _at_or_before(samples: list[Sample], t: float) -> Sample:
+    earlier = [s for s in samples if s.t <= t + 1e-9]
+    return earlier[-1] if earlier else samples[0]
+
+
+def row(samples: list[Sample], since: float) -> str:
+    last = samples[-1]
+    first = _at_or_before(samples, since) if len(samples) > 1 else last
+    span = max(last.t - first.t, 1e-9)
+    produced = (last.produced - first.produced) / span if first is not last else 0.0
+    consumed = (
+        (last.consumed - first.consumed) / span
+        if first is not last and last.consumed is not None and first.consumed is not None
+        else float("nan")
+    )
+    verdicts = (last.verdicts - first.verdicts) / span if first is not last else 0.0
+    cpu = (last.daemon_cpu - first.daemon_cpu) / span if first is not last else 0.0
+    busy = (last.machine[0] - first.machine[0]) / max(1, last.machine[1] - first.machine[1])
+    lag = "?" if last.lag is None else f"{last.lag:,}"
+    open_d = "?" if last.open_daemon is None else str(last.open_daemon)
+    return (
+        f"{last.t:>5.0f} {last.rss:>7.1f} {lag:>7} {produced:>7.0f} {consumed:>7.0f} "
+        f"{verdicts:>6.1f} {open_d:>6} {last.open_load:>6} {cpu:>6.0%} {busy:>7.0%} "
+        f"{last.threads:>4} {last.fds:>4}" + ("" if last.loading else "  (load over)")
+    )
+
+
+# -- reporting ------------------------------------------------------------------------------
+
+
+def _metric(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k.startswith(prefix) and v}
+
+
+def rss_slope(samples: list[Sample]) -> float:
+    """MB/s of the daemon's RSS, least squares over the second half of the load."""
+    loaded = [s for s in samples if s.loading] or samples
+    half = [s for s in loaded if s.t >= loaded[-1].t / 2]
+    if len(half) < 3:
+        return float("nan")
+    return float(np.polyfit([s.t for s in half], [s.rss for s in half], 1)[0])
+
+
+def write_csv(path: Path, samples: list[Sample]) -> None:
+    names = [f for f in Sample.__dataclass_fields__ if f != "machine"]
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow([*names, "machine_busy_jiffies", "machine_total_jiffies"])
+        for sample in samples:
+            writer.writerow([*(getattr(sample, n) for n in names), *sample.machine])
+    print(f"samples: {path}")
+
+
+def report(
+    args: argparse.Namespace,
+    samples: list[Sample],
+    stats: Stats,
+    metrics: dict[str, float],
+    idle_rss: float,
+    drained_after: float | None,
+    daemon_log: Path,
+) -> None:
+    if not samples:
+        print("no samples taken")
+        return
+    loaded = [s for s in samples if s.loading] or samples
+    first, last_loaded, last = loaded[0], loaded[-1], samples[-1]
+    span = last_loaded.t - first.t
+    second_half = [s for s in loaded if s.t >= last_loaded.t / 2]
+    slope = rss_slope(samples)
+    whole = 0.0
+    if len(loaded) >= 3:
+        whole = float(np.polyfit([s.t for s in loaded], [s.rss for s in loaded], 1)[0])
+    lags = [s.lag for s in loaded if s.lag is not None]
+    helds = [s.held for s in loaded if s.held is not None]
+    if helds:
+        print(
+            f"recovery window (log end - committed, re-read after a restart): max {max(helds):,},"
+            f" mean {np.mean(helds):,.0f} messages"
+        )
+    peak = max(samples, key=lambda s: s.rss)
+    print("\n== summary")
+    print(
+        f"daemon RSS MB: idle {idle_rss:.1f}, start {first.rss:.1f} (t={first.t:.0f} s), "
+        f"peak {peak.rss:.1f} (t={peak.t:.0f} s), end of load {last_loaded.rss:.1f}, "
+        f"last {last.rss:.1f}"
+    )
+    print(
+        f"RSS slope: {slope * 600:+.1f} MB per 10 min over the second half of the load "
+        f"(t >= {last_loaded.t / 2:.0f} s); {whole * 600:+.1f} MB per 10 min over all of it"
+    )
+    print(
+        f"daemon threads {first.threads} -> {last.threads}, open fds {first.fds} -> {last.fds}; "
+        f"tansu RSS {first.broker_rss:.0f} -> {last.broker_rss:.0f} MB (holds every message)"
+    )
+    if lags:
+        at_end = "?" if last_loaded.lag is None else f"{last_loaded.lag:,}"
+        print(
+            f"consumer lag (messages): max {max(lags):,}, mean {np.mean(lags):,.0f}, "
+            f"at the end of the load {at_end}, last {last.lag if last.lag is not None else '?'}"
+        )
+    if drained_after is not None:
+        print(
+            f"lag was 0 {drained_after:.1f} s after the end of the load (at the first sample"
+            f" showing it; samples every {args.sample_every:g} s)"
+        )
+    elif last.lag:
+        print(f"lag did NOT reach 0 within --drain {args.drain:g} s of the end of the load")
+    if span > 0:
+        produced = (last_loaded.produced - first.produced) / span
+        verdicts = (last_loaded.verdicts - first.verdicts) / span
+        print(f"produced: {produced:,.0f} msgs/s ({last.produced:,} in all)")
+        print(
+            f"verdicts: {verdicts:,.1f}/s during the load ({stats.verdicts:,} in all: "
+            + ", ".join(f"{k} {v:,}" for k, v in sorted(stats.verdict_decisions.items()))
+            + ")"
+        )
+        if first.consumed is not None and last_loaded.consumed is not None:
+            consumed = (last_loaded.consumed - first.consumed) / span
+            print(
+                f"consumed {consumed:,.0f} msgs/s: ratio consumed / produced "
+                f"{consumed / produced:.3f} over the load"
+            )
+        halves = [s for s in second_half if s.consumed is not None]
+        if len(halves) >= 2 and halves[-1].produced > halves[0].produced:
+            assert halves[-1].consumed is not None
+            assert halves[0].consumed is not None
+            ratio = (halves[-1].consumed - halves[0].consumed) / (
+                halves[-1].produced - halves[0].produced
+            )
+            print(f"  second half of the load: {ratio:.3f}")
+        cpu = (last_loaded.daemon_cpu - first.daemon_cpu) / span
+        broker = (last_loaded.broker_cpu - first.broker_cpu) / span
+        bench = (last_loaded.bench_cpu - first.bench_cpu) / span
+        busy = (last_loaded.machine[0] - first.machine[0]) / max(
+            1, last_loaded.machine[1] - first.machine[1]
+        )
+        print(
+            f"CPU (share of one core): daemon {cpu:.0%}, tansu {broker:.0%}, this load "
+            f"{bench:.0%}; the machine ({os.cpu_count()} cores) was {busy:.0%} busy"
+        )
+    print(
+        f"load: {stats.deployments_started:,} deployments started; ended by "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(stats.ended.items()))
+        + f"; {stats.produce_errors} produce errors"
+    )
+    opens = [s.open_daemon for s in loaded if s.open_daemon is not None]
+    if opens:
+        print(
+            f"open deployments (daemon gauge): min {min(opens)}, max {max(opens)}, "
+            f"last {opens[-1]}; the load had {last_loaded.open_load} in progress at the end"
+        )
+    report_daemon(metrics, daemon_log)
+
+
+def report_daemon(metrics: dict[str, float], daemon_log: Path) -> None:
+    """The daemon's own counters of trouble (last scrape) and its log."""
+    for prefix in (
+        "coalmine_dropped_samples_total",
+        "coalmine_ignored_events_total",
+        "coalmine_invalid_events_total",
+        "coalmine_ended_deployments_total",
+        "coalmine_publish_failures_total",
+    ):
+        found = _metric(metrics, prefix)
+        if found:
+            print(
+                f"{prefix}: " + ", ".join(f"{k[len(prefix) :]} {v:,.0f}" for k, v in found.items())
+            )
+    log_text = daemon_log.read_text(errors="replace") if daemon_log.exists() else ""
+    warnings = sum(1 for line in log_text.splitlines() if " WARNING " in line)
+    errors = sum(1 for line in log_text.splitlines() if " ERROR " in line)
+    print(f"daemon log: {warnings} warning and {errors} error lines ({daemon_log})")
+    if warnings or errors:
+        print(tail(daemon_log, 10))
+
+
+def plot(args: argparse.Namespace, samples: list[Sample], load_end: float | None) -> None:
+    import matplotlib as mpl  # noqa: PLC0415 - only needed here
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    t = [s.t for s in samples]
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(10, 7))
+    top.plot(t, [s.rss for s in samples], color="tab:blue", label="coalmine daemon RSS")
+    top.set_ylabel("RSS (MB)")
+    low, high = min(s.rss for s in samples), max(s.rss for s in samples)
+    top.set_ylim(max(0.0, low - 20), high + 20)  # +-20 MB around it: the trend, to scale
+    loaded = [s for s in samples if s.loading] or samples
+    top.text(
+        0.99,
+        0.95,
+        f"start {loaded[0].rss:.1f} MB, peak {high:.1f}, end {loaded[-1].rss:.1f}; "
+        f"slope {rss_slope(samples) * 600:+.1f} MB / 10 min (second half)",
+        transform=top.transAxes,
+        ha="right",
+        va="top",
+    )
+    top.grid(alpha=0.3)
+    top.legend(loc="upper left")
+    opens = [(s.t, s.open_daemon) for s in samples if s.open_daemon is not None]
+    if opens:
+        right = top.twinx()
+        right.plot(*zip(*opens, strict=True), color="tab:gray", lw=0.8, label="open (daemon)")
+        right.set_ylabel("open deployments")
+        right.set_ylim(0, 2.2 * max(n for _, n in opens) + 1)  # below the RSS line
+        right.legend(loc="lower right")
+    lag = [(s.t, s.lag) for s in samples if s.lag is not None]
+    if lag:
+        bottom.plot(*zip(*lag, strict=True), color="tab:red", label="consumer lag")
+    held = [(s.t, s.held) for s in samples if s.held is not None]
+    if held:
+        bottom.plot(
+            *zip(*held, strict=True),
+            color="tab:gray",
+            linestyle=":",
+            label="recovery window (end - committed)",
+        )
+    bottom.set_ylabel("lag (messages)")
+    bottom.set_xlabel("wall time since the load started (s)")
+    bottom.set_ylim(bottom=0)
+    bottom.grid(alpha=0.3)
+    bottom.legend(loc="upper left")
+    end = load_end
+    for axis in (top, bottom):
+        if end is not None:
+            axis.axvline(end, color="k", ls="--", lw=0.8)
+    fig.suptitle(
+        f"coalmine soak: {args.deployments_open} open deployments, {args.rate:g} msgs/s, "
+        f"event time x{args.speed:g}, {args.duration:g} s ({os.cpu_count()} shared cores)"
+    )
+    fig.tight_layout()
+    path = Path(args.png)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    print(f"plot: {path}")
+    write_csv(path.with_suffix(".csv"), samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds of load")
+    parser.add_argument("--deployments-open", type=int, default=200)
+    parser.add_argument(
+        "--rate", type=float, default=800.0, help="metric messages per second (all deployments)"
+    )
+    parser.add_argument("--speed", type=float, default=10.0, help="event time / wall time")
+    parser.add_argument("--samples-per-message", type=int, default=20)
+    parser.add_argument(
+        "--tail-ticks",
+        type=int,
+        default=2,
+        help="steps a service keeps reporting its new version after 'completed'",
+    )
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--sample-every", type=float, default=5.0)
+    parser.add_argument(
+        "--drain", type=float, default=60.0, help="seconds to wait for lag 0 after the load"
+    )
+    parser.add_argument("--png", default=str(ROOT / "benchmarks" / "results" / "soak.png"))
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--daemon-src",
+        type=Path,
+        default=ROOT,
+        help="run the daemon from this source tree (default: this repository), e.g. a "
+        "`git archive` of a commit, to soak a fixed version while the tree is being edited",
+    )
+    args = parser.parse_args()
+    if args.deployments_open < 1 or args.rate <= 0 or args.duration <= 0:
+        parser.error("--deployments-open, --rate and --duration must be positive")
+    sys.exit(asyncio.run(soak(args)))
+
+
+if __name__ == "__main__":
+    main()

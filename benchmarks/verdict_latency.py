@@ -1,0 +1,1114 @@
+"""Verdict latency: deciding message to verdict, under steady load, against a bare round trip.
+
+Run from the repository root: ``python benchmarks/verdict_latency.py [--rate N]
+[--deployments 1000] [--duration 60] [--critical 5] [--json PATH]``.
+
+A private tansu broker (``tests/brokers.py``) and the daemon as a **subprocess**
+(``python -m coalmine run``), on fresh topics. Every deployment sends, every ``--step``
+seconds of event time, four metric messages keyed by its service: the ``latency_ms``
+samples (``--samples-per-message`` lognormal values) and the ``requests`` good/total counts
+(the critical ratio metric) of each cohort. The canary repeats the baseline's numbers (an
+A/A test that cannot fail by chance), so no healthy deployment ends during the run;
+``min_duration = max_duration = 1h``. Start times are spread over one interval and ticks
+fall half a step off the judgement times, so judgements are spread evenly and a verdict's
+time says what made it (a due time: an interval judgement; a tick time: a critical check).
+
+1. **Maximum rate** (unless ``--rate``): the same workload (``--max-minutes`` of event time
+   for every deployment) is produced before a daemon starts; the daemon then drains it, and
+   its ``coalmine_events_consumed_total`` (scraped from ``/metrics``) gives its rate. The
+   live run uses half of it.
+2. **Baseline**: a bare ``AIOKafkaProducer`` (acks=all, as the daemon publishes) sends a
+   small message every 20 ms to a topic of its own and a bare ``AIOKafkaConsumer`` reads it:
+   send to receipt. It runs alone first (idle), then all through the live run (loaded).
+3. **Live run**: ``--deployments`` are opened, then the load runs in real time at the rate
+   (event time ``step x rate / (4 x deployments)`` times faster than wall time) for
+   ``--duration`` seconds. ``--critical`` deployments get a critical error burst (20% of
+   the canary's requests fail) at a random moment after the warm-up; they must be rolled
+   back on the message that shows it, not at their next interval. A rolled-back deployment
+   is replaced by a new one, so the open count stays level.
+
+Two measures of each verdict, after ``--warmup`` seconds:
+
+* **inside the daemon**: ``coalmine_verdict_lag_seconds`` (receipt of the fetched batch
+  holding the deciding message to the broker's ack of the verdict), its bucket counts at
+  the end of the warm-up subtracted from those at the end; p50 and p99 interpolated in the
+  buckets as Prometheus' ``histogram_quantile`` does.
+* **outside**: for each verdict read from the verdict topic, the producer's ack of the
+  deciding message (the first message of that deployment with event time past the
+  judgement's due time; for a critical rollback, the canary ``requests`` message at the
+  verdict's time) to the receipt of the verdict by a consumer in this process. The
+  measuring consumer (and the baseline's) uses ``fetch_max_wait_ms = 10``: tansu holds a
+  fetch for its whole wait even when data arrives, so the aiokafka default (500 ms) would
+  measure the consumer; the daemon keeps its defaults.
+
+The helpers under "shared" (the daemon subprocess, /metrics, histogram quantiles, the
+workload's messages) are used by ``memory.py`` and ``recovery.py`` too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import heapq
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client.parser import text_string_to_metric_families
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.brokers, this coalmine
+
+from coalmine.contract import format_time, parse_time
+from tests.brokers import Tansu, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# == shared: the daemon subprocess, /metrics, workload ========================================
+
+T0 = 1_800_000_000
+"""Event time the workloads start at (2027-01-15), whole seconds."""
+READY_TIMEOUT = 90.0
+STOP_TIMEOUT = 30.0
+TICKS = os.sysconf("SC_CLK_TCK")
+
+CONFIG = """\
+log_level = "{log_level}"
+
+[kafka]
+bootstrap_servers = "{bootstrap}"
+group_id = "{group}"
+client_id = "coalmine-bench"
+idempotent_producer = false   # tansu has no InitProducerId
+session_timeout = "{session_timeout:g}s"
+max_poll_records = {max_poll_records}
+
+[topics]
+deployments = "{topics.deployments}"
+metrics = "{topics.metrics}"
+verdicts = "{topics.verdicts}"
+dead_letter = "{topics.dead_letter}"
+
+[http]
+enabled = true
+host = "127.0.0.1"
+port = {http_port}
+
+{profile}
+"""
+
+PROFILE = """\
+[profiles.default]
+interval = "{interval:g}s"
+min_duration = "{duration:g}s"
+max_duration = "{duration:g}s"
+
+[[profiles.default.metrics]]
+name = "latency_ms"
+kind = "distribution"
+direction = "increase"
+
+[[profiles.default.metrics]]
+name = "requests"
+kind = "ratio"
+objective = 0.999
+critical = true
+"""
+
+
+BOOT = """\
+import sys, aiokafka
+init = aiokafka.AIOKafkaConsumer.__init__
+def patched(self, *args, **kwargs):
+    init(self, *args, **({options!r} | kwargs))
+aiokafka.AIOKafkaConsumer.__init__ = patched
+from coalmine.cli import main
+sys.argv[0] = "coalmine"
+main()
+"""
+"""Runs the daemon with other aiokafka consumer defaults (``--daemon-fetch-wait-ms``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    deployments: str
+    metrics: str
+    verdicts: str
+    dead_letter: str
+
+    @classmethod
+    def fresh(cls, prefix: str) -> Topics:
+        tag = f"{prefix}.{uuid.uuid4().hex[:6]}"
+        return cls(f"{tag}.deployments", f"{tag}.metrics", f"{tag}.verdicts", f"{tag}.dlq")
+
+    def layout(self, partitions: int) -> dict[str, int]:
+        """Topic -> partition count: deployments and metrics co-partitioned."""
+        return {
+            self.deployments: partitions,
+            self.metrics: partitions,
+            self.verdicts: partitions,
+            self.dead_letter: 1,
+        }
+
+
+async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, count, 1) for name, count in topics.items()])
+        while not set(topics) <= set(await admin.list_topics()):
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process in MB (0 once it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (0 once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text -> ``name{label=value,...}`` -> value (labels sorted)."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
+
+
+def total(metrics: dict[str, float], name: str) -> float | None:
+    """Sum of every sample of ``name`` (any labels); None if there is none."""
+    found = [v for k, v in metrics.items() if k == name or k.startswith(name + "{")]
+    return sum(found) if found else None
+
+
+def buckets(metrics: dict[str, float], histogram: str) -> list[tuple[float, float]]:
+    """``(le, cumulative count)`` of a histogram, by ``le``."""
+    prefix = histogram + "_bucket{le="
+    out = [(float(k[len(prefix) : -1]), v) for k, v in metrics.items() if k.startswith(prefix)]
+    return sorted(out)
+
+
+def bucket_quantile(
+    counts: list[tuple[float, float]], q: float
+) -> tuple[float, float, float] | None:
+    """(estimate, bucket low, bucket high) of quantile ``q``, as ``histogram_quantile``.
+
+    Linear interpolation inside the bucket holding the rank; in the +Inf bucket the
+    estimate is the highest finite bound (and the high bound is inf).
+    """
+    if not counts or counts[-1][1] <= 0:
+        return None
+    rank = q * counts[-1][1]
+    low, below = 0.0, 0.0
+    for le, cumulative in counts:
+        if cumulative >= rank:
+            if math.isinf(le):
+                return low, low, le
+            inside = cumulative - below
+            share = (rank - below) / inside if inside > 0 else 1.0
+            return low + (le - low) * share, low, le
+        low, below = le, cumulative
+    return None
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..1) of unsorted values; nan if empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+class DaemonProcess:
+    """``python -m coalmine run`` in a subprocess, with its /metrics and /proc at hand."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        config: str,
+        http_port: int,
+        *,
+        consumer_options: dict[str, int] | None = None,
+    ) -> None:
+        self.consumer_options = consumer_options or {}
+        self.config = workdir / f"{name}.toml"
+        self.config.write_text(config)
+        self.log_path = workdir / f"{name}.log"
+        self.url = f"http://127.0.0.1:{http_port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.spawned = 0.0
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def spawn(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.spawned = time.monotonic()
+            boot = ["-m", "coalmine"]
+            if self.consumer_options:  # an experiment: aiokafka consumer defaults changed
+                boot = ["-c", BOOT.format(options=self.consumer_options)]
+            self.process = subprocess.Popen(
+                [sys.executable, *boot, "run", "--config", str(self.config)],
+                cwd=ROOT,
+                env=os.environ | {"PYTHONPATH": str(ROOT)},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    async def get(self, path: str) -> tuple[int, str] | None:
+        try:
+            async with self.http.get(self.url + path) as response:
+                return response.status, await response.text()
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+    async def scrape(self) -> dict[str, float]:
+        """The daemon's metrics; empty if it does not answer."""
+        answer = await self.get("/metrics")
+        return parse_metrics(answer[1]) if answer and answer[0] == 200 else {}
+
+    async def wait_ready(self) -> float:
+        """Seconds from spawn to ``/readyz`` 200; raises if it dies or takes too long."""
+        while True:
+            if not self.alive():
+                raise SystemExit(f"daemon exited before it was ready:\n{self.log_tail()}")
+            answer = await self.get("/readyz")
+            if answer is not None and answer[0] == 200:
+                return time.monotonic() - self.spawned
+            if time.monotonic() - self.spawned > READY_TIMEOUT:
+                raise SystemExit(f"daemon not ready after {READY_TIMEOUT:g} s:\n{self.log_tail()}")
+            await asyncio.sleep(0.05)
+
+    async def wait_for(self, test, what: str, timeout: float, every: float = 0.1) -> float:
+        """Poll /metrics until ``test(metrics)``; returns monotonic time it held."""
+        deadline = time.monotonic() + timeout
+        while True:
+            metrics = await self.scrape()
+            if metrics and test(metrics):
+                return time.monotonic()
+            if not self.alive():
+                raise SystemExit(f"daemon died waiting for {what}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"timed out ({timeout:g} s) waiting for {what}")
+            await asyncio.sleep(every)
+
+    def kill(self) -> None:
+        """SIGKILL, no chance to commit or flush."""
+        if self.alive():
+            assert self.process is not None
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    async def stop(self) -> int | None:
+        """SIGTERM and wait (SIGKILL after ``STOP_TIMEOUT``); the exit code."""
+        with contextlib.suppress(Exception):
+            await self.http.close()
+        process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(process.wait, STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return process.returncode
+
+    def log_tail(self, lines: int = 20) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:]) or "(empty log)"
+
+    def log_problems(self) -> tuple[int, int]:
+        """(warning lines, error lines) of its log."""
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return (
+            sum(1 for line in text if "WARNING" in line),
+            sum(1 for line in text if "ERROR" in line or "Traceback" in line),
+        )
+
+
+def daemon_config(  # noqa: PLR0913 - keyword options of one file
+    bootstrap: str,
+    topics: Topics,
+    http_port: int,
+    profile: str,
+    *,
+    group: str | None = None,
+    session_timeout: float = 3.0,
+    log_level: str = "WARNING",
+    max_poll_records: int = 2000,
+) -> str:
+    return CONFIG.format(
+        log_level=log_level,
+        bootstrap=bootstrap,
+        group=group or f"coalmine-bench-{uuid.uuid4().hex[:6]}",
+        session_timeout=session_timeout,
+        max_poll_records=max_poll_records,
+        topics=topics,
+        http_port=http_port,
+        profile=profile,
+    )
+
+
+@dataclass(slots=True)
+class Canary:
+    """One simulated deployment of the workload: a service, its start and its tick phase."""
+
+    index: int
+    service: str
+    started: int
+    """Event time of its ``started`` event (whole seconds)."""
+    phase: int
+    """Ticks fall at ``started + phase + j x step``, j >= 0."""
+    burst_from: float = math.inf
+    """Event time from which its canary fails 20% of its requests."""
+
+    @property
+    def deployment_id(self) -> str:
+        return f"{self.service}-v2"
+
+    def started_event(self) -> bytes:
+        return orjson.dumps(
+            {
+                "event": "started",
+                "deployment_id": self.deployment_id,
+                "service": self.service,
+                "time": format_time(self.started),
+                "baseline": {"version": "v1"},
+                "canary": {"version": "v2"},
+                "traffic_weight": 50,
+            }
+        )
+
+
+class Workload:
+    """Messages of the shape every benchmark here uses: latency samples and request counts.
+
+    Per tick and deployment: ``latency_ms`` (``values``) and ``requests`` (good/total) for
+    the baseline, then the same for the canary, which repeats the baseline's numbers
+    (unless it is bursting: then 20% of its requests fail).
+    """
+
+    def __init__(self, samples: int, seed: int) -> None:
+        self.samples = samples
+        self.rng = np.random.default_rng(seed)
+        self._pool = np.round(self.rng.lognormal(math.log(100.0), 0.5, 1 << 16), 1).tolist()
+        self._at = 0
+
+    def _values(self) -> list[float]:
+        if self._at + self.samples > len(self._pool):
+            self._at = int(self.rng.integers(0, 64))
+        out = self._pool[self._at : self._at + self.samples]
+        self._at += self.samples
+        return out
+
+    def tick(self, canary: Canary, at: float) -> list[bytes]:
+        """The four messages of one tick, in the order they are sent."""
+        stamp = format_time(at)
+        values = self._values()
+        requests = int(self.rng.poisson(500))
+        bad = int(self.rng.binomial(requests, 0.2)) if at >= canary.burst_from else 0
+        out = []
+        for cohort, failed in (("baseline", 0), ("canary", bad)):
+            common = {"service": canary.service, "cohort": cohort, "time": stamp}
+            out.append(orjson.dumps({**common, "metric": "latency_ms", "values": values}))
+            out.append(
+                orjson.dumps(
+                    {**common, "metric": "requests", "good": requests - failed, "total": requests}
+                )
+            )
+        return out
+
+
+def fleet(count: int, interval: int, step: int, seed: int, first: int = 0) -> list[Canary]:
+    """``count`` deployments started over one interval before ``T0``, ticks off the dues."""
+    rng = np.random.default_rng(seed)
+    return [
+        Canary(
+            index,
+            f"svc-{index:05d}",
+            T0 - int(rng.integers(1, interval + 1)),
+            step // 2 if step % 2 == 0 and interval % step == 0 else 0,
+        )
+        for index in range(first, first + count)
+    ]
+
+
+def first_tick(canary: Canary, after: float, step: int) -> float:
+    """Event time of the first tick of ``canary`` strictly after ``after``."""
+    base = canary.started + canary.phase
+    j = max(0, math.floor((after - base) / step) + 1)
+    return base + j * step
+
+
+def write_json(path: str | None, payload: dict) -> None:
+    """The figures for ``run_all.py``."""
+    if path:
+        Path(path).write_text(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode())
+
+
+# == this benchmark ============================================================================
+
+FETCH_WAIT_MS = 10
+"""fetch_max_wait_ms of the measuring consumers (tansu sleeps the whole wait)."""
+PROBE_EVERY = 0.02
+TARGET_P99 = 0.050
+
+
+@dataclass(slots=True)
+class Tick:
+    sent: float
+    acked: float = math.nan
+    critical_acked: float = math.nan
+    """Ack of the canary ``requests`` message (what a critical check decides on)."""
+
+
+@dataclass(slots=True)
+class Observed:
+    kind: str  # "interval" or "critical"
+    deployment_id: str
+    decision: str
+    latency: float
+    """Ack of the deciding message to receipt of the verdict, seconds."""
+    since_send: float
+    acked_at: float
+    """time.monotonic() of the deciding message's ack."""
+
+
+@dataclass(slots=True)
+class LiveState:
+    ticks: dict[tuple[int, float], Tick] = field(default_factory=dict)
+    canaries: dict[str, Canary] = field(default_factory=dict)
+    retired: set[str] = field(default_factory=set)
+    observed: list[Observed] = field(default_factory=list)
+    unmatched: int = 0
+    verdicts: int = 0
+    produced: int = 0
+    produce_errors: int = 0
+    burst_first: dict[str, tuple[int, float]] = field(default_factory=dict)
+    """Critical deployment -> its first bursting tick (index, event time)."""
+    rollbacks: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    """Critical deployment -> (verdict receipt, verdict event time, next due time)."""
+
+
+def _acked(state: LiveState, tick: Tick, attr: str | None):
+    def done(future: asyncio.Future) -> None:
+        now = time.monotonic()
+        if future.cancelled() or future.exception() is not None:
+            state.produce_errors += 1
+            return
+        state.produced += 1
+        if attr is not None:
+            setattr(tick, attr, now)
+
+    return done
+
+
+class LiveLoad:
+    """Ticks of every open deployment on an event clock running ``speed`` x wall time."""
+
+    def __init__(self, args, topics: Topics, state: LiveState, canaries: list[Canary]) -> None:
+        self.args = args
+        self.topics = topics
+        self.state = state
+        self.work = Workload(args.samples_per_message, args.seed)
+        self.speed = args.step * args.rate / (4 * args.deployments)
+        self.heap: list[tuple[float, int]] = []
+        self.by_index = {c.index: c for c in canaries}
+        self.began = 0.0
+        self.next_index = len(canaries)
+        self.producer: AIOKafkaProducer | None = None
+
+    def now(self) -> float:
+        return T0 + self.speed * (time.monotonic() - self.began)
+
+    async def send(self, topic: str, key: str, value: bytes, done=None) -> None:
+        assert self.producer is not None
+        future = await self.producer.send(topic, value, key=key.encode())
+        if done is not None:
+            future.add_done_callback(done)
+
+    async def open(self, canary: Canary) -> None:
+        self.by_index[canary.index] = canary
+        self.state.canaries[canary.deployment_id] = canary
+        # Ticks from now on (the first deployments started up to an interval before T0).
+        after = max(canary.started, self.now() if self.began else T0)
+        heapq.heappush(self.heap, (first_tick(canary, after, self.args.step), canary.index))
+        await self.send(
+            self.topics.deployments,
+            canary.service,
+            canary.started_event(),
+            _acked(self.state, Tick(0.0), None),
+        )
+
+    async def run(self, duration: float) -> None:
+        assert self.producer is not None
+        self.began = time.monotonic()
+        deadline = self.began + duration
+        while time.monotonic() < deadline:
+            now = self.now()
+            while self.heap and self.heap[0][0] <= now:
+                at, index = heapq.heappop(self.heap)
+                canary = self.by_index[index]
+                if canary.deployment_id in self.state.retired:
+                    # Its pipeline acted on the final verdict: a new deployment takes its place.
+                    replacement = Canary(
+                        self.next_index,
+                        f"svc-{self.next_index:05d}",
+                        math.floor(now),
+                        canary.phase,
+                    )
+                    self.next_index += 1
+                    await self.open(replacement)
+                    continue
+                await self.emit(canary, at)
+                heapq.heappush(self.heap, (at + self.args.step, index))
+            await asyncio.sleep(0.002)
+        await self.producer.flush()
+
+    async def emit(self, canary: Canary, at: float) -> None:
+        tick = Tick(time.monotonic())
+        self.state.ticks[canary.index, at] = tick
+        if at >= canary.burst_from:
+            self.state.burst_first.setdefault(canary.deployment_id, (canary.index, at))
+        for n, value in enumerate(self.work.tick(canary, at)):
+            done = _acked(self.state, tick, {0: "acked", 3: "critical_acked"}.get(n))
+            await self.send(self.topics.metrics, canary.service, value, done)
+
+
+async def read_verdicts(
+    bootstrap: str, topic: str, partitions: int, state: LiveState, step: int, interval: int
+) -> None:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=FETCH_WAIT_MS,
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while True:
+            batches = await consumer.getmany(timeout_ms=200)
+            received = time.monotonic()
+            for messages in batches.values():
+                for message in messages:
+                    _match(state, orjson.loads(message.value), received, step, interval)
+    finally:
+        await consumer.stop()
+
+
+def _match(state: LiveState, verdict: dict, received: float, step: int, interval: int) -> None:
+    state.verdicts += 1
+    canary = state.canaries.get(verdict["deployment_id"])
+    if canary is None:
+        state.unmatched += 1
+        return
+    when = parse_time(verdict["time"])
+    if verdict["final"]:
+        state.retired.add(canary.deployment_id)
+    since_start = when - canary.started
+    if abs(since_start / interval - round(since_start / interval)) < 1e-9:
+        kind = "interval"
+        tick = state.ticks.get((canary.index, first_tick(canary, when, step)))
+        acked = None if tick is None else tick.acked
+    else:
+        kind = "critical"
+        tick = state.ticks.get((canary.index, when))
+        acked = None if tick is None else tick.critical_acked
+    if tick is None or acked is None or math.isnan(acked):
+        state.unmatched += 1
+        return
+    state.observed.append(
+        Observed(
+            kind,
+            canary.deployment_id,
+            verdict["decision"],
+            received - acked,
+            received - tick.sent,
+            acked,
+        )
+    )
+    if verdict["decision"] == "rollback" and math.isfinite(canary.burst_from):
+        next_due = canary.started + interval * math.ceil(since_start / interval + 1e-9)
+        state.rollbacks[canary.deployment_id] = (received, when, next_due)
+
+
+# -- the baseline: a bare produce -> consume round trip -----------------------------------------
+
+
+async def probe(bootstrap: str, topic: str, stop: asyncio.Event, out: list[float]) -> None:
+    """Send a small message every PROBE_EVERY s; append send -> receipt seconds to ``out``."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=FETCH_WAIT_MS,
+    )
+    await producer.start()
+    await consumer.start()
+    sent: dict[bytes, float] = {}
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+
+        async def reader() -> None:
+            while True:
+                batches = await consumer.getmany(timeout_ms=200)
+                now = time.monotonic()
+                for messages in batches.values():
+                    for message in messages:
+                        began = sent.pop(message.value, None)
+                        if began is not None:
+                            out.append(now - began)
+
+        task = asyncio.create_task(reader())
+        serial = 0
+        while not stop.is_set():
+            serial += 1
+            key = str(serial).encode()
+            sent[key] = time.monotonic()
+            await producer.send(topic, key)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), PROBE_EVERY)
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def probe_for(bootstrap: str, topic: str, seconds: float) -> list[float]:
+    stop = asyncio.Event()
+    out: list[float] = []
+    task = asyncio.create_task(probe(bootstrap, topic, stop, out))
+    await asyncio.sleep(seconds)
+    stop.set()
+    await task
+    return out
+
+
+# -- the maximum rate --------------------------------------------------------------------------
+
+
+async def fill(
+    bootstrap: str,
+    topics: Topics,
+    canaries: list[Canary],
+    args,
+    minutes: float,
+    ends: dict[tuple[str, int], int] | None = None,
+) -> int:
+    """The deploy events, then ``minutes`` of every deployment's ticks in event order.
+
+    ``ends`` gets, per (topic, partition), the highest acknowledged offset + 1.
+    """
+    ends = {} if ends is None else ends
+
+    def note(future: asyncio.Future) -> None:
+        if not future.cancelled() and future.exception() is None:
+            meta = future.result()
+            key = (meta.topic, meta.partition)
+            ends[key] = max(ends.get(key, 0), meta.offset + 1)
+
+    work = Workload(args.samples_per_message, args.seed + 1)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, linger_ms=5, max_batch_size=256 * 1024
+    )
+    await producer.start()
+    count = 0
+    try:
+        pending = [
+            await producer.send(topics.deployments, c.started_event(), key=c.service.encode())
+            for c in canaries
+        ]
+        for future in pending:
+            future.add_done_callback(note)
+        await asyncio.gather(*pending)
+        heap = [(first_tick(c, T0, args.step), c.index) for c in canaries]
+        heapq.heapify(heap)
+        by_index = {c.index: c for c in canaries}
+        end = T0 + minutes * 60
+        pending = []
+        while heap and heap[0][0] < end:
+            at, index = heapq.heappop(heap)
+            canary = by_index[index]
+            for value in work.tick(canary, at):
+                future = await producer.send(topics.metrics, value, key=canary.service.encode())
+                future.add_done_callback(note)
+                pending.append(future)
+            count += 4
+            heapq.heappush(heap, (at + args.step, index))
+            if len(pending) > 20_000:
+                await asyncio.gather(*pending)
+                pending = []
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return count
+
+
+async def max_rate(broker: Tansu, args, workdir: Path) -> float:
+    topics = Topics.fresh("max")
+    await create_topics(broker.bootstrap, topics.layout(args.partitions))
+    canaries = fleet(args.deployments, args.interval, args.step, args.seed)
+    begun = time.monotonic()
+    messages = await fill(broker.bootstrap, topics, canaries, args, args.max_minutes)
+    print(
+        f"max rate: {messages:,} metric messages ({args.max_minutes:g} event min per "
+        f"deployment) produced in {time.monotonic() - begun:.1f} s (not timed); draining"
+    )
+    port = free_port()
+    profile = PROFILE.format(interval=args.interval, duration=3600)
+    daemon = DaemonProcess(
+        workdir, "max", daemon_config(broker.bootstrap, topics, port, profile), port
+    )
+    daemon.spawn()
+    try:
+        await daemon.wait_ready()
+        samples: list[tuple[float, float]] = []
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            consumed = (await daemon.scrape()).get(
+                f"coalmine_events_consumed_total{{topic={topics.metrics}}}"
+            )
+            if consumed:
+                samples.append((time.monotonic(), consumed))
+                if consumed >= messages:
+                    break
+            if not daemon.alive():
+                raise SystemExit(f"daemon died draining:\n{daemon.log_tail()}")
+            await asyncio.sleep(0.1)
+        else:
+            raise SystemExit("max rate: the daemon did not drain the topic in 600 s")
+        cpu = proc_cpu(daemon.pid)
+    finally:
+        await daemon.stop()
+    (t0, c0), (t1, c1) = samples[0], samples[-1]
+    rate = (c1 - c0) / (t1 - t0)
+    print(
+        f"max rate: {rate:,.0f} metric messages/s ({c1 - c0:,.0f} in {t1 - t0:.1f} s, first "
+        f"scrape's batch excluded; daemon CPU {cpu:.1f} s in all)"
+    )
+    return rate
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def _ms(seconds: float) -> str:
+    return "n/a" if not math.isfinite(seconds) else f"{seconds * 1e3:.1f}"
+
+
+def _quantiles(counts: list[tuple[float, float]]) -> dict[str, tuple[float, float, float] | None]:
+    return {"p50": bucket_quantile(counts, 0.5), "p99": bucket_quantile(counts, 0.99)}
+
+
+def _delta(end: list[tuple[float, float]], start: list[tuple[float, float]]):
+    before = dict(start)
+    return [(le, count - before.get(le, 0.0)) for le, count in end]
+
+
+async def live(broker: Tansu, args, workdir: Path, rate: float) -> dict:
+    args.rate = rate
+    topics = Topics.fresh("lat")
+    await create_topics(broker.bootstrap, topics.layout(args.partitions))
+    probe_topic = f"probe.{uuid.uuid4().hex[:6]}"
+    await create_topics(broker.bootstrap, {probe_topic: 1})
+    idle = await probe_for(broker.bootstrap, probe_topic, args.probe_seconds)
+    print(
+        f"baseline idle: bare produce -> consume, {len(idle)} messages: p50 "
+        f"{_ms(percentile(idle, 0.5))} ms, p99 {_ms(percentile(idle, 0.99))} ms"
+    )
+
+    port = free_port()
+    profile = PROFILE.format(interval=args.interval, duration=3600)
+    config = daemon_config(
+        broker.bootstrap, topics, port, profile, max_poll_records=args.max_poll_records
+    )
+    options = {}
+    if args.daemon_fetch_wait_ms is not None:
+        options["fetch_max_wait_ms"] = args.daemon_fetch_wait_ms
+    daemon = DaemonProcess(workdir, "live", config, port, consumer_options=options)
+    daemon.spawn()
+    state = LiveState()
+    canaries = fleet(args.deployments, args.interval, args.step, args.seed)
+    rng = np.random.default_rng(args.seed + 2)
+    load = LiveLoad(args, topics, state, canaries)
+    # Critical bursts start at random moments after the warm-up (event time).
+    for canary in rng.choice(canaries, size=min(args.critical, len(canaries)), replace=False):
+        wall = float(rng.uniform(args.warmup, max(args.warmup, args.duration - 10)))
+        canary.burst_from = T0 + load.speed * wall
+    loaded: list[float] = []
+    stop_probe = asyncio.Event()
+    tasks: list[asyncio.Task] = []
+    try:
+        ready = await daemon.wait_ready()
+        load.producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks=1, linger_ms=1)
+        await load.producer.start()
+        for canary in canaries:
+            await load.open(canary)
+        await load.producer.flush()
+        await daemon.wait_for(
+            lambda m: total(m, "coalmine_active_deployments") == args.deployments,
+            f"{args.deployments} open deployments",
+            60,
+        )
+        print(
+            f"daemon pid {daemon.pid} ready {ready:.1f} s after spawn, "
+            f"{args.deployments} deployments open; RSS {rss_mb(daemon.pid):.0f} MB"
+        )
+        print(
+            f"live: {rate:,.0f} metric messages/s for {args.duration:g} s (event time "
+            f"x{load.speed:.2f}: a tick every {args.step} event s, a judgement every "
+            f"{args.interval} event s per deployment = "
+            f"{args.deployments * load.speed / args.interval:.0f}/s), "
+            f"warm-up {args.warmup:g} s, {args.critical} critical bursts"
+        )
+        tasks.append(
+            asyncio.create_task(
+                read_verdicts(
+                    broker.bootstrap,
+                    topics.verdicts,
+                    args.partitions,
+                    state,
+                    args.step,
+                    args.interval,
+                )
+            )
+        )
+        tasks.append(asyncio.create_task(probe(broker.bootstrap, probe_topic, stop_probe, loaded)))
+        cpu0 = proc_cpu(daemon.pid)
+        run = asyncio.create_task(load.run(args.duration))
+        await asyncio.sleep(args.warmup)
+        warm = await daemon.scrape()
+        warm_at = time.monotonic()
+        warm_produced = state.produced
+        await run
+        ended = time.monotonic()
+        produced = state.produced - warm_produced
+        stop_probe.set()
+        await asyncio.sleep(3.0)  # verdicts of the last deciding messages
+        end = await daemon.scrape()
+        cpu = proc_cpu(daemon.pid) - cpu0
+        rss = rss_mb(daemon.pid)
+    finally:
+        stop_probe.set()
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if load.producer is not None:
+            await load.producer.stop()
+        code = await daemon.stop()
+
+    name = "coalmine_verdict_lag_seconds"
+    inside = _delta(buckets(end, name), buckets(warm, name))
+    inside_q = _quantiles(inside)
+    count = inside[-1][1] if inside else 0
+    window = [o for o in state.observed if warm_at <= o.acked_at <= ended]
+    interval_lat = [o.latency for o in window if o.kind == "interval"]
+    critical = [o for o in state.observed if o.kind == "critical"]
+    outside = [o.latency for o in window]
+    produced_rate = produced / (ended - warm_at)
+    warnings, errors = daemon.log_problems()
+    print(
+        f"\nproduced {produced_rate:,.0f} metric messages/s after the warm-up (asked {rate:,.0f})"
+    )
+    print(
+        f"daemon: {cpu / args.duration:.0%} of a core, RSS {rss:.0f} MB; exit {code} on SIGTERM; "
+        f"log: {warnings} warnings, {errors} errors"
+    )
+    print(
+        f"verdicts read: {state.verdicts:,}, matched to their deciding message: "
+        f"{len(state.observed):,} ({len(window):,} after the warm-up), unmatched {state.unmatched}"
+    )
+    invalid = total(end, "coalmine_invalid_events_total")
+    prefix = "coalmine_dropped_samples_total{reason="
+    dropped = {k[len(prefix) : -1]: v for k, v in end.items() if k.startswith(prefix) and v}
+    if dropped or invalid:
+        print(
+            f"  dropped samples {dropped or 0} (no_open_deployment: sent to a rolled-back "
+            f"deployment before the load saw its verdict: expected), "
+            f"{invalid or 0:.0f} dead letters"
+        )
+
+    def show(label: str, values: list[float]) -> None:
+        print(
+            f"  {label:<44} n={len(values):>6,}  p50 {_ms(percentile(values, 0.5)):>7} ms  "
+            f"p99 {_ms(percentile(values, 0.99)):>7} ms  "
+            f"max {_ms(max(values, default=math.nan)):>7} ms"
+        )
+
+    print("\nverdict latency after the warm-up")
+    for label, q in inside_q.items():
+        text = (
+            "n/a" if q is None else f"{q[0] * 1e3:.1f} ms (bucket {q[1] * 1e3:g}-{q[2] * 1e3:g} ms)"
+        )
+        print(f"  inside (coalmine_verdict_lag_seconds, n={count:,.0f}) {label}: {text}")
+    show("outside: deciding message acked -> verdict", outside)
+    show("  of which interval judgements", interval_lat)
+    show("outside: deciding message sent -> verdict", [o.since_send for o in window])
+    show("baseline: bare produce -> consume, idle", idle)
+    show("baseline: bare produce -> consume, loaded", loaded)
+    show("critical rollbacks: deciding message -> verdict", [o.latency for o in critical])
+    if window:
+        width = max(1.0, (ended - warm_at) / 10)
+        slices = [
+            [o.latency for o in window if lo <= o.acked_at - warm_at < lo + width]
+            for lo in np.arange(0.0, ended - warm_at, width)
+        ]
+        print(
+            f"  outside p50/p99 ms per {width:.1f} s since the warm-up: "
+            + "  ".join(
+                f"{_ms(percentile(v, 0.5))}/{_ms(percentile(v, 0.99))}" for v in slices if v
+            )
+        )
+    for dep, (received, when, next_due) in sorted(state.rollbacks.items()):
+        index, at = state.burst_first[dep]
+        first = state.ticks[index, at].critical_acked
+        burst = state.canaries[dep].burst_from
+        print(
+            f"    {dep}: rollback {_ms(received - first)} ms of wall time after the first "
+            f"bursting message was acked; event time {when - burst:+.0f} s from the burst; "
+            f"{next_due - when:.0f} event s before its next interval judgement"
+        )
+    missing = args.critical - len(state.rollbacks)
+    if missing:
+        print(f"  WARNING: {missing} critical deployment(s) not rolled back")
+    p99_out = percentile(outside, 0.99)
+    p99_in = inside_q["p99"][0] if inside_q["p99"] else math.nan
+    p99_base = percentile(loaded, 0.99)
+    ratio = p99_out / p99_base if p99_base > 0 else math.nan
+    met = max(p99_out, p99_in) <= TARGET_P99
+    print(
+        f"\np99: inside {_ms(p99_in)} ms, outside {_ms(p99_out)} ms; bare round trip "
+        f"{_ms(p99_base)} ms (loaded); ratio outside / bare {ratio:.1f}"
+    )
+    print(f"issue-7 target: p99 <= {TARGET_P99 * 1e3:g} ms: {'met' if met else 'NOT met'}")
+    return {
+        "rate": rate,
+        "produced_rate": produced_rate,
+        "inside_p50": inside_q["p50"][0] if inside_q["p50"] else None,
+        "inside_p99": p99_in,
+        "outside_p50": percentile(outside, 0.5),
+        "outside_p99": p99_out,
+        "baseline_p50": percentile(loaded, 0.5),
+        "baseline_p99": p99_base,
+        "baseline_idle_p99": percentile(idle, 0.99),
+        "critical_p99": percentile([o.latency for o in critical], 0.99),
+        "critical_rolled_back": len(state.rollbacks),
+        "critical": args.critical,
+        "verdicts": len(window),
+        "target_p99": TARGET_P99,
+        "met": met,
+    }
+
+
+async def main_async(args) -> None:
+    print(f"coalmine verdict latency, {os.cpu_count()} CPU(s), python {sys.version.split()[0]}")
+    workdir = Path(tempfile.mkdtemp(prefix="coalmine-latency-"))
+    print(f"daemon logs in {workdir}\n")
+    async with Tansu() as broker:
+        maximum = None
+        if args.rate is None:
+            maximum = await max_rate(broker, args, workdir)
+            rate = maximum / 2
+        else:
+            rate = args.rate
+        figures = await live(broker, args, workdir, rate)
+    figures["max_rate"] = maximum
+    write_json(args.json, figures)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="metric messages/s (default: half the measured max)",
+    )
+    parser.add_argument("--deployments", type=int, default=1000)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of live load")
+    parser.add_argument("--warmup", type=float, default=10.0)
+    parser.add_argument("--critical", type=int, default=5, help="deployments with an error burst")
+    parser.add_argument("--step", type=int, default=10, help="event seconds between ticks")
+    parser.add_argument("--interval", type=int, default=60, help="judgement interval, event s")
+    parser.add_argument("--samples-per-message", type=int, default=20)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument(
+        "--max-minutes", type=float, default=10.0, help="event minutes drained to find the max"
+    )
+    parser.add_argument("--probe-seconds", type=float, default=5.0, help="idle baseline length")
+    parser.add_argument(
+        "--max-poll-records",
+        type=int,
+        default=2000,
+        help="[kafka] max_poll_records of the live daemon (default: coalmine's default)",
+    )
+    parser.add_argument(
+        "--daemon-fetch-wait-ms",
+        type=int,
+        default=None,
+        help="experiment: the live daemon's aiokafka fetch_max_wait_ms (default: aiokafka's 500)",
+    )
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--json", help="write the figures here (for run_all.py)")
+    args = parser.parse_args()
+    if args.interval % args.step:
+        parser.error("--interval must be a multiple of --step")
+    if args.duration <= args.warmup:
+        parser.error("--duration must exceed --warmup")
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
