@@ -22,6 +22,24 @@ PROFILE = Profile(
     ),
 )
 
+PROFILE_TOML = """
+[profiles.default]
+interval = "60s"
+min_duration = "5m"
+max_duration = "15m"
+
+[[profiles.default.metrics]]
+name = "latency_ms"
+kind = "distribution"
+
+[[profiles.default.metrics]]
+name = "requests"
+kind = "ratio"
+objective = 0.999
+critical = true
+"""
+"""``PROFILE`` as the TOML of a configuration file (tests that start `coalmine run`)."""
+
 EXPECTED = {"checkout-v42": "promote", "search-v7": "rollback", "payments-v3": "rollback"}
 """The final decision for each deployment of the scenario."""
 

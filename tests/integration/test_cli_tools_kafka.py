@@ -27,30 +27,13 @@ from coalmine.config.models import HttpSettings, KafkaSettings, TopicsSettings
 from coalmine.config.settings import Settings
 from coalmine.daemon.app import Daemon
 from coalmine.simulator import Scenario, simulate, three_deployments
-from tests.scenario import PROFILE, T0
+from tests.scenario import PROFILE, PROFILE_TOML, T0
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
     from tests.brokers import Mosquitto
-
-PROFILE_TOML = """
-[profiles.default]
-interval = "60s"
-min_duration = "5m"
-max_duration = "15m"
-
-[[profiles.default.metrics]]
-name = "latency_ms"
-kind = "distribution"
-
-[[profiles.default.metrics]]
-name = "requests"
-kind = "ratio"
-objective = 0.999
-critical = true
-"""
 
 MALFORMED = [b"{not json", b'{"service":"cart","cohort":"canary","metric":"requests","time":1}']
 

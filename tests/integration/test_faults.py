@@ -35,7 +35,7 @@ from coalmine.config.models import KafkaSettings, TopicsSettings
 from coalmine.contract import decode_deploy_event, decode_metric_events
 from coalmine.simulator import Scenario, simulate
 from tests.brokers import Tansu, free_port
-from tests.scenario import STAGGERED_EXPECTED, T0, staggered_messages
+from tests.scenario import PROFILE_TOML, STAGGERED_EXPECTED, T0, staggered_messages
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -43,22 +43,6 @@ if TYPE_CHECKING:
 SEED = int(os.environ.get("COALMINE_FAULT_SEED", time.time_ns() % 1_000_000))
 pytestmark = pytest.mark.timeout(300)
 SESSION_TIMEOUT = 6.0
-
-PROFILE_TOML = """
-[profiles.default]
-interval = "60s"
-min_duration = "5m"
-max_duration = "15m"
-
-[[profiles.default.metrics]]
-name = "latency_ms"
-
-[[profiles.default.metrics]]
-name = "requests"
-kind = "ratio"
-objective = 0.999
-critical = true
-"""
 
 
 class DaemonProcess:
