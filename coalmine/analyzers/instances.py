@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
 
 from coalmine.analyzers.result import DetailValue, MetricResult, json_number
 
@@ -99,11 +99,11 @@ def analyze_instances(
     t = diff / se if se > 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff))
     direction = spec.direction
     if direction == "increase":
-        p_value = float(stats.t.sf(t, df))
+        p_value = float(special.stdtr(df, -t))
     elif direction == "decrease":
-        p_value = float(stats.t.cdf(t, df))
+        p_value = float(special.stdtr(df, t))
     else:
-        p_value = float(2 * stats.t.sf(abs(t), df))
+        p_value = float(2 * special.stdtr(df, -abs(t)))
 
     def relative(delta: float) -> float:
         if log:

@@ -29,6 +29,21 @@ def test_memory_stays_at_capacity_and_the_sample_stays_uniform():
     assert len(np.unique(values)) == 2000
 
 
+def test_array_grows_by_a_quarter_and_never_past_capacity():
+    # 1,500 samples (30 minutes at 50 a minute) in batches of 50: doubling would hold them
+    # in 2,048 slots (37% more than needed); growing by a quarter keeps it under 25%.
+    reservoir = SampleReservoir(capacity=100_000, seed=1)
+    for start in range(0, 1500, 50):
+        reservoir.extend(np.arange(start, start + 50, dtype=float))
+        assert len(reservoir) <= reservoir.allocated <= 1.25 * len(reservoir) + 256
+    assert reservoir.allocated <= 1.25 * 1500
+    assert np.array_equal(reservoir.values(), np.arange(1500, dtype=float))
+    capped = SampleReservoir(capacity=1000, seed=1)
+    for start in range(0, 5000, 300):
+        capped.extend(np.arange(start, start + 300, dtype=float))
+    assert capped.allocated == 1000
+
+
 def test_same_seed_same_sample():
     def fill(seed: int) -> np.ndarray:
         reservoir = SampleReservoir(capacity=100, seed=seed)
