@@ -280,7 +280,7 @@ def breakdown(args) -> dict:
     )
     print(
         f"  sample arrays: {capacity / 2**20:.1f} MB allocated for {held / 2**20:.1f} MB of "
-        f"samples ({capacity / held:.2f}x: the arrays grow by doubling)"
+        f"samples ({capacity / held:.2f}x: allocated slots per sample held)"
         if held
         else "  no samples held"
     )

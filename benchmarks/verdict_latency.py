@@ -94,6 +94,7 @@ client_id = "coalmine-bench"
 idempotent_producer = false   # tansu has no InitProducerId
 session_timeout = "{session_timeout:g}s"
 max_poll_records = {max_poll_records}
+fetch_max_wait = "{fetch_max_wait_ms}ms"
 
 [topics]
 deployments = "{topics.deployments}"
@@ -126,19 +127,6 @@ kind = "ratio"
 objective = 0.999
 critical = true
 """
-
-
-BOOT = """\
-import sys, aiokafka
-init = aiokafka.AIOKafkaConsumer.__init__
-def patched(self, *args, **kwargs):
-    init(self, *args, **({options!r} | kwargs))
-aiokafka.AIOKafkaConsumer.__init__ = patched
-from coalmine.cli import main
-sys.argv[0] = "coalmine"
-main()
-"""
-"""Runs the daemon with other aiokafka consumer defaults (``--daemon-fetch-wait-ms``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,10 +247,7 @@ class DaemonProcess:
         name: str,
         config: str,
         http_port: int,
-        *,
-        consumer_options: dict[str, int] | None = None,
     ) -> None:
-        self.consumer_options = consumer_options or {}
         self.config = workdir / f"{name}.toml"
         self.config.write_text(config)
         self.log_path = workdir / f"{name}.log"
@@ -279,11 +264,8 @@ class DaemonProcess:
     def spawn(self) -> None:
         with self.log_path.open("ab") as log:
             self.spawned = time.monotonic()
-            boot = ["-m", "coalmine"]
-            if self.consumer_options:  # an experiment: aiokafka consumer defaults changed
-                boot = ["-c", BOOT.format(options=self.consumer_options)]
             self.process = subprocess.Popen(
-                [sys.executable, *boot, "run", "--config", str(self.config)],
+                [sys.executable, "-m", "coalmine", "run", "--config", str(self.config)],
                 cwd=ROOT,
                 env=os.environ | {"PYTHONPATH": str(ROOT)},
                 stdin=subprocess.DEVNULL,
@@ -377,6 +359,7 @@ def daemon_config(  # noqa: PLR0913 - keyword options of one file
     session_timeout: float = 3.0,
     log_level: str = "WARNING",
     max_poll_records: int = 2000,
+    fetch_max_wait_ms: int = 10,
 ) -> str:
     return CONFIG.format(
         log_level=log_level,
@@ -384,6 +367,7 @@ def daemon_config(  # noqa: PLR0913 - keyword options of one file
         group=group or f"coalmine-bench-{uuid.uuid4().hex[:6]}",
         session_timeout=session_timeout,
         max_poll_records=max_poll_records,
+        fetch_max_wait_ms=fetch_max_wait_ms,
         topics=topics,
         http_port=http_port,
         profile=profile,
@@ -870,12 +854,14 @@ async def live(broker: Tansu, args, workdir: Path, rate: float) -> dict:
     port = free_port()
     profile = PROFILE.format(interval=args.interval, duration=3600)
     config = daemon_config(
-        broker.bootstrap, topics, port, profile, max_poll_records=args.max_poll_records
+        broker.bootstrap,
+        topics,
+        port,
+        profile,
+        max_poll_records=args.max_poll_records,
+        fetch_max_wait_ms=args.fetch_max_wait_ms,
     )
-    options = {}
-    if args.daemon_fetch_wait_ms is not None:
-        options["fetch_max_wait_ms"] = args.daemon_fetch_wait_ms
-    daemon = DaemonProcess(workdir, "live", config, port, consumer_options=options)
+    daemon = DaemonProcess(workdir, "live", config, port)
     daemon.spawn()
     state = LiveState()
     canaries = fleet(args.deployments, args.interval, args.step, args.seed)
@@ -1095,10 +1081,10 @@ def main() -> None:
         help="[kafka] max_poll_records of the live daemon (default: coalmine's default)",
     )
     parser.add_argument(
-        "--daemon-fetch-wait-ms",
+        "--fetch-max-wait-ms",
         type=int,
-        default=None,
-        help="experiment: the live daemon's aiokafka fetch_max_wait_ms (default: aiokafka's 500)",
+        default=10,
+        help="[kafka] fetch_max_wait of the daemons (10 ms: tansu holds a fetch for all of it)",
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", help="write the figures here (for run_all.py)")

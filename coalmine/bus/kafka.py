@@ -303,6 +303,7 @@ class KafkaTransport:
                     enable_auto_commit=False,
                     auto_offset_reset=self.auto_offset_reset,
                     max_poll_records=settings.max_poll_records,
+                    fetch_max_wait_ms=_ms(settings.fetch_max_wait),
                     session_timeout_ms=_ms(self.session_timeout),
                     heartbeat_interval_ms=_ms(self.session_timeout / 3),
                     metadata_max_age_ms=_METADATA_MAX_AGE_MS,

@@ -1,11 +1,14 @@
 """The daemon: wires a transport to the router, publishes what it decides, commits.
 
-The loop is: fetch records -> hand them to the router (off the event loop, so broker
-heartbeats keep running) -> publish the verdicts and dead letters and wait for the broker's
-acknowledgement -> commit the consumer position, held back to the router's floors (the
-oldest record an open deployment still needs). A batch whose effects could not be
-published is retried and never committed, so nothing is lost (at-least-once; verdict ids
-are deterministic, so a re-published verdict is a harmless duplicate).
+The loop is: fetch records -> hand them to the router in chunks (off the event loop, so
+broker heartbeats keep running) -> queue each chunk's verdicts and dead letters with the
+:class:`~coalmine.daemon.publisher.Publisher`, which publishes them at once while the next
+chunks are judged -> about once a second, wait until everything queued is acknowledged by
+the broker and commit the consumer position, held back to the router's floors (the oldest
+record an open deployment still needs). Nothing is committed past an unacknowledged
+verdict; effects whose publish fails are retried in order, so nothing is lost
+(at-least-once; verdict ids are deterministic, so a re-published verdict is a harmless
+duplicate).
 
 On Kafka, the log is the only state: when partitions are assigned (at start, or moved from
 another daemon), the daemon reads the verdict topic to learn what is already published,
@@ -26,13 +29,14 @@ from coalmine._exceptions import CoalmineError, ConfigError, TransportError
 from coalmine.bus.base import Partitioned
 from coalmine.daemon.directory import Directory
 from coalmine.daemon.http import HttpServer, build_app
-from coalmine.daemon.router import Effects, Router
+from coalmine.daemon.publisher import Publisher
+from coalmine.daemon.router import Router
 from coalmine.daemon.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from coalmine.bus.base import TopicPartition, Transport
+    from coalmine.bus.base import Record, TopicPartition, Transport
     from coalmine.config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,10 @@ _FETCH_TIMEOUT = 0.5
 _EXPIRY_CHECK_EVERY = 1.0
 _STALL_AFTER = 60.0
 _MAX_BACKOFF = 30.0
+_CHUNK_RECORDS = 200
+"""Records judged before their effects are handed to the publisher."""
+_MAX_PENDING = 20_000
+"""Messages queued for publishing before the loop waits for the broker to catch up."""
 
 
 class Daemon:
@@ -54,6 +62,7 @@ class Daemon:
         telemetry: Telemetry | None = None,
         wall_clock: Callable[[], float] = time.time,
         reload: Callable[[], Settings] | None = None,
+        commit_every: float = 1.0,
     ) -> None:
         self.settings = settings
         self.transport = transport
@@ -70,12 +79,21 @@ class Daemon:
         self.http: HttpServer | None = None
         self._follower: asyncio.Task[None] | None = None
         self._wall_clock = wall_clock
+        self._commit_every = commit_every
         self._stopping = asyncio.Event()
         self._started = False
         self._last_beat = time.monotonic()
         self._fetch_failing = False
-        # Held while a batch is handled and published, and while partitions move.
+        # Held while a batch is handled, while committing, and while partitions move.
         self._busy = asyncio.Lock()
+        self.publisher = Publisher(
+            transport,
+            settings.topics,
+            self.telemetry,
+            wall_clock=wall_clock,
+            stopping=self._stopping,
+            acknowledged=lambda effects: self.directory.verdicts(effects.verdicts),
+        )
         if isinstance(transport, Partitioned):
             transport.listen(before_revoke=self._before_revoke, after_assign=self._after_assign)
 
@@ -114,7 +132,7 @@ class Daemon:
         return True
 
     def request_stop(self) -> None:
-        """Finish the batch in hand, publish and commit it, then stop."""
+        """Finish the batch in hand, publish everything and commit it, then stop."""
         if not self._stopping.is_set():
             log.info("stopping: finishing in-flight work")
         self._stopping.set()
@@ -157,6 +175,7 @@ class Daemon:
                     self._follower = asyncio.create_task(self._follow(self.transport))
                 await self._loop()
         finally:
+            await self.publisher.stop()
             if self._follower is not None:
                 self._follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -184,7 +203,10 @@ class Daemon:
 
     async def _loop(self) -> None:
         next_expiry = time.monotonic() + _EXPIRY_CHECK_EVERY
+        next_commit = time.monotonic() + self._commit_every
+        uncommitted = False
         backoff = 0.5
+        self.publisher.start()
         while not self._stopping.is_set():
             self._last_beat = time.monotonic()
             try:
@@ -201,31 +223,53 @@ class Daemon:
                 self._fetch_failing = False
             backoff = 0.5
             async with self._busy:
-                effects = Effects()
                 if records:
-                    begun = time.perf_counter()
-                    effects = await asyncio.to_thread(
-                        self.router.handle, records, self._wall_clock()
-                    )
-                    self.telemetry.analysis_duration.observe(time.perf_counter() - begun)
+                    await self._handle(records)
+                    uncommitted = True
                 if time.monotonic() >= next_expiry:
-                    effects.extend(self.router.expire_silent(self._wall_clock()))
+                    self.publisher.put(self.router.expire_silent(self._wall_clock()))
                     next_expiry = time.monotonic() + _EXPIRY_CHECK_EVERY
                     self._report_lag()
-                if effects and not await self._publish(effects):
-                    return  # stopping while the broker refuses: leave the batch uncommitted
-                deploys = self.settings.topics.deployments
-                self.directory.take([r for r in records if r.topic == deploys])
-                self.directory.verdicts(effects.verdicts)
-            if records:
-                await self._commit()
-        # A stop between fetches leaves nothing in hand: everything fetched was committed.
+            if uncommitted and (not records or time.monotonic() >= next_commit):
+                if not await self._settle_and_commit():
+                    return  # stopping while the broker refuses: leave the rest uncommitted
+                uncommitted = False
+                next_commit = time.monotonic() + self._commit_every
+        # Stopping: publish what is queued, then commit everything handled.
+        if uncommitted:
+            await self._settle_and_commit()
+
+    async def _handle(self, records: list[Record]) -> None:
+        """Judge ``records`` a chunk at a time, queueing each chunk's effects at once."""
+        deploys = self.settings.topics.deployments
+        taken = [r for r in records if r.topic == deploys]
+        if taken and len(taken) < len(records) and len(records) > _CHUNK_RECORDS:
+            # The router takes deploy events first within a batch; keep that across chunks.
+            records = taken + [r for r in records if r.topic != deploys]
+        for start in range(0, len(records), _CHUNK_RECORDS):
+            chunk = records[start : start + _CHUNK_RECORDS]
+            begun = time.perf_counter()
+            effects = await asyncio.to_thread(self.router.handle, chunk, self._wall_clock())
+            self.telemetry.analysis_duration.observe(time.perf_counter() - begun)
+            self.publisher.put(effects)
+            if self.publisher.pending > _MAX_PENDING:
+                await self.publisher.settle()
+        self.directory.take(taken)
+
+    async def _settle_and_commit(self) -> bool:
+        """Wait for every queued effect to be acknowledged, then commit; False if not."""
+        async with self._busy:
+            if not await self.publisher.settle():
+                return False
+            await self._commit()
+            return True
 
     async def _before_revoke(self, partitions: frozenset[TopicPartition]) -> None:
         """Partitions are about to move: finish the batch in hand and commit the floors."""
         async with self._busy:
             log.info("giving up %d partition(s): committing", len(partitions))
-            await self._commit()
+            if await self.publisher.settle():
+                await self._commit()
 
     async def _after_assign(
         self, lost: frozenset[TopicPartition], gained: Mapping[TopicPartition, int]
@@ -281,28 +325,6 @@ class Daemon:
         if isinstance(self.transport, Partitioned):
             for topic, behind in self.transport.lag().items():
                 self.telemetry.consumer_lag.labels(topic).set(behind)
-
-    async def _publish(self, effects: Effects) -> bool:
-        messages = effects.messages(self.settings.topics)
-        backoff = 0.2
-        while True:
-            try:
-                await self.transport.publish(messages)
-            except TransportError as exc:
-                self.telemetry.publish_failures.inc()
-                if self._stopping.is_set():
-                    log.error(
-                        "could not publish %d message(s) before stopping: %s", len(messages), exc
-                    )
-                    return False
-                log.warning("publish failed (%s); retrying in %.1fs", exc, backoff)
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
-                continue
-            acked = self._wall_clock()
-            for received in effects.received:
-                self.telemetry.verdict_lag.observe(max(0.0, acked - received))
-            return True
 
     async def _commit(self) -> None:
         try:
