@@ -9,7 +9,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+)  # fmt: skip
 
 
 class Telemetry:
@@ -39,7 +41,8 @@ class Telemetry:
         )
         self.analysis_duration = Histogram(
             "coalmine_analysis_duration_seconds",
-            "Time to handle one fetched batch: decode, route, buffer and judge.",
+            "Time to handle one chunk of fetched records (up to 200): decode, route, buffer and "
+            "judge.",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
