@@ -51,6 +51,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.brokers, this coalmine
 
+from typing import TYPE_CHECKING
+
 from coalmine.bus.base import Record
 from coalmine.bus.kafka import KafkaTransport, ensure_topics
 from coalmine.config.models import HttpSettings, KafkaSettings, MetricSpec, Profile, TopicsSettings
@@ -58,6 +60,9 @@ from coalmine.config.settings import Settings
 from coalmine.contract import format_time
 from coalmine.daemon.app import Daemon
 from tests.brokers import Tansu
+
+if TYPE_CHECKING:
+    from coalmine.daemon.publisher import Publisher
 
 T0 = 1_800_000_000.0
 """Event time of the ``started`` events (2027-01-15)."""
@@ -277,22 +282,24 @@ class _TimedTransport(KafkaTransport):
         self.clock = _Clock()
         self.handled = 0
         self._metrics_fetched = 0
+        self.publisher: Publisher | None = None
 
     async def fetch(self, timeout: float) -> list:
-        records = await super().fetch(timeout)
-        metrics = self.work.topics.metrics
-        self._metrics_fetched += sum(1 for record in records if record.topic == metrics)
-        return records
-
-    async def commit(self, floors=None) -> None:
-        # The daemon commits after the batch is handled and its verdicts acknowledged.
-        await super().commit(floors)
+        # The daemon fetches again once it has handled the batch before (its verdicts are
+        # queued for publishing by then; the last batch's are awaited before the clock
+        # stops).
         self.handled = self._metrics_fetched
         if self.clock.started is None and self.handled:
             self.clock.start(self.handled)
         if self.handled >= self.work.messages and not self.done.is_set():
+            assert self.publisher is not None
+            await self.publisher.settle()
             self.clock.stop()
             self.done.set()
+        records = await super().fetch(timeout)
+        metrics = self.work.topics.metrics
+        self._metrics_fetched += sum(1 for record in records if record.topic == metrics)
+        return records
 
 
 def _counter_total(counter, **labels: str) -> int:
@@ -313,6 +320,7 @@ async def _coalmine(bootstrap: str, work: Workload, run: int, max_records: int) 
         idempotent_producer=False,  # tansu has no InitProducerId
         group_id=f"bench-coalmine-{uuid.uuid4().hex[:8]}",
         max_poll_records=max_records,
+        fetch_max_wait=0.01,  # tansu holds a fetch for all of it
     )
     # Its own verdict topic per run: the daemon reads the verdict topic when it is assigned
     # its partitions, and would suppress, as already published, every verdict of a run
@@ -339,6 +347,7 @@ async def _coalmine(bootstrap: str, work: Workload, run: int, max_records: int) 
         done=done,
     )
     daemon = Daemon(settings, transport)
+    transport.publisher = daemon.publisher
     # Open the deployments first, as they are in production minutes before their metrics
     # flow: the consumer interleaves the two topics, and a metric that overtook its
     # ``started`` would be dropped. The daemon reads the deploy events again from the topic
