@@ -73,6 +73,7 @@ from coalmine.config.settings import load_settings
 from coalmine.replay import replay_file
 from coalmine.simulator import Scenario, simulate
 from tests.brokers import Tansu
+from tests.scenario import PROFILE_TOML
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,22 +83,8 @@ WAVE_GAP = 60.0
 DURATION = 900.0
 STEP = 10.0
 
-CONFIG = """\
-[profiles.default]
-interval = "60s"
-min_duration = "5m"
-max_duration = "15m"
-
-[[profiles.default.metrics]]
-name = "latency_ms"
-kind = "distribution"
-
-[[profiles.default.metrics]]
-name = "requests"
-kind = "ratio"
-objective = 0.999
-critical = true
-"""
+CONFIG = PROFILE_TOML.lstrip()
+"""The tests' profile (interval 60 s, 5-15 min, latency_ms and the critical requests)."""
 
 
 def scenarios(count: int) -> list[Scenario]:

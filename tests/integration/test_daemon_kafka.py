@@ -26,7 +26,7 @@ from coalmine.contract import parse_time
 from coalmine.daemon.app import Daemon
 from coalmine.simulator import simulate, three_deployments
 from tests.brokers import free_port
-from tests.scenario import EXPECTED, PROFILE, T0
+from tests.scenario import EXPECTED, PROFILE, PROFILE_TOML, T0
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -267,22 +267,7 @@ dead_letter = "{t.dead_letter}"
 
 [http]
 port = {port}
-
-[profiles.default]
-interval = "60s"
-min_duration = "5m"
-max_duration = "15m"
-
-[[profiles.default.metrics]]
-name = "latency_ms"
-kind = "distribution"
-
-[[profiles.default.metrics]]
-name = "requests"
-kind = "ratio"
-objective = 0.999
-critical = true
-"""
+{PROFILE_TOML}"""
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("COALMINE_")}
     process = subprocess.Popen(
