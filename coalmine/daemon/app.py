@@ -1,14 +1,14 @@
 """The daemon: wires a transport to the router, publishes what it decides, commits.
 
-The loop is: fetch records -> hand them to the router in chunks of up to 200 (the event
-loop gets a turn between chunks, so broker heartbeats keep running) -> queue each chunk's
-verdicts and dead letters with the :class:`~coalmine.daemon.publisher.Publisher`, which
-publishes them at once while the next chunks are judged -> about once a second, wait until
-everything queued is acknowledged by the broker and commit the consumer position, held
-back to the router's floors (the oldest record an open deployment still needs). Nothing is
-committed past an unacknowledged verdict; effects whose publish fails are retried in
-order, so nothing is lost (at-least-once; verdict ids are deterministic, so a re-published
-verdict is a harmless duplicate).
+The loop is: fetch records -> hand them to the router in chunks of up to 200 (in a worker
+thread, so broker heartbeats keep running) -> queue each chunk's verdicts and dead letters
+with the :class:`~coalmine.daemon.publisher.Publisher`, which publishes them at once while
+the next chunks are judged -> about once a second, wait until everything queued is
+acknowledged by the broker and commit the consumer position, held back to the router's
+floors (the oldest record an open deployment still needs). Nothing is committed past an
+unacknowledged verdict; effects whose publish fails are retried in order, so nothing is
+lost (at-least-once; verdict ids are deterministic, so a re-published verdict is a
+harmless duplicate).
 
 On Kafka, the log is the only state: when partitions are assigned (at start, or moved from
 another daemon), the daemon reads the verdict topic to learn what is already published,
@@ -242,10 +242,9 @@ class Daemon:
     async def _handle(self, records: list[Record]) -> None:
         """Judge ``records`` a chunk at a time, queueing each chunk's effects at once.
 
-        The router runs on the event loop, which gets a turn between chunks (a chunk takes
-        milliseconds): the publisher sends what the last chunk decided while the next one
-        is judged, and the Kafka client keeps its heartbeats and prefetching going. A
-        worker thread would add a GIL hand-over to every chunk and to every send.
+        Each chunk is judged in a worker thread: the event loop meanwhile sends what the
+        chunk before decided and keeps the Kafka client's heartbeats and prefetching going
+        (numpy releases the GIL while it sorts and partitions, so the two overlap).
         """
         received = self._wall_clock()
         deploys = self.settings.topics.deployments
@@ -254,14 +253,13 @@ class Daemon:
             # The router takes deploy events first within a batch; keep that across chunks.
             records = taken + [r for r in records if r.topic != deploys]
         for start in range(0, len(records), _CHUNK_RECORDS):
+            chunk = records[start : start + _CHUNK_RECORDS]
             begun = time.perf_counter()
-            effects = self.router.handle(records[start : start + _CHUNK_RECORDS], received)
+            effects = await asyncio.to_thread(self.router.handle, chunk, received)
             self.telemetry.analysis_duration.observe(time.perf_counter() - begun)
             self.publisher.put(effects)
             if self.publisher.pending > _MAX_PENDING:
                 await self.publisher.settle()
-            else:
-                await asyncio.sleep(0)
         self.directory.take(taken)
 
     async def _settle_and_commit(self) -> bool:
