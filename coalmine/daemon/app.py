@@ -47,7 +47,7 @@ _STALL_AFTER = 60.0
 _MAX_BACKOFF = 30.0
 _CHUNK_RECORDS = 200
 """Records judged before their effects are handed to the publisher."""
-_MAX_PENDING = 20_000
+_MAX_PENDING = 2_000
 """Messages queued for publishing before the loop waits for the broker to catch up."""
 
 
