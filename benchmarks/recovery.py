@@ -49,10 +49,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks, tests, coalmine
 
 from benchmarks.verdict_latency import (
-    PROFILE,
     ROOT,
     DaemonProcess,
     Topics,
+    bench_profile,
     create_topics,
     daemon_config,
     fill,
@@ -210,7 +210,7 @@ async def run(args) -> dict:
             bootstrap,
             topics,
             port,
-            PROFILE.format(interval=args.interval, duration=3600),
+            bench_profile(args.interval, 3600),
             group=group,
             session_timeout=args.session_timeout,
         )

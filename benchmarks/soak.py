@@ -56,18 +56,26 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.brokers, this coalmine
 
+from benchmarks.verdict_latency import (
+    Topics,
+    bench_profile,
+    create_topics,
+    daemon_config,
+    proc_cpu,
+    rss_mb,
+)
+from coalmine.contract import format_time
 from tests.brokers import Tansu, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,73 +92,7 @@ TABLE_EVERY = 30.0
 READY_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
 
-CONFIG = """\
-log_level = "WARNING"
-
-[kafka]
-bootstrap_servers = "{bootstrap}"
-group_id = "{group}"
-client_id = "coalmine-soak"
-idempotent_producer = false   # tansu has no InitProducerId
-
-[topics]
-deployments = "{deployments}"
-metrics = "{metrics}"
-verdicts = "{verdicts}"
-dead_letter = "{dead_letter}"
-
-[http]
-enabled = true
-host = "127.0.0.1"
-port = {http_port}
-
-[profiles.default]
-interval = "{interval:g}s"
-min_duration = "{min_duration:g}s"
-max_duration = "{max_duration:g}s"
-
-[[profiles.default.metrics]]
-name = "latency_ms"
-kind = "distribution"
-direction = "increase"
-
-[[profiles.default.metrics]]
-name = "requests"
-kind = "ratio"
-objective = 0.999
-critical = true
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class Topics:
-    deployments: str
-    metrics: str
-    verdicts: str
-    dead_letter: str
-
-
-def format_time(seconds: float) -> str:
-    """RFC 3339 in UTC with a ``Z``, milliseconds when needed (as coalmine writes it)."""
-    moment = datetime.fromtimestamp(seconds, tz=UTC)
-    text = moment.isoformat(timespec="milliseconds" if seconds % 1 else "seconds")
-    return text.replace("+00:00", "Z")
-
-
-async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, count, 1) for name, count in topics.items()])
-        while not set(topics) <= set(await admin.list_topics()):
-            await asyncio.sleep(0.1)
-    finally:
-        await admin.close()
-
-
 # -- /proc ----------------------------------------------------------------------------------
-
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -159,21 +101,6 @@ def proc_status(pid: int) -> dict[str, str]:
     except OSError:
         return {}
     return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
-
-
-def rss_mb(pid: int) -> float:
-    value = proc_status(pid).get("VmRSS", "0 kB").split()[0]
-    return int(value) / 1024
-
-
-def proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process (0 once it is gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def proc_fds(pid: int) -> int:
@@ -527,17 +454,14 @@ class Sampler:
 
 def write_config(path: Path, bootstrap: str, group: str, topics: Topics, http_port: int) -> None:
     path.write_text(
-        CONFIG.format(
-            bootstrap=bootstrap,
+        daemon_config(
+            bootstrap,
+            topics,
+            http_port,
+            bench_profile(INTERVAL, MIN_DURATION, MAX_DURATION),
             group=group,
-            deployments=topics.deployments,
-            metrics=topics.metrics,
-            verdicts=topics.verdicts,
-            dead_letter=topics.dead_letter,
-            http_port=http_port,
-            interval=INTERVAL,
-            min_duration=MIN_DURATION,
-            max_duration=MAX_DURATION,
+            session_timeout=10.0,
+            client_id="coalmine-soak",
         )
     )
 

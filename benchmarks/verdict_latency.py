@@ -90,7 +90,7 @@ log_level = "{log_level}"
 [kafka]
 bootstrap_servers = "{bootstrap}"
 group_id = "{group}"
-client_id = "coalmine-bench"
+client_id = "{client_id}"
 idempotent_producer = false   # tansu has no InitProducerId
 session_timeout = "{session_timeout:g}s"
 max_poll_records = {max_poll_records}
@@ -113,8 +113,8 @@ port = {http_port}
 PROFILE = """\
 [profiles.default]
 interval = "{interval:g}s"
-min_duration = "{duration:g}s"
-max_duration = "{duration:g}s"
+min_duration = "{min_duration:g}s"
+max_duration = "{max_duration:g}s"
 
 [[profiles.default.metrics]]
 name = "latency_ms"
@@ -127,6 +127,16 @@ kind = "ratio"
 objective = 0.999
 critical = true
 """
+"""The benchmarks' profile: ``latency_ms`` plus the critical ``requests`` ratio."""
+
+
+def bench_profile(interval: float, min_duration: float, max_duration: float | None = None) -> str:
+    """``PROFILE`` with its schedule (event seconds); ``max_duration`` defaults to the min."""
+    return PROFILE.format(
+        interval=interval,
+        min_duration=min_duration,
+        max_duration=min_duration if max_duration is None else max_duration,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +370,7 @@ def daemon_config(  # noqa: PLR0913 - keyword options of one file
     log_level: str = "WARNING",
     max_poll_records: int = 2000,
     fetch_max_wait_ms: int = 10,
+    client_id: str = "coalmine-bench",
 ) -> str:
     return CONFIG.format(
         log_level=log_level,
@@ -368,6 +379,7 @@ def daemon_config(  # noqa: PLR0913 - keyword options of one file
         session_timeout=session_timeout,
         max_poll_records=max_poll_records,
         fetch_max_wait_ms=fetch_max_wait_ms,
+        client_id=client_id,
         topics=topics,
         http_port=http_port,
         profile=profile,
@@ -789,7 +801,7 @@ async def max_rate(broker: Tansu, args, workdir: Path) -> float:
         f"deployment) produced in {time.monotonic() - begun:.1f} s (not timed); draining"
     )
     port = free_port()
-    profile = PROFILE.format(interval=args.interval, duration=3600)
+    profile = bench_profile(args.interval, 3600)
     daemon = DaemonProcess(
         workdir, "max", daemon_config(broker.bootstrap, topics, port, profile), port
     )
@@ -852,7 +864,7 @@ async def live(broker: Tansu, args, workdir: Path, rate: float) -> dict:
     )
 
     port = free_port()
-    profile = PROFILE.format(interval=args.interval, duration=3600)
+    profile = bench_profile(args.interval, 3600)
     config = daemon_config(
         broker.bootstrap,
         topics,
