@@ -90,20 +90,25 @@ def judge_cost_rows(out: str, _: dict) -> list[Row]:
 
 def ingest_rows(out: str, _: dict) -> list[Row]:
     rows = []
-    for section in out.split("== K=")[1:]:
-        samples = int(section.split()[0])
-        pattern = re.compile(r"^(bare|bare\+json|coalmine)\s+best\s+([\d,]+)", re.MULTILINE)
+    pattern = re.compile(r"^(bare|bare\+json|coalmine)\s+best\s+([\d,]+)", re.MULTILINE)
+    for section in out.split("\n== ")[1:]:
+        name = section.split(",", 1)[0]  # "native K=100", "otlp_json", ...
         best = {m.group(1): _float(m.group(2)) for m in pattern.finditer(section)}
         if "coalmine" not in best or "bare" not in best:
             continue
         ratio = best["coalmine"] / best["bare"]
-        if samples > 1:
-            target, met = ">= 0.60 of bare", ratio >= 0.60
+        if name.startswith("native K="):
+            samples = int(name.removeprefix("native K="))
+            label = f"ingest, {samples} sample(s)/message, messages/s"
+            if samples > 1:
+                target, met = ">= 0.60 of bare", ratio >= 0.60
+            else:
+                target, met = ">= 50,000/s", best["coalmine"] >= 50_000
         else:
-            target, met = ">= 50,000/s", best["coalmine"] >= 50_000
+            label, target, met = f"ingest, {name} messages/s", "-", None
         rows.append(
             Row(
-                f"ingest, {samples} sample(s)/message, messages/s",
+                label,
                 f"{best['coalmine']:,.0f}/s",
                 f"bare consumer {best['bare']:,.0f}/s",
                 f"{ratio:.3f}",
