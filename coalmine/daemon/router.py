@@ -116,6 +116,8 @@ class Router:
             self.limits.max_samples_per_cohort, self.limits.max_instances_per_cohort
         )
         self._decoders: dict[str, MetricDecoder] = {}
+        self._decoder_counts: dict[str, tuple[dict[str, int], int]] = {}
+        """Per input topic, the decoder's skips and resets already counted in telemetry."""
         self._native_inputs: set[str] = set()
         for source in inputs:
             if source.format == "native":
@@ -166,7 +168,23 @@ class Router:
         for key, (_, last) in spans.items():
             if last >= positions.get(key, 0):
                 positions[key] = last + 1
+        for topic in counts.keys() & self._decoders.keys():
+            self._count_decoder(topic)
         return effects
+
+    def _count_decoder(self, topic: str) -> None:
+        """Add what an input's decoder skipped and reset since last time to telemetry."""
+        decoder = self._decoders[topic]
+        counted, resets = self._decoder_counts.get(topic, ({}, 0))
+        for reason, count in decoder.skipped.items():
+            if count > counted.get(reason, 0):
+                self.telemetry.input_points_skipped.labels(topic, reason).inc(
+                    count - counted.get(reason, 0)
+                )
+                counted[reason] = count
+        if decoder.resets > resets:
+            self.telemetry.input_counter_resets.labels(topic).inc(decoder.resets - resets)
+        self._decoder_counts[topic] = (counted, decoder.resets)
 
     def floors(self) -> dict[TopicPartition, int]:
         """Per partition, the oldest offset a restart must re-read to rebuild what is open.

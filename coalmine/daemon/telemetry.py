@@ -97,6 +97,19 @@ class Telemetry:
             "Open deployments rebuilt from the log after a restart or a rebalance.",
             registry=r,
         )
+        self.input_points_skipped = Counter(
+            "coalmine_input_points_skipped",
+            "Data points of a foreign-format input (OTLP, prometheus-adapter) that yielded no"
+            " event, per input topic and reason (first_point, stale, no_version, ...).",
+            ["topic", "reason"],
+            registry=r,
+        )
+        self.input_counter_resets = Counter(
+            "coalmine_input_counter_resets",
+            "Cumulative counter resets seen by a foreign-format input, per input topic.",
+            ["topic"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             "coalmine_config_reloads",
             "Configuration reloads on SIGHUP, per outcome (ok, rejected).",

@@ -1,9 +1,12 @@
+from pathlib import Path
+
 import orjson
 import pytest
 
 from coalmine.bus.base import Record
 from coalmine.config.models import LimitSettings, TopicsSettings
 from coalmine.daemon.router import Router
+from coalmine.formats import InputSettings
 from coalmine.simulator import Scenario, simulate, started_event, three_deployments
 from tests.scenario import PROFILE, T0
 
@@ -324,3 +327,35 @@ def test_batch_positions_floors_and_counts_do_not_depend_on_record_order():
         assert consumed.labels(TOPICS.metrics)._value.get() == 5
         assert consumed.labels(TOPICS.deployments)._value.get() == 1
         assert seen(r) == {"latency_ms": (0, 10)}
+
+
+def test_what_an_input_decoder_skips_is_counted_in_telemetry():
+    source = InputSettings.model_validate(
+        {
+            "topic": "otlp_metrics",
+            "format": "otlp_json",
+            "metrics": [
+                {
+                    "metric": "requests",
+                    "kind": "ratio",
+                    "total": {"series": "http.server.requests"},
+                    "bad": {
+                        "series": "http.server.requests",
+                        "labels": {"http.response.status_code": "5.."},
+                    },
+                }
+            ],
+        }
+    )
+    r = Router({"default": PROFILE}, TOPICS, inputs=[source])
+    body = orjson.loads((Path(__file__).parent / "fixtures" / "otlp_delta.json").read_bytes())
+    # Without service.version the two request points cannot be routed: skipped, counted.
+    body["resourceMetrics"][0]["resource"]["attributes"] = [
+        {"key": "service.name", "value": {"stringValue": "checkout"}}
+    ]
+    value = orjson.dumps(body)
+    skipped = r.telemetry.input_points_skipped.labels("otlp_metrics", "no_version")
+    r.handle([Record("otlp_metrics", value, b"checkout", (), 0, 0)], 0.0)
+    assert skipped._value.get() == 2
+    r.handle([Record("otlp_metrics", value, b"checkout", (), 0, 1)], 0.0)
+    assert skipped._value.get() == 4  # each batch adds only what is new
