@@ -30,7 +30,7 @@ from coalmine.bus.base import Partitioned
 from coalmine.daemon.directory import Directory
 from coalmine.daemon.http import HttpServer, build_app
 from coalmine.daemon.publisher import Publisher
-from coalmine.daemon.router import Router
+from coalmine.daemon.router import Router, deploys_first
 from coalmine.daemon.telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -247,11 +247,8 @@ class Daemon:
         (numpy releases the GIL while it sorts and partitions, so the two overlap).
         """
         received = self._wall_clock()
-        deploys = self.settings.topics.deployments
-        taken = [r for r in records if r.topic == deploys]
-        if taken and len(taken) < len(records) and len(records) > _CHUNK_RECORDS:
-            # The router takes deploy events first within a batch; keep that across chunks.
-            records = taken + [r for r in records if r.topic != deploys]
+        # The router takes deploy events first within a batch; keep that across chunks.
+        records, deploys = deploys_first(records, self.settings.topics.deployments)
         for start in range(0, len(records), _CHUNK_RECORDS):
             chunk = records[start : start + _CHUNK_RECORDS]
             begun = time.perf_counter()
@@ -260,7 +257,7 @@ class Daemon:
             self.publisher.put(effects)
             if self.publisher.pending > _MAX_PENDING:
                 await self.publisher.settle()
-        self.directory.take(taken)
+        self.directory.take(records[:deploys])
 
     async def _settle_and_commit(self) -> bool:
         """Wait for every queued effect to be acknowledged, then commit; False if not."""

@@ -97,36 +97,32 @@ class Publisher:
         """
         if self._task is None and self._queue:
             self.start()
-        while not self._settled.is_set() and not self.gave_up:
-            waiter = asyncio.ensure_future(self._settled.wait())
-            task = self._task
-            done, _ = await asyncio.wait(
-                [waiter, task] if task is not None else [waiter],
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            waiter.cancel()
-            if task is not None and task in done:
-                break
-        return not self.gave_up and self._settled.is_set()
+        if self._task is not None and not self._task.done():
+            await self._settled.wait()
+        return not self._queue
 
     async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                batch = list(self._queue)
-                messages = [m for effects in batch for m in effects.messages(self._topics)]
-                if not await self._deliver(messages):
-                    self.gave_up = True
-                    return
-                for _ in batch:
-                    self._queue.popleft()
-                self._queued_messages -= len(messages)
-                acked = self._wall_clock()
-                for effects in batch:
-                    for received in effects.received:
-                        self._telemetry.verdict_lag.observe(max(0.0, acked - received))
-                    self._acknowledged(effects)
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._queue:
+                    batch = list(self._queue)
+                    messages = [m for effects in batch for m in effects.messages(self._topics)]
+                    if not await self._deliver(messages):
+                        self.gave_up = True
+                        return
+                    for _ in batch:
+                        self._queue.popleft()
+                    self._queued_messages -= len(messages)
+                    acked = self._wall_clock()
+                    for effects in batch:
+                        for received in effects.received:
+                            self._telemetry.verdict_lag.observe(max(0.0, acked - received))
+                        self._acknowledged(effects)
+                self._settled.set()
+        finally:
+            # Given up, failed or stopped: nobody waits for what is left in the queue.
             self._settled.set()
 
     async def _deliver(self, messages: list[Outgoing]) -> bool:

@@ -8,7 +8,7 @@ socket; the shell publishes what it returns and commits only after that is ackno
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -116,8 +116,9 @@ class Router:
             self.limits.max_samples_per_cohort, self.limits.max_instances_per_cohort
         )
         self._decoders: dict[str, MetricDecoder] = {}
-        self._decoder_counts: dict[str, tuple[dict[str, int], int]] = {}
-        """Per input topic, the decoder's skips and resets already counted in telemetry."""
+        # Per input topic, the decoder's skips and resets already counted in telemetry.
+        self._skips_counted: dict[str, Counter[str]] = {}
+        self._resets_counted: dict[str, int] = {}
         self._native_inputs: set[str] = set()
         for source in inputs:
             if source.format == "native":
@@ -142,11 +143,7 @@ class Router:
         spans, counts = _spans(batch)
         deploys = self.topics.deployments
         if deploys in counts and len(counts) > 1:
-            # Deploy events first: Kafka orders each partition, not the two topics, and a
-            # metric read before its deployment's `started` could not be routed.
-            batch = [r for r in batch if r.topic == deploys] + [
-                r for r in batch if r.topic != deploys
-            ]
+            batch, _ = deploys_first(batch, deploys)
         for topic, count in counts.items():
             self.telemetry.consumed(topic, count)
         self._note_batch(spans)
@@ -175,16 +172,14 @@ class Router:
     def _count_decoder(self, topic: str) -> None:
         """Add what an input's decoder skipped and reset since last time to telemetry."""
         decoder = self._decoders[topic]
-        counted, resets = self._decoder_counts.get(topic, ({}, 0))
-        for reason, count in decoder.skipped.items():
-            if count > counted.get(reason, 0):
-                self.telemetry.input_points_skipped.labels(topic, reason).inc(
-                    count - counted.get(reason, 0)
-                )
-                counted[reason] = count
-        if decoder.resets > resets:
-            self.telemetry.input_counter_resets.labels(topic).inc(decoder.resets - resets)
-        self._decoder_counts[topic] = (counted, decoder.resets)
+        counted = self._skips_counted.setdefault(topic, Counter())
+        for reason, count in (decoder.skipped - counted).items():
+            self.telemetry.input_points_skipped.labels(topic, reason).inc(count)
+            counted[reason] += count
+        resets = decoder.resets - self._resets_counted.get(topic, 0)
+        if resets > 0:
+            self.telemetry.input_counter_resets.labels(topic).inc(resets)
+            self._resets_counted[topic] = decoder.resets
 
     def floors(self) -> dict[TopicPartition, int]:
         """Per partition, the oldest offset a restart must re-read to rebuild what is open.
@@ -551,6 +546,18 @@ class Router:
             value = value[: self.limits.max_message_bytes]
             headers = (*headers, ("coalmine-truncated-from", str(len(record.value)).encode()))
         return Outgoing(self.topics.dead_letter, value, record.key, headers)
+
+
+def deploys_first(records: list[Record], deployments: str) -> tuple[list[Record], int]:
+    """``records`` with the deploy events first, each kind in its order; and their count.
+
+    Kafka orders each partition, not the two topics, and a metric read before its
+    deployment's ``started`` could not be routed.
+    """
+    deploys = [r for r in records if r.topic == deployments]
+    if not deploys or len(deploys) == len(records):
+        return records, len(deploys)
+    return deploys + [r for r in records if r.topic != deployments], len(deploys)
 
 
 def _spans(batch: list[Record]) -> tuple[dict[TopicPartition, tuple[int, int]], dict[str, int]]:
