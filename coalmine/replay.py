@@ -387,6 +387,9 @@ class Replayer:
         )
         self.on_verdict = on_verdict
         self.outcomes: dict[str, Outcome] = {}
+        self._ended: dict[str, str] = {}
+        """How each deployment the router forgot ended (its decision or why it ended)."""
+        self.router.on_finished = self._ended.__setitem__
         self.problems = Problems()
         self.verdicts = 0
         self.records = 0
@@ -435,11 +438,10 @@ class Replayer:
     def result(self, seconds: float = 0.0, problems: Problems | None = None) -> ReplayResult:
         """The outcomes so far (deployments still under analysis are ``open``)."""
         self._register_started()
-        finished: Mapping[str, str] = getattr(self.router, "finished", {})
         for outcome in self.outcomes.values():
             if outcome.final or outcome.decision != "open":
                 continue
-            ended = finished.get(outcome.deployment_id)
+            ended = self._ended.get(outcome.deployment_id)
             if ended is not None and ended not in FINAL_DECISIONS:
                 outcome.decision = ended
         invalid = Counter(self.problems.counts)

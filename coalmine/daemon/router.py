@@ -8,7 +8,7 @@ socket; the shell publishes what it returns and commits only after that is ackno
 from __future__ import annotations
 
 import logging
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -25,6 +25,7 @@ from coalmine.contract import (
     encode_verdict,
 )
 from coalmine.daemon.deployment import AnalysisLimits, Deployment
+from coalmine.daemon.finished import FinishedDeployments
 from coalmine.daemon.ledger import VerdictLedger
 from coalmine.daemon.telemetry import Telemetry
 from coalmine.daemon.unrouted import UnroutedEvent, UnroutedMetrics
@@ -37,14 +38,17 @@ from coalmine.formats import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from coalmine.formats.mapping import InputSettings
 
 log = logging.getLogger(__name__)
 
 _FINISHED_MEMORY = 100_000
-"""How many finished deployment ids are remembered to ignore a second ``started``."""
+"""How many finished deployment ids are remembered to ignore a second ``started``.
+
+Kept compactly (:class:`FinishedDeployments`, ~2 MB at the cap): at least the newest
+this many, and up to 4,095 more."""
 
 TopicPartition = tuple[str, int]
 """``(topic, partition)``."""
@@ -109,7 +113,10 @@ class Router:
         self.limits = limits or LimitSettings()
         self.telemetry = telemetry or Telemetry()
         self.deployments: dict[str, Deployment] = {}
-        self.finished: OrderedDict[str, str] = OrderedDict()
+        self.finished = FinishedDeployments(_FINISHED_MEMORY)
+        self.on_finished: Callable[[str, str], None] | None = None
+        """Called with a finished deployment's id and outcome (its decision, or why it
+        ended), for a caller that wants the outcome: :attr:`finished` keeps only the id."""
         self._by_service: dict[str, list[str]] = {}
         self._last_seen: dict[str, float] = {}
         self._analysis_limits = AnalysisLimits(
@@ -524,9 +531,9 @@ class Router:
         if not siblings:
             self._by_service.pop(deployment.service, None)
         if outcome is not None:
-            self.finished[dep_id] = outcome
-            while len(self.finished) > _FINISHED_MEMORY:
-                self.finished.popitem(last=False)
+            self.finished.add(dep_id)
+            if self.on_finished is not None:
+                self.on_finished(dep_id, outcome)
         self.telemetry.active_deployments.set(len(self.deployments))
 
     def _dead_letter(self, record: Record, error: ContractError) -> Outgoing:
