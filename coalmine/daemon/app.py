@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from coalmine.bus.base import Record, TopicPartition, Transport
     from coalmine.config.settings import Settings
+    from coalmine.daemon.router import Effects
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ _EXPIRY_CHECK_EVERY = 1.0
 _STALL_AFTER = 60.0
 _MAX_BACKOFF = 30.0
 _CHUNK_RECORDS = 200
-"""Records judged before their effects are handed to the publisher."""
+"""Records judged per hand-over to the worker thread (verdicts leave as they are made)."""
 _MAX_PENDING = 2_000
 """Messages queued for publishing before the loop waits for the broker to catch up."""
 
@@ -244,15 +245,23 @@ class Daemon:
 
         Each chunk is judged in a worker thread: the event loop meanwhile sends what the
         chunk before decided and keeps the Kafka client's heartbeats and prefetching going
-        (numpy releases the GIL while it sorts and partitions, so the two overlap).
+        (numpy releases the GIL while it sorts and partitions, so the two overlap). A
+        verdict is handed to the publisher the moment it is made, not at the chunk's end.
         """
+        loop = asyncio.get_running_loop()
+        put = self.publisher.put
+
+        def emit(effects: Effects) -> None:  # called in the worker thread
+            loop.call_soon_threadsafe(put, effects)
+
         received = self._wall_clock()
         # The router takes deploy events first within a batch; keep that across chunks.
         records, deploys = deploys_first(records, self.settings.topics.deployments)
         for start in range(0, len(records), _CHUNK_RECORDS):
             chunk = records[start : start + _CHUNK_RECORDS]
             begun = time.perf_counter()
-            effects = await asyncio.to_thread(self.router.handle, chunk, received)
+            # Hand-overs run on the loop before this await returns, so order is kept.
+            effects = await asyncio.to_thread(self.router.handle, chunk, received, emit)
             self.telemetry.analysis_duration.observe(time.perf_counter() - begun)
             self.publisher.put(effects)
             if self.publisher.pending > _MAX_PENDING:

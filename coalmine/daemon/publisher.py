@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -128,6 +129,7 @@ class Publisher:
     async def _deliver(self, messages: list[Outgoing]) -> bool:
         backoff = 0.2
         while True:
+            begun = time.perf_counter()
             try:
                 await self._transport.publish(messages)
             except TransportError as exc:
@@ -142,4 +144,5 @@ class Publisher:
                     await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
+            self._telemetry.publish_duration.observe(time.perf_counter() - begun)
             return True

@@ -143,8 +143,18 @@ class Router:
         """Per deploy partition being re-read: its end offset and the wall time (ms) when
         it was assigned; a deployment started before either is being rebuilt."""
 
-    def handle(self, records: Iterable[Record], now: float) -> Effects:
-        """Handle records in order; ``now`` is the wall time they were received."""
+    def handle(
+        self,
+        records: Iterable[Record],
+        now: float,
+        emit: Callable[[Effects], None] | None = None,
+    ) -> Effects:
+        """Handle records in order; ``now`` is the wall time they were received.
+
+        With ``emit``, the effects made so far are handed to it as soon as a record made a
+        verdict (so a caller can publish it while the rest is handled); what is returned
+        is then only what came after the last hand-over.
+        """
         effects = Effects()
         batch = records if isinstance(records, list) else list(records)
         spans, counts = _spans(batch)
@@ -168,6 +178,9 @@ class Router:
                 published = self._settle(verdicts)
                 effects.verdicts.extend(published)
                 effects.received.extend(now for _ in published)
+                if emit is not None and published:
+                    emit(effects)
+                    effects = Effects()
         positions = self._positions
         for key, (_, last) in spans.items():
             if last >= positions.get(key, 0):

@@ -52,6 +52,12 @@ class Telemetry:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.publish_duration = Histogram(
+            "coalmine_publish_duration_seconds",
+            "Time of one publish of queued verdicts and dead letters: send to the broker's ack.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.dropped_samples = Counter(
             "coalmine_dropped_samples",
             "Valid observations not analysed, per reason (no open deployment, metric not in "

@@ -130,6 +130,27 @@ async def test_verdict_lag_is_observed_at_the_acknowledgement():
     await publisher.stop()
 
 
+async def test_each_successful_publish_is_timed_and_failed_ones_are_not():
+    broker = make_broker()
+    transport = MemoryTransport(broker, [TOPICS.metrics], "g")
+    await transport.start()
+    telemetry = Telemetry()
+    publisher = Publisher(
+        transport, TOPICS, telemetry, wall_clock=lambda: 0.0, stopping=asyncio.Event()
+    )
+    broker.fail_next_publishes(1)
+    publisher.start()
+    publisher.put(letters(b"a"))
+    assert await asyncio.wait_for(publisher.settle(), 5)
+    publisher.put(letters(b"b"))
+    assert await asyncio.wait_for(publisher.settle(), 5)
+    assert telemetry.publish_failures._value.get() == 1
+    durations = telemetry.publish_duration
+    assert durations._sum.get() >= 0.0
+    assert sum(b.get() for b in durations._buckets) == 2
+    await publisher.stop()
+
+
 async def test_the_daemon_judges_on_while_a_publish_waits_and_commits_nothing_past_it():
     broker = make_broker()
     topic = {"deployments": TOPICS.deployments, "metrics": TOPICS.metrics}

@@ -280,6 +280,35 @@ def test_batching_does_not_change_verdicts():
     assert [v.to_dict() for v in whole] == [v.to_dict() for v in single]
 
 
+def test_emit_hands_each_verdict_over_as_soon_as_its_record_made_it():
+    records = records_of(three_deployments())
+    whole = router().handle(records, now=0.0)
+    read = 0
+    handed: list[tuple[int, list[dict]]] = []  # (records read so far, verdicts handed over)
+    r = router()
+    on_record = r._on_record
+
+    def counting(record, now):
+        nonlocal read
+        read += 1
+        return on_record(record, now)
+
+    r._on_record = counting
+    rest = r.handle(records, now=0.0, emit=lambda e: handed.append((read, e.verdicts)))
+    emitted = [v for _, verdicts in handed for v in verdicts] + rest.verdicts
+    assert [v.to_dict() for v in emitted] == [v.to_dict() for v in whole.verdicts]
+    assert len(handed) > 3
+    assert all(verdicts for _, verdicts in handed)
+    # Each hand-over comes right after the record that made it, before the next is read:
+    # what was handed over so far is what the records read so far make on their own.
+    for k in (0, len(handed) // 2, len(handed) - 1):
+        upto = handed[k][0]
+        so_far = [v.to_dict() for _, verdicts in handed[: k + 1] for v in verdicts]
+        assert [v.to_dict() for v in router().handle(records[:upto], now=0.0).verdicts] == so_far
+        before = router().handle(records[: upto - 1], now=0.0).verdicts
+        assert len(before) == len(so_far) - len(handed[k][1])
+
+
 def test_structured_cloudevents_without_a_content_type_are_recognised_and_deduplicated():
     # As over MQTT, which carries no content-type header: the envelope says what it is.
     envelope = {
