@@ -31,7 +31,7 @@ from coalmine.analyzers.sequential import RateRatioEProcess, binomial_guard_log_
 if TYPE_CHECKING:
     from coalmine.config.models import MetricSpec
 
-__all__ = ["BurnWindow", "RatioEvidence", "analyze_ratio"]
+__all__ = ["BurnWindow", "RatioEvidence", "analyze_ratio", "ratio_fails"]
 
 ANALYZER = "burn_rate"
 
@@ -152,12 +152,7 @@ def analyze_ratio(  # noqa: PLR0913 - two cohorts' counts are the natural inputs
     Raises:
         ValueError: ``spec`` has no objective or ``alpha`` is outside (0, 0.5).
     """
-    if spec.objective is None:
-        raise ValueError(f"{spec.name}: a ratio metric needs an objective")
-    if not 0.0 < alpha < 0.5:
-        raise ValueError(f"alpha must be in (0, 0.5), got {alpha}")
-    # int() also turns numpy counts into plain ints, which the detail must hold.
-    counts = (int(baseline_good), int(baseline_total), int(canary_good), int(canary_total))
+    counts = _checked_counts(spec, alpha, baseline_good, baseline_total, canary_good, canary_total)
     baseline_good, baseline_total, canary_good, canary_total = counts
     if any(n < 0 for n in counts) or baseline_good > baseline_total or canary_good > canary_total:
         reason = f"{spec.name}: inconsistent counts (good must lie within 0..total)"
@@ -166,8 +161,7 @@ def analyze_ratio(  # noqa: PLR0913 - two cohorts' counts are the natural inputs
         reason = f"{spec.name}: no canary events yet"
         return _result(spec, "nodata", counts, measured=False, reason=reason)
 
-    # 1 - 0.999 is 0.0010000000000000009 in binary; 12 significant digits give back 0.001.
-    budget = float(f"{1.0 - spec.objective:.12g}")
+    budget = _budget(spec)
     tol = spec.tolerance
     bad_b = baseline_total - baseline_good
     bad_c = canary_total - canary_good
@@ -182,13 +176,8 @@ def analyze_ratio(  # noqa: PLR0913 - two cohorts' counts are the natural inputs
     )
     relative_p: float | None
     if sequential and evidence is not None:
-        evidence.rate.update()
+        relative_fails = _relative_e_fails(spec, counts, alpha, evidence)
         relative_p = evidence.rate.p_value
-        relative_fails = (
-            relative is not None
-            and evidence.rate.max_log_e >= math.log(1.0 / (RELATIVE_SHARE * alpha))
-            and relative.ratio > 1.0 + tol
-        )
     else:
         relative_p = None if relative is None else relative.p_value
         relative_fails = relative is not None and relative.fails
@@ -240,6 +229,100 @@ def analyze_ratio(  # noqa: PLR0913 - two cohorts' counts are the natural inputs
     }
     outcome: Outcome = "fail" if failed else "pass"
     return _result(spec, outcome, counts, measured=measured, reason=reason, extra=detail)
+
+
+def ratio_fails(  # noqa: PLR0913 - analyze_ratio's arguments
+    spec: MetricSpec,
+    baseline_good: int,
+    baseline_total: int,
+    canary_good: int,
+    canary_total: int,
+    alpha: float,
+    *,
+    evidence: RatioEvidence | None = None,
+    window: BurnWindow | None = None,
+) -> bool:
+    """Would :func:`analyze_ratio` fail the metric on these counts?
+
+    The same decision (and the same updates of ``evidence``) without the verdict's detail:
+    what a critical metric's check between two judgements needs.
+    """
+    counts = _checked_counts(spec, alpha, baseline_good, baseline_total, canary_good, canary_total)
+    baseline_good, baseline_total, canary_good, canary_total = counts
+    if any(n < 0 for n in counts) or baseline_good > baseline_total or canary_good > canary_total:
+        return False
+    if canary_total == 0:
+        return False
+    sequential = spec.test == "sequential" and evidence is not None
+    if sequential and evidence is not None:
+        relative_fails = _relative_e_fails(spec, counts, alpha, evidence)
+    else:
+        relative_fails = (
+            baseline_total > 0
+            and _RelativeTest.run(
+                canary_total - canary_good,
+                canary_total,
+                baseline_total - baseline_good,
+                baseline_total,
+                1.0 + spec.tolerance,
+                alpha,
+            ).fails
+        )
+    rules = _burn_rules(
+        spec, _budget(spec), counts, alpha, evidence if sequential else None, window
+    )
+    return relative_fails or any(rule.fires for rule in rules)
+
+
+def _checked_counts(
+    spec: MetricSpec,
+    alpha: float,
+    baseline_good: int,
+    baseline_total: int,
+    canary_good: int,
+    canary_total: int,
+) -> tuple[int, int, int, int]:
+    """The counts as plain ints (numpy counts too: the detail must hold ints).
+
+    Raises:
+        ValueError: ``spec`` has no objective or ``alpha`` is outside (0, 0.5).
+    """
+    if spec.objective is None:
+        raise ValueError(f"{spec.name}: a ratio metric needs an objective")
+    if not 0.0 < alpha < 0.5:
+        raise ValueError(f"alpha must be in (0, 0.5), got {alpha}")
+    return int(baseline_good), int(baseline_total), int(canary_good), int(canary_total)
+
+
+def _budget(spec: MetricSpec) -> float:
+    """The error budget, ``1 - objective`` (an objective is checked before)."""
+    objective = spec.objective if spec.objective is not None else 1.0
+    # 1 - 0.999 is 0.0010000000000000009 in binary; 12 significant digits give back 0.001.
+    return float(f"{1.0 - objective:.12g}")
+
+
+def _relative_e_fails(
+    spec: MetricSpec, counts: tuple[int, int, int, int], alpha: float, evidence: RatioEvidence
+) -> bool:
+    """Does the canary fail the sequential relative question?
+
+    The rate-ratio e-process (brought up to date here) beyond its share of ``alpha``, and
+    the observed ratio beyond the tolerance.
+    """
+    baseline_good, baseline_total, canary_good, canary_total = counts
+    evidence.rate.update()
+    if not baseline_total:
+        return False
+    bad_b = baseline_total - baseline_good
+    bad_c = canary_total - canary_good
+    return evidence.rate.max_log_e >= math.log(1.0 / (RELATIVE_SHARE * alpha)) and (
+        _rate_ratio(bad_c, canary_total, bad_b, baseline_total) > 1.0 + spec.tolerance
+    )
+
+
+def _rate_ratio(bad_c: int, total_c: int, bad_b: int, total_b: int) -> float:
+    """The canary's bad-event rate over the baseline's (1 or inf when the baseline has none)."""
+    return (bad_c / total_c) / (bad_b / total_b) if bad_b else _UNSEEN[bad_c > 0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,7 +473,7 @@ class _RelativeTest:
         theta0 = rho * r0 / (rho * r0 + 1.0 - rho)
         bad = bad_c + bad_b
         p_value = _binom_at_least(bad_c, bad, theta0)
-        ratio = (bad_c / total_c) / (bad_b / total_b) if bad_b else _UNSEEN[bad_c > 0]
+        ratio = _rate_ratio(bad_c, total_c, bad_b, total_b)
         theta_upper = _clopper_pearson_upper(bad_c, bad, alpha)
         ratio_upper = (
             theta_upper * (1.0 - rho) / (rho * (1.0 - theta_upper))

@@ -21,7 +21,7 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from coalmine.analyzers.burn_rate import BurnWindow, RatioEvidence, analyze_ratio
+from coalmine.analyzers.burn_rate import BurnWindow, RatioEvidence, analyze_ratio, ratio_fails
 from coalmine.analyzers.instances import InstanceMeans, analyze_instances
 from coalmine.analyzers.mann_whitney import analyze_distribution
 from coalmine.analyzers.sample_ratio import sample_ratio_check
@@ -113,6 +113,7 @@ class Deployment:
         if not self.is_open or spec is None:
             return verdicts
         index = 1 if cohort == "canary" else 0
+        bad = 0
         if spec.kind == "ratio":
             self._counts_for(spec.name)[index].add(event.good, event.total)
             bad = event.total - event.good
@@ -133,7 +134,7 @@ class Deployment:
                 tally.add(event.instance, event.values)
                 if tally.refused and not refused:
                     self.limits_hit.append(f"max_instances_per_cohort: {spec.name} {cohort}")
-        if spec.critical and index == 1 and self._critical_due(spec):
+        if spec.critical and index == 1 and self._critical_due(spec, bad):
             if self.ends_at is not None and event.time > self.ends_at:
                 return verdicts
             verdict = self._check_critical(spec, max(event.time, self.started))
@@ -224,9 +225,15 @@ class Deployment:
             self._counts[name] = pair
         return pair
 
-    def _critical_due(self, spec: MetricSpec) -> bool:
+    def _critical_due(self, spec: MetricSpec, bad: int) -> bool:
+        """Is a canary event of a critical metric worth a check between judgements?
+
+        A ratio metric: when the event brings bad events (one with none only adds to the
+        canary's good ones; the interval judgements see everything). A distribution
+        metric: when its canary samples grew by a tenth since the last check.
+        """
         if spec.kind == "ratio":
-            return True
+            return bad > 0
         seen = len(self._samples_for(spec.name)[1])
         if seen < spec.min_samples or seen < self._checked_at.get(spec.name, 0) * _CRITICAL_GROWTH:
             return False
@@ -251,14 +258,6 @@ class Deployment:
         alpha = self.profile.metric_alpha
         if spec.kind == "ratio":
             base, canary = self._counts_for(spec.name)
-            weight = self.weight_at(time)
-            window = BurnWindow(
-                now=time,
-                duration=self.profile.max_duration,
-                elapsed=max(0.0, time - self.started),
-                canary_share=None if weight is None else weight / 100.0,
-                period=self.profile.slo_period,
-            )
             return analyze_ratio(
                 spec,
                 base.good,
@@ -267,7 +266,7 @@ class Deployment:
                 canary.total,
                 alpha,
                 evidence=self._ratio_evidence(spec),
-                window=window,
+                window=self._burn_window(time),
             )
         if self._by_instance(spec):
             base_i, canary_i = (InstanceMeans(*t.means()) for t in self._instances_for(spec.name))
@@ -278,6 +277,32 @@ class Deployment:
             evidence = self._auc[spec.name] = AucMixture(tau=spec.prior_width)
         return analyze_distribution(
             spec, base_s.values(), canary_s.values(), alpha, evidence=evidence
+        )
+
+    def _burn_window(self, time: float) -> BurnWindow:
+        weight = self.weight_at(time)
+        return BurnWindow(
+            now=time,
+            duration=self.profile.max_duration,
+            elapsed=max(0.0, time - self.started),
+            canary_share=None if weight is None else weight / 100.0,
+            period=self.profile.slo_period,
+        )
+
+    def _fails(self, spec: MetricSpec, time: float) -> bool:
+        """Does ``spec`` fail now? A ratio metric is answered without the verdict's detail."""
+        if spec.kind != "ratio":
+            return self._analyze(spec, time).outcome == "fail"
+        base, canary = self._counts_for(spec.name)
+        return ratio_fails(
+            spec,
+            base.good,
+            base.total,
+            canary.good,
+            canary.total,
+            self.profile.metric_alpha,
+            evidence=self._ratio_evidence(spec),
+            window=self._burn_window(time),
         )
 
     def _by_instance(self, spec: MetricSpec) -> bool:
@@ -313,7 +338,7 @@ class Deployment:
         return {"sample_ratio": check}
 
     def _check_critical(self, spec: MetricSpec, time: float) -> Verdict | None:
-        if self._analyze(spec, time).outcome != "fail":
+        if not self._fails(spec, time):
             return None
         results = self._analyze_all(time)
         elapsed = time - self.started

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from coalmine.analyzers.burn_rate import analyze_ratio
+from coalmine.analyzers.burn_rate import BurnWindow, RatioEvidence, analyze_ratio, ratio_fails
 from coalmine.config.models import MetricSpec
 
 REQUESTS = MetricSpec(name="requests", kind="ratio", objective=0.999, critical=True)
@@ -168,3 +168,39 @@ def test_shared_outage_is_not_blamed_on_the_canary():
     alone = analyze_ratio(spec, 99_990, 100_000, 9_500, 10_000, 0.05)
     assert alone.outcome == "fail"
     assert alone.detail["shared_outage"] is False
+
+
+@pytest.mark.parametrize("mode", ["sequential", "fixed"])
+def test_ratio_fails_decides_as_analyze_ratio_does(mode: str) -> None:
+    # Two identical evidence states, one read by each function after every message: the
+    # answers and the e-values they leave behind must agree at every step.
+    spec = MetricSpec(name="requests", kind="ratio", objective=0.999, critical=True, test=mode)
+    rng = np.random.default_rng(11)
+    fails = 0
+    for run in range(40):
+        canary_ratio = float(rng.choice([0.0005, 0.001, 0.003, 0.01, 0.03]))
+        quick, full = RatioEvidence.for_spec(spec), RatioEvidence.for_spec(spec)
+        counts = [0, 0, 0, 0]  # baseline good, total, canary good, total
+        for step in range(60):
+            at = 10.0 * (step + 1)
+            for canary in (False, True):
+                total = int(rng.poisson(400))
+                bad = int(rng.binomial(total, canary_ratio if canary else 0.001))
+                for evidence in (quick, full):
+                    if canary:
+                        evidence.observe(at, bad, total, 0, 0)
+                    else:
+                        evidence.observe(at, 0, 0, bad, total)
+                offset = 2 if canary else 0
+                counts[offset] += total - bad
+                counts[offset + 1] += total
+            window = BurnWindow(now=at, duration=1800.0, elapsed=at, canary_share=0.5)
+            answer = ratio_fails(spec, *counts, ALPHA, evidence=quick, window=window)
+            result = analyze_ratio(spec, *counts, ALPHA, evidence=full, window=window)
+            assert answer == (result.outcome == "fail"), (run, step, counts)
+            assert quick.guard_max_log_e == full.guard_max_log_e
+            assert quick.rate.max_log_e == full.rate.max_log_e
+            fails += answer
+    assert fails > 100  # both answers were exercised
+    assert not ratio_fails(spec, 10, 10, 0, 0, ALPHA)  # no canary traffic: nodata
+    assert not ratio_fails(spec, 10, 5, 1, 1, ALPHA)  # inconsistent counts: an error

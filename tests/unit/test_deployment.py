@@ -118,6 +118,22 @@ def test_critical_failure_rolls_back_on_the_message_that_decided_it():
     assert requests_result.critical
 
 
+def test_critical_ratio_is_checked_between_judgements_only_on_canary_bad_events(monkeypatch):
+    deployment = Deployment(started(), PROFILE)
+    checked: list[float] = []
+    check = deployment._check_critical
+
+    def counting(spec, time):
+        checked.append(time - T0)
+        return check(spec, time)
+
+    monkeypatch.setattr(deployment, "_check_critical", counting)
+    for t, bad in ((10.0, 0), (20.0, 3), (30.0, 0), (40.0, 1)):
+        deployment.observe(requests("baseline", T0 + t, 1990, 2000), "baseline")
+        deployment.observe(requests("canary", T0 + t, 2000 - bad, 2000), "canary")
+    assert checked == [20.0, 40.0]
+
+
 def test_too_little_traffic_ends_inconclusive_at_max_duration():
     deployment = Deployment(started(), PROFILE)
     verdicts = feed(deployment, until=960, samples=2, requests_per_step=20)
