@@ -67,6 +67,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.brokers, this coalmine
@@ -392,8 +393,8 @@ class Canary:
 
     index: int
     service: str
-    started: int
-    """Event time of its ``started`` event (whole seconds)."""
+    started: float
+    """Event time of its ``started`` event (whole milliseconds)."""
     phase: int
     """Ticks fall at ``started + phase + j x step``, j >= 0."""
     burst_from: float = math.inf
@@ -425,8 +426,12 @@ class Workload:
     (unless it is bursting: then 20% of its requests fail).
     """
 
-    def __init__(self, samples: int, seed: int) -> None:
+    def __init__(
+        self, samples: int, seed: int, instances: int = 1, error_ratio: float = 0.0
+    ) -> None:
         self.samples = samples
+        self.instances = instances
+        self.error_ratio = error_ratio
         self.rng = np.random.default_rng(seed)
         self._pool = np.round(self.rng.lognormal(math.log(100.0), 0.5, 1 << 16), 1).tolist()
         self._at = 0
@@ -438,21 +443,44 @@ class Workload:
         self._at += self.samples
         return out
 
+    @property
+    def per_tick(self) -> int:
+        """Messages per deployment and tick."""
+        return 4 * self.instances
+
     def tick(self, canary: Canary, at: float) -> list[bytes]:
-        """The four messages of one tick, in the order they are sent."""
+        """The messages of one tick, in the order they are sent.
+
+        Per instance: the baseline's ``latency_ms`` and ``requests``, then the canary's.
+        With one instance the messages carry no ``instance``; with more, each cohort's
+        instances are ``b0``, ``b1``, ... and ``c0``, ``c1``, ...
+        """
         stamp = format_time(at)
-        values = self._values()
-        requests = int(self.rng.poisson(500))
-        bad = int(self.rng.binomial(requests, 0.2)) if at >= canary.burst_from else 0
         out = []
-        for cohort, failed in (("baseline", 0), ("canary", bad)):
-            common = {"service": canary.service, "cohort": cohort, "time": stamp}
-            out.append(orjson.dumps({**common, "metric": "latency_ms", "values": values}))
-            out.append(
-                orjson.dumps(
-                    {**common, "metric": "requests", "good": requests - failed, "total": requests}
+        for instance in range(self.instances):
+            values = self._values()
+            requests = int(self.rng.poisson(500))
+            errors = int(self.rng.binomial(requests, self.error_ratio)) if self.error_ratio else 0
+            bad = int(self.rng.binomial(requests, 0.2)) if at >= canary.burst_from else errors
+            for cohort, failed in (("baseline", errors), ("canary", bad)):
+                common: dict[str, object] = {
+                    "service": canary.service,
+                    "cohort": cohort,
+                    "time": stamp,
+                }
+                if self.instances > 1:
+                    common["instance"] = f"{cohort[0]}{instance}"
+                out.append(orjson.dumps({**common, "metric": "latency_ms", "values": values}))
+                out.append(
+                    orjson.dumps(
+                        {
+                            **common,
+                            "metric": "requests",
+                            "good": requests - failed,
+                            "total": requests,
+                        }
+                    )
                 )
-            )
         return out
 
 
@@ -463,11 +491,16 @@ def fleet(count: int, interval: int, step: int, seed: int, first: int = 0) -> li
         Canary(
             index,
             f"svc-{index:05d}",
-            T0 - int(rng.integers(1, interval + 1)),
+            T0 - int(rng.integers(1, interval * 1000 + 1)) / 1000,
             step // 2 if step % 2 == 0 and interval % step == 0 else 0,
         )
         for index in range(first, first + count)
     ]
+
+
+def tick_key(index: int, at: float) -> tuple[int, int]:
+    """A deployment's tick by its index and event time in whole milliseconds."""
+    return index, round(at * 1000)
 
 
 def first_tick(canary: Canary, after: float, step: int) -> float:
@@ -496,7 +529,8 @@ class Tick:
     sent: float
     acked: float = math.nan
     critical_acked: float = math.nan
-    """Ack of the canary ``requests`` message (what a critical check decides on)."""
+    """Ack of the canary ``requests`` message (what a critical check decides on). A tick
+    goes as one batch, so both acks are the batch's."""
 
 
 @dataclass(slots=True)
@@ -513,7 +547,7 @@ class Observed:
 
 @dataclass(slots=True)
 class LiveState:
-    ticks: dict[tuple[int, float], Tick] = field(default_factory=dict)
+    ticks: dict[tuple[int, int], Tick] = field(default_factory=dict)
     canaries: dict[str, Canary] = field(default_factory=dict)
     retired: set[str] = field(default_factory=set)
     observed: list[Observed] = field(default_factory=list)
@@ -525,6 +559,18 @@ class LiveState:
     """Critical deployment -> its first bursting tick (index, event time)."""
     rollbacks: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     """Critical deployment -> (verdict receipt, verdict event time, next due time)."""
+
+
+def _tick_acked(state: LiveState, tick: Tick, count: int):
+    def done(future: asyncio.Future) -> None:
+        now = time.monotonic()
+        if future.cancelled() or future.exception() is not None:
+            state.produce_errors += count
+            return
+        state.produced += count
+        tick.acked = tick.critical_acked = now
+
+    return done
 
 
 def _acked(state: LiveState, tick: Tick, attr: str | None):
@@ -547,13 +593,17 @@ class LiveLoad:
         self.args = args
         self.topics = topics
         self.state = state
-        self.work = Workload(args.samples_per_message, args.seed)
-        self.speed = args.step * args.rate / (4 * args.deployments)
+        self.work = Workload(args.samples_per_message, args.seed, args.instances, args.error_ratio)
+        self.speed = args.step * args.rate / (self.work.per_tick * args.deployments)
         self.heap: list[tuple[float, int]] = []
         self.by_index = {c.index: c for c in canaries}
         self.began = 0.0
         self.next_index = len(canaries)
         self.producer: AIOKafkaProducer | None = None
+        self._partitioner = DefaultPartitioner()
+        self.partitions = {
+            topic: list(range(args.partitions)) for topic in (topics.metrics, topics.deployments)
+        }
 
     def now(self) -> float:
         return T0 + self.speed * (time.monotonic() - self.began)
@@ -591,7 +641,7 @@ class LiveLoad:
                     replacement = Canary(
                         self.next_index,
                         f"svc-{self.next_index:05d}",
-                        math.floor(now),
+                        math.floor(now * 1000) / 1000,
                         canary.phase,
                     )
                     self.next_index += 1
@@ -604,12 +654,26 @@ class LiveLoad:
 
     async def emit(self, canary: Canary, at: float) -> None:
         tick = Tick(time.monotonic())
-        self.state.ticks[canary.index, at] = tick
+        self.state.ticks[tick_key(canary.index, at)] = tick
         if at >= canary.burst_from:
             self.state.burst_first.setdefault(canary.deployment_id, (canary.index, at))
-        for n, value in enumerate(self.work.tick(canary, at)):
-            done = _acked(self.state, tick, {0: "acked", 3: "critical_acked"}.get(n))
-            await self.send(self.topics.metrics, canary.service, value, done)
+        # One batch per tick (a tick's messages share a key, so a partition): what a
+        # batching producer sends anyway, for a fraction of the per-message cost here.
+        assert self.producer is not None
+        key = canary.service.encode()
+        messages = self.work.tick(canary, at)
+        batch = self.producer.create_batch()
+        for value in messages:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                raise SystemExit("a tick's messages do not fit one batch: fewer --instances")
+        topic = self.topics.metrics
+        future = await self.producer.send_batch(batch, topic, partition=self.partition(topic, key))
+        future.add_done_callback(_tick_acked(self.state, tick, len(messages)))
+
+    def partition(self, topic: str, key: bytes) -> int:
+        """The partition the producer's default partitioner gives ``key`` (as the daemon's
+        deploy events, keyed alike, are co-partitioned)."""
+        return self._partitioner(key, self.partitions[topic], self.partitions[topic])
 
 
 async def read_verdicts(
@@ -646,13 +710,13 @@ def _match(state: LiveState, verdict: dict, received: float, step: int, interval
     if verdict["final"]:
         state.retired.add(canary.deployment_id)
     since_start = when - canary.started
-    if abs(since_start / interval - round(since_start / interval)) < 1e-9:
+    if abs(since_start / interval - round(since_start / interval)) < 1e-6:
         kind = "interval"
-        tick = state.ticks.get((canary.index, first_tick(canary, when, step)))
+        tick = state.ticks.get(tick_key(canary.index, first_tick(canary, when, step)))
         acked = None if tick is None else tick.acked
     else:
         kind = "critical"
-        tick = state.ticks.get((canary.index, when))
+        tick = state.ticks.get(tick_key(canary.index, when))
         acked = None if tick is None else tick.critical_acked
     if tick is None or acked is None or math.isnan(acked):
         state.unmatched += 1
@@ -740,10 +804,12 @@ async def fill(
     args,
     minutes: float,
     ends: dict[tuple[str, int], int] | None = None,
+    work: Workload | None = None,
 ) -> int:
     """The deploy events, then ``minutes`` of every deployment's ticks in event order.
 
-    ``ends`` gets, per (topic, partition), the highest acknowledged offset + 1.
+    ``ends`` gets, per (topic, partition), the highest acknowledged offset + 1; ``work``
+    makes the messages (by default one instance per cohort and no errors).
     """
     ends = {} if ends is None else ends
 
@@ -753,7 +819,8 @@ async def fill(
             key = (meta.topic, meta.partition)
             ends[key] = max(ends.get(key, 0), meta.offset + 1)
 
-    work = Workload(args.samples_per_message, args.seed + 1)
+    if work is None:
+        work = Workload(args.samples_per_message, args.seed + 1)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks=1, linger_ms=5, max_batch_size=256 * 1024
     )
@@ -779,7 +846,7 @@ async def fill(
                 future = await producer.send(topics.metrics, value, key=canary.service.encode())
                 future.add_done_callback(note)
                 pending.append(future)
-            count += 4
+            count += work.per_tick
             heapq.heappush(heap, (at + args.step, index))
             if len(pending) > 20_000:
                 await asyncio.gather(*pending)
@@ -795,7 +862,14 @@ async def max_rate(broker: Tansu, args, workdir: Path) -> float:
     await create_topics(broker.bootstrap, topics.layout(args.partitions))
     canaries = fleet(args.deployments, args.interval, args.step, args.seed)
     begun = time.monotonic()
-    messages = await fill(broker.bootstrap, topics, canaries, args, args.max_minutes)
+    messages = await fill(
+        broker.bootstrap,
+        topics,
+        canaries,
+        args,
+        args.max_minutes,
+        work=Workload(args.samples_per_message, args.seed + 1, args.instances, args.error_ratio),
+    )
     print(
         f"max rate: {messages:,} metric messages ({args.max_minutes:g} event min per "
         f"deployment) produced in {time.monotonic() - begun:.1f} s (not timed); draining"
@@ -879,9 +953,11 @@ async def live(broker: Tansu, args, workdir: Path, rate: float) -> dict:
     canaries = fleet(args.deployments, args.interval, args.step, args.seed)
     rng = np.random.default_rng(args.seed + 2)
     load = LiveLoad(args, topics, state, canaries)
-    # Critical bursts start at random moments after the warm-up (event time).
+    # Critical bursts start at random moments after the warm-up (event time), early enough
+    # for two more ticks of the deployment before the load stops.
+    latest = args.duration - max(10.0, 2 * args.step / load.speed)
     for canary in rng.choice(canaries, size=min(args.critical, len(canaries)), replace=False):
-        wall = float(rng.uniform(args.warmup, max(args.warmup, args.duration - 10)))
+        wall = float(rng.uniform(args.warmup, max(args.warmup, latest)))
         canary.burst_from = T0 + load.speed * wall
     loaded: list[float] = []
     stop_probe = asyncio.Event()
@@ -991,6 +1067,19 @@ async def live(broker: Tansu, args, workdir: Path, rate: float) -> dict:
             "n/a" if q is None else f"{q[0] * 1e3:.1f} ms (bucket {q[1] * 1e3:g}-{q[2] * 1e3:g} ms)"
         )
         print(f"  inside (coalmine_verdict_lag_seconds, n={count:,.0f}) {label}: {text}")
+    for part, metric in (
+        ("judging a chunk", "coalmine_analysis_duration_seconds"),
+        ("one publish round trip", "coalmine_publish_duration_seconds"),
+    ):
+        counts = _delta(buckets(end, metric), buckets(warm, metric))
+        parts = _quantiles(counts)
+        print(
+            f"    of which {part} ({metric}, n={counts[-1][1] if counts else 0:,.0f}): "
+            + ", ".join(
+                f"{label} {'n/a' if q is None else f'{q[0] * 1e3:.1f} ms'}"
+                for label, q in parts.items()
+            )
+        )
     show("outside: deciding message acked -> verdict", outside)
     show("  of which interval judgements", interval_lat)
     show("outside: deciding message sent -> verdict", [o.since_send for o in window])
@@ -1011,7 +1100,7 @@ async def live(broker: Tansu, args, workdir: Path, rate: float) -> dict:
         )
     for dep, (received, when, next_due) in sorted(state.rollbacks.items()):
         index, at = state.burst_first[dep]
-        first = state.ticks[index, at].critical_acked
+        first = state.ticks[tick_key(index, at)].critical_acked
         burst = state.canaries[dep].burst_from
         print(
             f"    {dep}: rollback {_ms(received - first)} ms of wall time after the first "
@@ -1081,9 +1170,21 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=10, help="event seconds between ticks")
     parser.add_argument("--interval", type=int, default=60, help="judgement interval, event s")
     parser.add_argument("--samples-per-message", type=int, default=20)
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=10,
+        help="instances per cohort, each sending its own messages every step",
+    )
+    parser.add_argument(
+        "--error-ratio",
+        type=float,
+        default=0.001,
+        help="share of failed requests in both cohorts (the canary repeats the baseline's)",
+    )
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument(
-        "--max-minutes", type=float, default=10.0, help="event minutes drained to find the max"
+        "--max-minutes", type=float, default=2.0, help="event minutes drained to find the max"
     )
     parser.add_argument("--probe-seconds", type=float, default=5.0, help="idle baseline length")
     parser.add_argument(
