@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from coalmine.analyzers.burn_rate import BurnWindow, RatioEvidence, analyze_ratio, ratio_fails
 from coalmine.analyzers.instances import InstanceMeans, analyze_instances
@@ -31,10 +31,13 @@ from coalmine.daemon.samples import EventCounts, InstanceTally, SampleReservoir
 from coalmine.judge import Judgement, judge
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from coalmine.analyzers.result import DetailValue, MetricResult
     from coalmine.config.models import MetricSpec, Profile
 
 Status = Literal["open", "final", "ended"]
+_T = TypeVar("_T")
 
 _CRITICAL_GROWTH = 1.1
 """A critical distribution metric is re-checked when its canary samples grow by 10%."""
@@ -257,17 +260,7 @@ class Deployment:
     def _analyze(self, spec: MetricSpec, time: float) -> MetricResult:
         alpha = self.profile.metric_alpha
         if spec.kind == "ratio":
-            base, canary = self._counts_for(spec.name)
-            return analyze_ratio(
-                spec,
-                base.good,
-                base.total,
-                canary.good,
-                canary.total,
-                alpha,
-                evidence=self._ratio_evidence(spec),
-                window=self._burn_window(time),
-            )
+            return self._on_ratio(analyze_ratio, spec, time)
         if self._by_instance(spec):
             base_i, canary_i = (InstanceMeans(*t.means()) for t in self._instances_for(spec.name))
             return analyze_instances(spec, base_i, canary_i, alpha)
@@ -279,22 +272,18 @@ class Deployment:
             spec, base_s.values(), canary_s.values(), alpha, evidence=evidence
         )
 
-    def _burn_window(self, time: float) -> BurnWindow:
+    def _on_ratio(self, analyzer: Callable[..., _T], spec: MetricSpec, time: float) -> _T:
+        """``analyzer`` (:func:`analyze_ratio` or :func:`ratio_fails`) on a ratio metric."""
+        base, canary = self._counts_for(spec.name)
         weight = self.weight_at(time)
-        return BurnWindow(
+        window = BurnWindow(
             now=time,
             duration=self.profile.max_duration,
             elapsed=max(0.0, time - self.started),
             canary_share=None if weight is None else weight / 100.0,
             period=self.profile.slo_period,
         )
-
-    def _fails(self, spec: MetricSpec, time: float) -> bool:
-        """Does ``spec`` fail now? A ratio metric is answered without the verdict's detail."""
-        if spec.kind != "ratio":
-            return self._analyze(spec, time).outcome == "fail"
-        base, canary = self._counts_for(spec.name)
-        return ratio_fails(
+        return analyzer(
             spec,
             base.good,
             base.total,
@@ -302,8 +291,14 @@ class Deployment:
             canary.total,
             self.profile.metric_alpha,
             evidence=self._ratio_evidence(spec),
-            window=self._burn_window(time),
+            window=window,
         )
+
+    def _fails(self, spec: MetricSpec, time: float) -> bool:
+        """Does ``spec`` fail now? A ratio metric is answered without the verdict's detail."""
+        if spec.kind == "ratio":
+            return self._on_ratio(ratio_fails, spec, time)
+        return self._analyze(spec, time).outcome == "fail"
 
     def _by_instance(self, spec: MetricSpec) -> bool:
         """Judge per instance: asked for, or (``auto``) when the events name instances."""
