@@ -593,13 +593,10 @@ def _counter_total(counter: PromCounter, **labels: str) -> int:
 def _problems(daemon: Daemon, work: Workload, verdicts: int) -> dict[str, int]:
     """What would make the figures suspect: anything not analysed, any deployment gone."""
     telemetry = daemon.telemetry
-    # The decoders' own skip counts (first points, stale points, ...) are not telemetry.
-    decoders = daemon.router._decoders.values()  # noqa: SLF001 - nowhere else to ask
-    skipped = sum(sum(decoder.skipped.values()) for decoder in decoders)
     return {
         "dropped samples": _counter_total(telemetry.dropped_samples),
         "dead letters": _counter_total(telemetry.invalid_events),
-        "points skipped by the decoder": skipped,
+        "points skipped by the decoder": _counter_total(telemetry.input_points_skipped),
         "deployments no longer open": work.deployments - len(daemon.router.deployments),
         "judgements missing": max(0, work.deployments * work.judgements() - verdicts),
     }

@@ -1,5 +1,6 @@
 import asyncio
 import signal
+from collections import Counter
 
 import aiohttp
 import orjson
@@ -66,6 +67,17 @@ async def test_daemon_judges_publishes_dead_letters_and_commits():
     # Everything consumed was committed once its effects were published.
     ends = broker.end_positions([TOPICS.deployments, TOPICS.metrics])
     assert broker.committed("coalmine") == ends
+    # Each deployment's verdicts reach the bus once each, in the order they were made
+    # (handed to the publisher one by one as the router makes them), the final one last.
+    verdicts = [orjson.loads(r.value) for r in broker.records(TOPICS.verdicts)]
+    for dep_id in finals(broker):
+        own = [v for v in verdicts if v["deployment_id"] == dep_id]
+        looks = [int(v["verdict_id"].rsplit("/", 1)[1]) for v in own]
+        assert looks == sorted(looks), looks
+        assert len({(v["verdict_id"], v["time"]) for v in own}) == len(own)
+        assert own[-1]["final"]
+        assert not any(v["final"] for v in own[:-1])
+    assert max(Counter(v["deployment_id"] for v in verdicts).values()) > 2
     # Verdicts are keyed by deployment id.
     assert {r.key for r in broker.records(TOPICS.verdicts)} == {
         b"checkout-v42",
