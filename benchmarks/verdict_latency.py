@@ -5,13 +5,15 @@ Run from the repository root: ``python benchmarks/verdict_latency.py [--rate N]
 
 A private tansu broker (``tests/brokers.py``) and the daemon as a **subprocess**
 (``python -m coalmine run``), on fresh topics. Every deployment sends, every ``--step``
-seconds of event time, four metric messages keyed by its service: the ``latency_ms``
-samples (``--samples-per-message`` lognormal values) and the ``requests`` good/total counts
-(the critical ratio metric) of each cohort. The canary repeats the baseline's numbers (an
-A/A test that cannot fail by chance), so no healthy deployment ends during the run;
-``min_duration = max_duration = 1h``. Start times are spread over one interval and ticks
-fall half a step off the judgement times, so judgements are spread evenly and a verdict's
-time says what made it (a due time: an interval judgement; a tick time: a critical check).
+seconds of event time and for each of ``--instances`` instances of each cohort, two metric
+messages keyed by its service: the ``latency_ms`` samples (``--samples-per-message``
+lognormal values) and the ``requests`` good/total counts (the critical ratio metric;
+``--error-ratio`` of them failed). The canary repeats the baseline's numbers (an A/A test
+that cannot fail by chance), so no healthy deployment ends during the run;
+``min_duration = max_duration = 1h``. Start times are spread over one interval (to the
+millisecond) and ticks fall half a step off the judgement times, so judgements are spread
+evenly and a verdict's time says what made it (a due time: an interval judgement; a tick
+time: a critical check).
 
 1. **Maximum rate** (unless ``--rate``): the same workload (``--max-minutes`` of event time
    for every deployment) is produced before a daemon starts; the daemon then drains it, and
@@ -21,7 +23,7 @@ time says what made it (a due time: an interval judgement; a tick time: a critic
    small message every 20 ms to a topic of its own and a bare ``AIOKafkaConsumer`` reads it:
    send to receipt. It runs alone first (idle), then all through the live run (loaded).
 3. **Live run**: ``--deployments`` are opened, then the load runs in real time at the rate
-   (event time ``step x rate / (4 x deployments)`` times faster than wall time) for
+   (event time ``step x rate / (4 x instances x deployments)`` times wall time) for
    ``--duration`` seconds. ``--critical`` deployments get a critical error burst (20% of
    the canary's requests fail) at a random moment after the warm-up; they must be rolled
    back on the message that shows it, not at their next interval. A rolled-back deployment
@@ -29,7 +31,7 @@ time says what made it (a due time: an interval judgement; a tick time: a critic
 
 Two measures of each verdict, after ``--warmup`` seconds:
 
-* **inside the daemon**: ``coalmine_verdict_lag_seconds`` (receipt of the fetched batch
+* **inside the daemon**: ``coalmine_verdict_lag_seconds`` (the return of the fetch
   holding the deciding message to the broker's ack of the verdict), its bucket counts at
   the end of the warm-up subtracted from those at the end; p50 and p99 interpolated in the
   buckets as Prometheus' ``histogram_quantile`` does.
@@ -358,6 +360,51 @@ class DaemonProcess:
             sum(1 for line in text if "WARNING" in line),
             sum(1 for line in text if "ERROR" in line or "Traceback" in line),
         )
+
+
+class EchoProcess(DaemonProcess):
+    """``benchmarks/echo_daemon.py`` in a subprocess: the latency floor of a daemon that
+    does nothing but notice due judgements (no HTTP, so no metrics to scrape)."""
+
+    def __init__(self, workdir: Path, bootstrap: str, topics: Topics, args) -> None:
+        super().__init__(workdir, "echo", "", free_port())
+        self.command = [
+            sys.executable,
+            str(ROOT / "benchmarks" / "echo_daemon.py"),
+            *("--bootstrap", bootstrap, "--interval", str(args.interval)),
+            *("--deployments", topics.deployments, "--metrics", topics.metrics),
+            *("--verdicts", topics.verdicts, "--fetch-max-wait-ms", str(args.fetch_max_wait_ms)),
+            *("--max-poll-records", str(args.max_poll_records)),
+        ]
+
+    def spawn(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.spawned = time.monotonic()
+            self.process = subprocess.Popen(
+                self.command,
+                cwd=ROOT,
+                env=os.environ | {"PYTHONPATH": str(ROOT)},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    async def scrape(self) -> dict[str, float]:
+        return {}
+
+    async def wait_for(self, *_: object, **__: object) -> float:
+        """Nothing to wait for: it reads the deploy events whenever it gets to them."""
+        return time.monotonic()
+
+    async def wait_ready(self) -> float:
+        """Seconds from spawn to its ``ready`` line."""
+        while "ready" not in self.log_path.read_text(errors="replace"):
+            if not self.alive():
+                raise SystemExit(f"echo daemon exited before it was ready:\n{self.log_tail()}")
+            if time.monotonic() - self.spawned > READY_TIMEOUT:
+                raise SystemExit(f"echo daemon not ready after {READY_TIMEOUT:g} s")
+            await asyncio.sleep(0.05)
+        return time.monotonic() - self.spawned
 
 
 def daemon_config(  # noqa: PLR0913 - keyword options of one file
@@ -925,7 +972,8 @@ def _delta(end: list[tuple[float, float]], start: list[tuple[float, float]]):
     return [(le, count - before.get(le, 0.0)) for le, count in end]
 
 
-async def live(broker: Tansu, args, workdir: Path, rate: float) -> dict:
+async def live(broker: Tansu, args, workdir: Path, rate: float, *, echo: bool = False) -> dict:
+    """The live run against coalmine, or (``echo``) against ``echo_daemon.py``."""
     args.rate = rate
     topics = Topics.fresh("lat")
     await create_topics(broker.bootstrap, topics.layout(args.partitions))
@@ -947,7 +995,11 @@ async def live(broker: Tansu, args, workdir: Path, rate: float) -> dict:
         max_poll_records=args.max_poll_records,
         fetch_max_wait_ms=args.fetch_max_wait_ms,
     )
-    daemon = DaemonProcess(workdir, "live", config, port)
+    daemon = (
+        EchoProcess(workdir, broker.bootstrap, topics, args)
+        if echo
+        else DaemonProcess(workdir, "live", config, port)
+    )
     daemon.spawn()
     state = LiveState()
     canaries = fleet(args.deployments, args.interval, args.step, args.seed)
@@ -956,7 +1008,8 @@ async def live(broker: Tansu, args, workdir: Path, rate: float) -> dict:
     # Critical bursts start at random moments after the warm-up (event time), early enough
     # for two more ticks of the deployment before the load stops.
     latest = args.duration - max(10.0, 2 * args.step / load.speed)
-    for canary in rng.choice(canaries, size=min(args.critical, len(canaries)), replace=False):
+    bursts = 0 if echo else min(args.critical, len(canaries))
+    for canary in rng.choice(canaries, size=bursts, replace=False):
         wall = float(rng.uniform(args.warmup, max(args.warmup, latest)))
         canary.burst_from = T0 + load.speed * wall
     loaded: list[float] = []
@@ -975,7 +1028,7 @@ async def live(broker: Tansu, args, workdir: Path, rate: float) -> dict:
             60,
         )
         print(
-            f"daemon pid {daemon.pid} ready {ready:.1f} s after spawn, "
+            f"{'echo ' if echo else ''}daemon pid {daemon.pid} ready {ready:.1f} s after spawn, "
             f"{args.deployments} deployments open; RSS {rss_mb(daemon.pid):.0f} MB"
         )
         print(
@@ -983,7 +1036,7 @@ async def live(broker: Tansu, args, workdir: Path, rate: float) -> dict:
             f"x{load.speed:.2f}: a tick every {args.step} event s, a judgement every "
             f"{args.interval} event s per deployment = "
             f"{args.deployments * load.speed / args.interval:.0f}/s), "
-            f"warm-up {args.warmup:g} s, {args.critical} critical bursts"
+            f"warm-up {args.warmup:g} s, {bursts} critical bursts"
         )
         tasks.append(
             asyncio.create_task(
@@ -1107,7 +1160,7 @@ async def live(broker: Tansu, args, workdir: Path, rate: float) -> dict:
             f"bursting message was acked; event time {when - burst:+.0f} s from the burst; "
             f"{next_due - when:.0f} event s before its next interval judgement"
         )
-    missing = args.critical - len(state.rollbacks)
+    missing = bursts - len(state.rollbacks)
     if missing:
         print(f"  WARNING: {missing} critical deployment(s) not rolled back")
     p99_out = percentile(outside, 0.99)
@@ -1119,7 +1172,6 @@ async def live(broker: Tansu, args, workdir: Path, rate: float) -> dict:
         f"\np99: inside {_ms(p99_in)} ms, outside {_ms(p99_out)} ms; bare round trip "
         f"{_ms(p99_base)} ms (loaded); ratio outside / bare {ratio:.1f}"
     )
-    print(f"issue-7 target: p99 <= {TARGET_P99 * 1e3:g} ms: {'met' if met else 'NOT met'}")
     return {
         "rate": rate,
         "produced_rate": produced_rate,
@@ -1132,7 +1184,7 @@ async def live(broker: Tansu, args, workdir: Path, rate: float) -> dict:
         "baseline_idle_p99": percentile(idle, 0.99),
         "critical_p99": percentile([o.latency for o in critical], 0.99),
         "critical_rolled_back": len(state.rollbacks),
-        "critical": args.critical,
+        "critical": bursts,
         "verdicts": len(window),
         "target_p99": TARGET_P99,
         "met": met,
@@ -1151,6 +1203,23 @@ async def main_async(args) -> None:
         else:
             rate = args.rate
         figures = await live(broker, args, workdir, rate)
+        met = "met" if figures["met"] else "NOT met"
+        print(f"issue-7 target: p99 <= {TARGET_P99 * 1e3:g} ms: {met}")
+        if args.echo:
+            print(
+                "\n== the same load against echo_daemon.py (reads, notices due judgements, "
+                "publishes; no analysis): the floor on this machine and broker"
+            )
+            floor = await live(broker, args, workdir, rate, echo=True)
+            figures["echo"] = {
+                key: floor[key]
+                for key in ("outside_p50", "outside_p99", "baseline_p50", "baseline_p99")
+            }
+            print(
+                f"\nend to end p99: coalmine {_ms(figures['outside_p99'])} ms, echo daemon "
+                f"{_ms(floor['outside_p99'])} ms under the same load "
+                f"(ratio {figures['outside_p99'] / floor['outside_p99']:.1f})"
+            )
     figures["max_rate"] = maximum
     write_json(args.json, figures)
 
@@ -1187,6 +1256,12 @@ def main() -> None:
         "--max-minutes", type=float, default=2.0, help="event minutes drained to find the max"
     )
     parser.add_argument("--probe-seconds", type=float, default=5.0, help="idle baseline length")
+    parser.add_argument(
+        "--no-echo",
+        dest="echo",
+        action="store_false",
+        help="skip the second live run against echo_daemon.py",
+    )
     parser.add_argument(
         "--max-poll-records",
         type=int,
