@@ -139,6 +139,20 @@ def latency_rows(_: str, data: dict) -> list[Row]:
             "<= 50 ms",
             data["outside_p99"] <= data["target_p99"],
         ),
+        *(
+            [
+                Row(
+                    "verdict latency p99, outside, against the floor",
+                    _ms(data["outside_p99"]),
+                    f"do-nothing daemon p99 {_ms(data['echo']['outside_p99'])}",
+                    f"{data['outside_p99'] / data['echo']['outside_p99']:.1f}",
+                    "(reported)",
+                    True,
+                )
+            ]
+            if data.get("echo")
+            else []
+        ),
         Row(
             "critical rollback, deciding msg -> verdict, p99",
             _ms(data["critical_p99"]),
