@@ -452,7 +452,9 @@ class Sampler:
 # -- the run --------------------------------------------------------------------------------
 
 
-def write_config(path: Path, bootstrap: str, group: str, topics: Topics, http_port: int) -> None:
+def write_config(
+    path: Path, bootstrap: str, group: str, topics: Topics, http_port: int, fetch_max_wait_ms: int
+) -> None:
     path.write_text(
         daemon_config(
             bootstrap,
@@ -462,6 +464,7 @@ def write_config(path: Path, bootstrap: str, group: str, topics: Topics, http_po
             group=group,
             session_timeout=10.0,
             client_id="coalmine-soak",
+            fetch_max_wait_ms=fetch_max_wait_ms,
         )
     )
 
@@ -508,7 +511,7 @@ async def soak(args: argparse.Namespace) -> int:
                 topics.dead_letter: 1,
             },
         )
-        write_config(config, bootstrap, group, topics, http_port)
+        write_config(config, bootstrap, group, topics, http_port, args.fetch_max_wait_ms)
         with daemon_log.open("wb") as log:
             daemon = subprocess.Popen(
                 [sys.executable, "-m", "coalmine", "run", "--config", str(config)],
@@ -537,7 +540,8 @@ async def soak(args: argparse.Namespace) -> int:
                     f"{args.deployments_open} deployments open, {args.rate:g} metric msgs/s, "
                     f"event time x{args.speed:g}, a tick every {load.step:g} event s "
                     f"({load.step / args.speed:g} wall s) per deployment, "
-                    f"{args.samples_per_message} samples per latency message\n"
+                    f"{args.samples_per_message} samples per latency message, daemon "
+                    f"fetch_max_wait {args.fetch_max_wait_ms} ms\n"
                 )
                 load_task = asyncio.create_task(load.run(bootstrap, args.duration))
                 died, drained_after = await observe(
@@ -914,6 +918,13 @@ def main() -> None:
         help="steps a service keeps reporting its new version after 'completed'",
     )
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument(
+        "--fetch-max-wait-ms",
+        type=int,
+        default=100,
+        help="[kafka] fetch_max_wait of the daemon (coalmine's default; tansu's in-memory "
+        "log costs it CPU per fetch in proportion to the log, so shorter waits starve it)",
+    )
     parser.add_argument("--sample-every", type=float, default=5.0)
     parser.add_argument(
         "--drain", type=float, default=60.0, help="seconds to wait for lag 0 after the load"
