@@ -231,12 +231,18 @@ class Deployment:
     def _critical_due(self, spec: MetricSpec, bad: int) -> bool:
         """Is a canary event of a critical metric worth a check between judgements?
 
-        A ratio metric: when the event brings bad events (one with none only adds to the
-        canary's good ones; the interval judgements see everything). A distribution
+        A ratio metric: when the event brings bad events. One with none cannot raise the
+        evidence (the rate-ratio e-process and the burn-rate guard rise only with canary
+        bad events), so only the e-process's batch is closed, as a check would, to keep
+        its batches what they were; the interval judgements see everything. A distribution
         metric: when its canary samples grew by a tenth since the last check.
         """
         if spec.kind == "ratio":
-            return bad > 0
+            if bad > 0:
+                return True
+            if spec.test == "sequential":
+                self._ratio_evidence(spec).rate.update()
+            return False
         seen = len(self._samples_for(spec.name)[1])
         if seen < spec.min_samples or seen < self._checked_at.get(spec.name, 0) * _CRITICAL_GROWTH:
             return False

@@ -134,6 +134,29 @@ def test_critical_ratio_is_checked_between_judgements_only_on_canary_bad_events(
     assert checked == [20.0, 40.0]
 
 
+@pytest.mark.parametrize(("canary_errors", "decision"), [(0.0004, "promote"), (0.004, "rollback")])
+def test_skipping_checks_without_bad_events_keeps_the_evidence_and_verdicts(
+    monkeypatch, canary_errors, decision
+):
+    # Against a deployment that checks on every canary message (as before): the same
+    # rate-ratio e-process (its batches closed at the same messages), guard maxima and
+    # verdicts. Most canary messages carry no bad event (500 requests a message).
+    checked_always = Deployment(started(), PROFILE)
+    monkeypatch.setattr(checked_always, "_critical_due", lambda *_: True)
+    skipping = Deployment(started(), PROFILE)
+    runs = [
+        feed(d, until=900, canary_errors=canary_errors, requests_per_step=500, seed=5)
+        for d in (checked_always, skipping)
+    ]
+    assert [v.to_dict() for v in runs[0]] == [v.to_dict() for v in runs[1]]
+    assert runs[1][-1].decision == decision
+    spec = PROFILE.metric("requests")
+    one, other = (d._ratio_evidence(spec) for d in (checked_always, skipping))
+    assert one.rate.log_e == other.rate.log_e
+    assert one.rate.max_log_e == other.rate.max_log_e
+    assert one.guard_max_log_e == other.guard_max_log_e
+
+
 def test_too_little_traffic_ends_inconclusive_at_max_duration():
     deployment = Deployment(started(), PROFILE)
     verdicts = feed(deployment, until=960, samples=2, requests_per_step=20)
