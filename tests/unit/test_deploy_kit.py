@@ -48,7 +48,11 @@ METRICS = {
     "coalmine_recovered_deployments_total",
     "coalmine_config_reloads_total",
 }
-HISTOGRAMS = {"coalmine_analysis_duration_seconds", "coalmine_verdict_lag_seconds"}
+HISTOGRAMS = {
+    "coalmine_analysis_duration_seconds",
+    "coalmine_publish_duration_seconds",
+    "coalmine_verdict_lag_seconds",
+}
 
 
 # --------------------------------------------------------------------------- YAML subset
