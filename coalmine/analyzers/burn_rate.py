@@ -154,12 +154,9 @@ def analyze_ratio(  # noqa: PLR0913 - two cohorts' counts are the natural inputs
     """
     counts = _checked_counts(spec, alpha, baseline_good, baseline_total, canary_good, canary_total)
     baseline_good, baseline_total, canary_good, canary_total = counts
-    if any(n < 0 for n in counts) or baseline_good > baseline_total or canary_good > canary_total:
-        reason = f"{spec.name}: inconsistent counts (good must lie within 0..total)"
-        return _result(spec, "error", counts, measured=False, reason=reason)
-    if canary_total == 0:
-        reason = f"{spec.name}: no canary events yet"
-        return _result(spec, "nodata", counts, measured=False, reason=reason)
+    unusable = _unusable(spec, counts)
+    if unusable is not None:
+        return _result(spec, unusable[0], counts, measured=False, reason=unusable[1])
 
     budget = _budget(spec)
     tol = spec.tolerance
@@ -249,9 +246,7 @@ def ratio_fails(  # noqa: PLR0913 - analyze_ratio's arguments
     """
     counts = _checked_counts(spec, alpha, baseline_good, baseline_total, canary_good, canary_total)
     baseline_good, baseline_total, canary_good, canary_total = counts
-    if any(n < 0 for n in counts) or baseline_good > baseline_total or canary_good > canary_total:
-        return False
-    if canary_total == 0:
+    if _unusable(spec, counts) is not None:
         return False
     sequential = spec.test == "sequential" and evidence is not None
     if sequential and evidence is not None:
@@ -292,6 +287,16 @@ def _checked_counts(
     if not 0.0 < alpha < 0.5:
         raise ValueError(f"alpha must be in (0, 0.5), got {alpha}")
     return int(baseline_good), int(baseline_total), int(canary_good), int(canary_total)
+
+
+def _unusable(spec: MetricSpec, counts: tuple[int, int, int, int]) -> tuple[Outcome, str] | None:
+    """Why the counts cannot be judged (``error`` or ``nodata``, and the reason), if so."""
+    baseline_good, baseline_total, canary_good, canary_total = counts
+    if any(n < 0 for n in counts) or baseline_good > baseline_total or canary_good > canary_total:
+        return "error", f"{spec.name}: inconsistent counts (good must lie within 0..total)"
+    if canary_total == 0:
+        return "nodata", f"{spec.name}: no canary events yet"
+    return None
 
 
 def _budget(spec: MetricSpec) -> float:
