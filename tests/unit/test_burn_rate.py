@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -144,16 +143,6 @@ def test_allowed_change_sets_the_relative_threshold() -> None:
     # 3x the baseline: a regression at the default 1.5x, tolerated at 5x.
     assert _judge(100, 100_000, 300, 100_000).outcome == "fail"
     assert _judge(100, 100_000, 300, 100_000, spec=loose).outcome == "pass"
-
-
-def test_is_cheap_enough_for_every_message() -> None:
-    calls = 2_000
-    start = time.perf_counter()
-    for i in range(calls):
-        _judge(bad_b=100 + i, total_b=100_000, bad_c=20 + i % 7, total_c=10_000)
-    per_call = (time.perf_counter() - start) / calls
-    # ~20 us measured; 1 ms is the budget from the brief, loose for shared CI machines.
-    assert per_call < 1e-3
 
 
 def test_shared_outage_is_not_blamed_on_the_canary():
