@@ -93,7 +93,9 @@ class Daemon:
             self.telemetry,
             wall_clock=wall_clock,
             stopping=self._stopping,
-            acknowledged=lambda effects: self.directory.verdicts(effects.verdicts),
+            acknowledged=lambda effects: self.directory.verdicts(
+                effects.verdicts, effects.encode()
+            ),
         )
         if isinstance(transport, Partitioned):
             transport.listen(before_revoke=self._before_revoke, after_assign=self._after_assign)
@@ -252,7 +254,13 @@ class Daemon:
         put = self.publisher.put
 
         def emit(effects: Effects) -> None:  # called in the worker thread
+            effects.encode()  # here, off the event loop
             loop.call_soon_threadsafe(put, effects)
+
+        def judge(chunk: list[Record]) -> Effects:  # runs in the worker thread
+            effects = self.router.handle(chunk, received, emit)
+            effects.encode()  # here, off the event loop
+            return effects
 
         received = self._wall_clock()
         # The router takes deploy events first within a batch; keep that across chunks.
@@ -261,7 +269,7 @@ class Daemon:
             chunk = records[start : start + _CHUNK_RECORDS]
             begun = time.perf_counter()
             # Hand-overs run on the loop before this await returns, so order is kept.
-            effects = await asyncio.to_thread(self.router.handle, chunk, received, emit)
+            effects = await asyncio.to_thread(judge, chunk)
             self.telemetry.analysis_duration.observe(time.perf_counter() - begun)
             self.publisher.put(effects)
             if self.publisher.pending > _MAX_PENDING:

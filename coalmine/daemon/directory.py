@@ -115,10 +115,18 @@ class Directory:
         elif event.event in {"completed", "aborted"}:
             entry.ended = True
 
-    def verdicts(self, verdicts: Iterable[Verdict]) -> None:
-        """Note verdicts this daemon published."""
-        for verdict in verdicts:
-            self.verdict(verdict.to_dict())
+    def verdicts(self, verdicts: Iterable[Verdict], encoded: Iterable[bytes]) -> None:
+        """Note verdicts this daemon published, with each as it was published."""
+        for verdict, data in zip(verdicts, encoded, strict=True):
+            self._keep(
+                verdict.deployment_id,
+                verdict.service,
+                look_of(verdict.verdict_id),
+                data,
+                final=verdict.final,
+                decision=verdict.decision,
+                config_digest=verdict.config_digest,
+            )
 
     def verdict(self, obj: dict[str, Any], encoded: bytes | None = None) -> None:
         """Note one verdict (as on the verdict topic); the latest judgement is kept.
@@ -130,18 +138,39 @@ class Directory:
         )
         if not isinstance(dep_id, str) or not isinstance(service, str):
             return
-        look = look_of(verdict_id) if isinstance(verdict_id, str) else None
+        decision, digest = obj.get("decision"), obj.get("config_digest")
+        self._keep(
+            dep_id,
+            service,
+            look_of(verdict_id) if isinstance(verdict_id, str) else None,
+            encoded if encoded is not None else orjson.dumps(obj),
+            final=obj.get("final") is True,
+            decision=decision if isinstance(decision, str) else None,
+            config_digest=digest if isinstance(digest, str) else None,
+        )
+
+    def _keep(
+        self,
+        deployment_id: str,
+        service: str,
+        look: int | None,
+        encoded: bytes,
+        *,
+        final: bool,
+        decision: str | None,
+        config_digest: str | None,
+    ) -> None:
+        """Keep a verdict unless the deployment already has a final or a later look."""
         if look is None:
             return
-        entry = self._entry(dep_id, service)
+        entry = self._entry(deployment_id, service)
         if entry.final or look < entry.look:
             return
-        entry.verdict = zlib.compress(encoded if encoded is not None else orjson.dumps(obj), 1)
+        entry.verdict = zlib.compress(encoded, 1)
         entry.look = look
-        entry.final = obj.get("final") is True
-        decision, digest = obj.get("decision"), obj.get("config_digest")
-        entry.decision = decision if isinstance(decision, str) else None
-        entry.config_digest = digest if isinstance(digest, str) else None
+        entry.final = final
+        entry.decision = decision
+        entry.config_digest = config_digest
 
     def get(self, deployment_id: str) -> dict[str, Any] | None:
         """The view of one deployment, if known."""

@@ -77,6 +77,7 @@ class Effects:
     dead_letters: list[Outgoing] = field(default_factory=list)
     received: list[float] = field(default_factory=list)
     """Wall time the record that made each verdict due was received (verdict lag)."""
+    _encoded: list[bytes] = field(default_factory=list, repr=False)
 
     def __bool__(self) -> bool:
         return bool(self.verdicts or self.dead_letters)
@@ -86,12 +87,23 @@ class Effects:
         self.verdicts.extend(other.verdicts)
         self.dead_letters.extend(other.dead_letters)
         self.received.extend(other.received)
+        self._encoded.clear()
+
+    def encode(self) -> list[bytes]:
+        """The verdicts as published on the bus, encoded once.
+
+        Whichever thread asks first encodes them: the daemon asks in its worker thread,
+        off the event loop.
+        """
+        if len(self._encoded) != len(self.verdicts):
+            self._encoded = [encode_verdict(v) for v in self.verdicts]
+        return self._encoded
 
     def messages(self, topics: TopicsSettings) -> list[Outgoing]:
         """The verdicts and dead letters as messages for the bus."""
         out = [
-            Outgoing(topics.verdicts, encode_verdict(v), v.deployment_id.encode())
-            for v in self.verdicts
+            Outgoing(topics.verdicts, data, v.deployment_id.encode())
+            for v, data in zip(self.verdicts, self.encode(), strict=True)
         ]
         out.extend(self.dead_letters)
         return out

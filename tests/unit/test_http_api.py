@@ -142,3 +142,28 @@ def test_a_verdict_of_an_earlier_look_never_replaces_a_later_one() -> None:
     early = dict(late, verdict_id="checkout-v42/1", decision="rollback")
     directory.verdict(early)
     assert directory.get("checkout-v42")["verdict"]["verdict_id"] == "checkout-v42/2"
+
+
+def test_own_verdicts_are_kept_as_published_and_equal_what_a_follower_sees() -> None:
+    records = scenario_records()
+    effects = Router({"default": PROFILE}, TOPICS).handle(records, now=0.0)
+    encoded = effects.encode()
+    assert effects.encode() is encoded  # encoded once, whoever asks
+    assert encoded == [encode_verdict(v) for v in effects.verdicts]
+    own = Directory(TOPICS)
+    own.take(records)
+    own.verdicts(effects.verdicts, encoded)
+    assert own.list() == directory_after().list()
+    assert {v["deployment_id"]: v["decision"] for v in own.list()} == EXPECTED
+
+
+def test_effects_encode_again_after_more_verdicts_join() -> None:
+    records = scenario_records()
+    router = Router({"default": PROFILE}, TOPICS)
+    first = router.handle(records[: len(records) // 4], now=0.0)
+    rest = router.handle(records[len(records) // 4 :], now=0.0)
+    assert first.verdicts
+    assert rest.verdicts
+    first.encode()
+    first.extend(rest)
+    assert first.encode() == [encode_verdict(v) for v in first.verdicts]
