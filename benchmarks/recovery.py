@@ -213,6 +213,7 @@ async def run(args) -> dict:
             bench_profile(args.interval, 3600),
             group=group,
             session_timeout=args.session_timeout,
+            group_instance_id="coalmine-recovery" if args.static_membership else None,
         )
         first = DaemonProcess(workdir, "first", config, port)
         first.spawn()
@@ -326,6 +327,11 @@ def main() -> None:
         type=float,
         default=10.0,
         help="[kafka] session_timeout of both daemons, s (coalmine's default: 10)",
+    )
+    parser.add_argument(
+        "--static-membership",
+        action="store_true",
+        help="both daemons set the same [kafka] group_instance_id (a restarted pod)",
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="give up on the rebuild")
     parser.add_argument("--seed", type=int, default=7)

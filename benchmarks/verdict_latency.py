@@ -98,7 +98,7 @@ idempotent_producer = false   # tansu has no InitProducerId
 session_timeout = "{session_timeout:g}s"
 max_poll_records = {max_poll_records}
 fetch_max_wait = "{fetch_max_wait_ms}ms"
-
+{group_instance}
 [topics]
 deployments = "{topics.deployments}"
 metrics = "{topics.metrics}"
@@ -419,8 +419,12 @@ def daemon_config(  # noqa: PLR0913 - keyword options of one file
     max_poll_records: int = 2000,
     fetch_max_wait_ms: int = 10,
     client_id: str = "coalmine-bench",
+    group_instance_id: str | None = None,
 ) -> str:
     return CONFIG.format(
+        group_instance=""
+        if group_instance_id is None
+        else f'group_instance_id = "{group_instance_id}"\n',
         log_level=log_level,
         bootstrap=bootstrap,
         group=group or f"coalmine-bench-{uuid.uuid4().hex[:6]}",
