@@ -1,9 +1,10 @@
 """The daemon: wires a transport to the router, publishes what it decides, commits.
 
-The loop is: fetch records -> hand them to the router in chunks of up to 200 (in a worker
-thread, so broker heartbeats keep running) -> queue each chunk's verdicts and dead letters
-with the :class:`~coalmine.daemon.publisher.Publisher`, which publishes them at once while
-the next chunks are judged -> about once a second, wait until everything queued is
+The loop is: fetch records -> hand them to the router (in a worker thread, so broker
+heartbeats keep running) -> queue each verdict with the
+:class:`~coalmine.daemon.publisher.Publisher` the moment it is made, and the fetch's dead
+letters at its end; the publisher sends what is queued while the rest is judged -> about
+once a second, wait until everything queued is
 acknowledged by the broker and commit the consumer position, held back to the router's
 floors (the oldest record an open deployment still needs). Nothing is committed past an
 unacknowledged verdict; effects whose publish fails are retried in order, so nothing is
@@ -30,7 +31,7 @@ from coalmine.bus.base import Partitioned
 from coalmine.daemon.directory import Directory
 from coalmine.daemon.http import HttpServer, build_app
 from coalmine.daemon.publisher import Publisher
-from coalmine.daemon.router import Router, deploys_first
+from coalmine.daemon.router import Router
 from coalmine.daemon.telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -46,8 +47,6 @@ _FETCH_TIMEOUT = 0.5
 _EXPIRY_CHECK_EVERY = 1.0
 _STALL_AFTER = 60.0
 _MAX_BACKOFF = 30.0
-_CHUNK_RECORDS = 200
-"""Records judged per hand-over to the worker thread (verdicts leave as they are made)."""
 _MAX_PENDING = 2_000
 """Messages queued for publishing before the loop waits for the broker to catch up."""
 
@@ -243,38 +242,33 @@ class Daemon:
             await self._settle_and_commit()
 
     async def _handle(self, records: list[Record]) -> None:
-        """Judge ``records`` a chunk at a time, queueing each chunk's effects at once.
+        """Judge a fetch in a worker thread; each verdict is queued the moment it is made.
 
-        Each chunk is judged in a worker thread: the event loop meanwhile sends what the
-        chunk before decided and keeps the Kafka client's heartbeats and prefetching going
-        (numpy releases the GIL while it sorts and partitions, so the two overlap). A
-        verdict is handed to the publisher the moment it is made, not at the chunk's end.
+        The event loop meanwhile publishes what was decided and keeps the Kafka client's
+        heartbeats and prefetching going (numpy releases the GIL while it sorts and
+        partitions, so the two overlap). The router takes the records that make a verdict
+        first, so a verdict waits for its own deployment's records, not the whole fetch.
         """
-        loop = asyncio.get_running_loop()
-        put = self.publisher.put
+        put = self.publisher.put_threadsafe
 
         def emit(effects: Effects) -> None:  # called in the worker thread
             effects.encode()  # here, off the event loop
-            loop.call_soon_threadsafe(put, effects)
+            put(effects)
 
-        def judge(chunk: list[Record]) -> Effects:  # runs in the worker thread
-            effects = self.router.handle(chunk, received, emit)
-            effects.encode()  # here, off the event loop
+        def judge() -> Effects:  # runs in the worker thread
+            effects = self.router.handle(records, received, emit)
+            effects.encode()
             return effects
 
         received = self._wall_clock()
-        # The router takes deploy events first within a batch; keep that across chunks.
-        records, deploys = deploys_first(records, self.settings.topics.deployments)
-        for start in range(0, len(records), _CHUNK_RECORDS):
-            chunk = records[start : start + _CHUNK_RECORDS]
-            begun = time.perf_counter()
-            # Hand-overs run on the loop before this await returns, so order is kept.
-            effects = await asyncio.to_thread(judge, chunk)
-            self.telemetry.analysis_duration.observe(time.perf_counter() - begun)
-            self.publisher.put(effects)
-            if self.publisher.pending > _MAX_PENDING:
-                await self.publisher.settle()
-        self.directory.take(records[:deploys])
+        begun = time.perf_counter()
+        # Hand-overs are taken on the loop before this await returns, so order is kept.
+        effects = await asyncio.to_thread(judge)
+        self.telemetry.analysis_duration.observe(time.perf_counter() - begun)
+        self.publisher.put(effects)
+        if self.publisher.pending > _MAX_PENDING:
+            await self.publisher.settle()
+        self.directory.take(r for r in records if r.topic == self.settings.topics.deployments)
 
     async def _settle_and_commit(self) -> bool:
         """Wait for every queued effect to be acknowledged, then commit; False if not."""

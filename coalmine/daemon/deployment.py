@@ -79,6 +79,11 @@ class Deployment:
         self.last_verdict: Verdict | None = None
         self._limits = limits or AnalysisLimits()
         self._look = 1
+        self._burn_levels = {
+            spec.name: min(spec.slow_burn, spec.fast_burn) * (1.0 - spec.objective)
+            for spec in profile.metrics
+            if spec.critical and spec.kind == "ratio" and spec.objective is not None
+        }
         self._samples: dict[str, tuple[SampleReservoir, SampleReservoir]] = {}
         self._counts: dict[str, tuple[EventCounts, EventCounts]] = {}
         self._instances: dict[str, tuple[InstanceTally, InstanceTally]] = {}
@@ -108,6 +113,37 @@ class Deployment:
         if event.version == self.baseline_version:
             return "baseline"
         return None
+
+    def next_due(self, after: float = -math.inf) -> float:
+        """Event time past which the next judgement falls due (inf: none left).
+
+        ``after``: the latest time of events not observed yet; the judgements they make due
+        are theirs. Cheap and without effect: the router takes events that make a verdict
+        first.
+        """
+        if not self.is_open:
+            return math.inf
+        look, watermark = self._look, max(self.watermark, after)
+        while watermark > self._due(look):
+            if self._last_look(look):
+                return math.inf
+            look += 1
+        return self._due(look)
+
+    def is_critical_burn(self, event: MetricEvent) -> bool:
+        """Does a canary event of a critical ratio metric burn its budget fast on its own?
+
+        At the slow-burn rate or faster, on its own counts. Every canary event with bad
+        events is checked between judgements; the router takes these first. At 0.1% errors
+        out of a 99.9% objective almost every canary message brings a bad event, and a
+        priority for all would be a priority for none.
+        """
+        level = self._burn_levels.get(event.metric)
+        return (
+            level is not None
+            and event.total - event.good > event.total * level
+            and self.cohort_of(event) == "canary"
+        )
 
     def observe(self, event: MetricEvent, cohort: Cohort) -> list[Verdict]:
         """Take one metric event; return the verdicts it made due, in order."""

@@ -38,7 +38,7 @@ from coalmine.formats import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
     from coalmine.formats.mapping import InputSettings
 
@@ -57,6 +57,10 @@ _LIMIT_OF_REASON = {
     "too_large": "max_message_bytes",
     "too_many_deployments": "max_open_deployments",
 }
+
+
+_Work = tuple[Record, "list[MetricEvent] | None"]
+"""A record to take: a deploy record (None), or a metric record with its decoded events."""
 
 
 @dataclass(slots=True)
@@ -161,11 +165,18 @@ class Router:
         now: float,
         emit: Callable[[Effects], None] | None = None,
     ) -> Effects:
-        """Handle records in order; ``now`` is the wall time they were received.
+        """Handle records; ``now`` is the wall time they were received.
 
-        With ``emit``, the effects made so far are handed to it as soon as a record made a
-        verdict (so a caller can publish it while the rest is handled); what is returned
-        is then only what came after the last hand-over.
+        Deploy events go first. Then the metric records that make a verdict (a judgement
+        falls due, or a critical check) go before the rest, so their verdicts need not wait
+        for the whole batch; each deployment's events are still taken in the order they
+        came (see :meth:`_deciding_first`).
+
+        With ``emit``, the effects made so far are handed to it once the deploy records and
+        the deciding metric records are taken (one hand-over for the verdicts those make
+        together: a caller publishes them in one round trip while the rest is handled),
+        then as soon as any later record makes a verdict. What is returned is only what
+        came after the last hand-over.
         """
         effects = Effects()
         batch = records if isinstance(records, list) else list(records)
@@ -176,23 +187,18 @@ class Router:
         for topic, count in counts.items():
             self.telemetry.consumed(topic, count)
         self._note_batch(spans)
-        on_record = self._on_record
-        for record in batch:
-            self._record = record
-            try:
-                verdicts = on_record(record, now)
-            except ContractError as exc:
-                effects.dead_letters.append(self._dead_letter(record, exc))
-                continue
-            finally:
-                self._record = None
-            if verdicts:
-                published = self._settle(verdicts)
-                effects.verdicts.extend(published)
-                effects.received.extend(now for _ in published)
-                if emit is not None and published:
+        first_metric = counts.get(deploys, 0)
+        decoded = self._decode_all(batch[first_metric:], effects)
+        handing: Callable[[Effects], None] | None = None  # from the hand-over on: emit
+        for item in self._in_turn(batch[:first_metric], decoded):
+            if item is None:
+                handing = emit
+                if emit is not None and effects.verdicts:
                     emit(effects)
                     effects = Effects()
+            elif self._take(*item, now, effects) and handing is not None:
+                handing(effects)
+                effects = Effects()
         positions = self._positions
         for key, (_, last) in spans.items():
             if last >= positions.get(key, 0):
@@ -200,6 +206,100 @@ class Router:
         for topic in counts.keys() & self._decoders.keys():
             self._count_decoder(topic)
         return effects
+
+    def _in_turn(self, deploys: list[Record], decoded: list[_Work]) -> Iterator[_Work | None]:
+        """Deploy records, deciding metric records, None (time to hand over), the rest."""
+        yield from ((record, None) for record in deploys)
+        # Classified once the deploy records are taken: their deployments are open.
+        first, rest = self._deciding_first(decoded)
+        yield from first
+        yield None
+        yield from rest
+
+    def _take(
+        self, record: Record, events: list[MetricEvent] | None, now: float, effects: Effects
+    ) -> bool:
+        """Take one record into ``effects``; True if it made a verdict to publish."""
+        self._record = record
+        try:
+            verdicts = self._apply(record, events, now)
+        except ContractError as exc:
+            effects.dead_letters.append(self._dead_letter(record, exc))
+            return False
+        finally:
+            self._record = None
+        if not verdicts:
+            return False
+        published = self._settle(verdicts)
+        effects.verdicts.extend(published)
+        effects.received.extend(now for _ in published)
+        return bool(published)
+
+    def _decode_all(self, records: list[Record], effects: Effects) -> list[_Work]:
+        """Decode metric records in order; one that does not decode is a dead letter."""
+        decoded: list[_Work] = []
+        for record in records:
+            try:
+                decoded.append((record, self._decode(record)))
+            except ContractError as exc:
+                effects.dead_letters.append(self._dead_letter(record, exc))
+        return decoded
+
+    def _deciding_first(self, decoded: list[_Work]) -> tuple[list[_Work], list[_Work]]:
+        """Decoded metric records split: those to take first, then the rest.
+
+        A record is deciding when one of its events makes a judgement due
+        (:meth:`Deployment.next_due`) or burns a critical metric's budget fast
+        (:meth:`Deployment.is_critical_burn`). Records are grouped by the deployments
+        they feed (unrouted ones by service), joined through records that feed several.
+        A group with a deciding record moves its records up to its last deciding one to
+        the front, in their order; everything else follows in its order. So no deployment
+        sees its events in another order than they came, and a verdict waits for the
+        records before it of its own group, not for the whole batch.
+        """
+        keys, deciding = self._classify(decoded)
+        if not deciding:
+            return [], decoded
+        if any(len(mine) > 1 for mine in keys):  # records that feed several deployments
+            group = _Groups()
+            for mine in keys:
+                group.join(mine)
+            keys = [[group.of(mine[0])] if mine else mine for mine in keys]
+        until = {keys[index][0]: index for index in deciding}  # the last one of each wins
+        first: list[_Work] = []
+        rest: list[_Work] = []
+        for index, (item, mine) in enumerate(zip(decoded, keys, strict=True)):
+            (first if mine and until.get(mine[0], -1) >= index else rest).append(item)
+        return first, rest
+
+    def _classify(self, decoded: list[_Work]) -> tuple[list[list[str]], list[int]]:
+        """Per record, the deployments it feeds (or unrouted services); the deciding ones."""
+        keys: list[list[str]] = []
+        deciding: list[int] = []
+        due_at: dict[str, float] = {}  # per deployment, the time past which one is due
+        deployment_for = self._deployment_for
+        for index, (_, events) in enumerate(decoded):
+            mine: list[str] = []
+            hot = False
+            for event in events or ():
+                deployment = deployment_for(event)
+                if deployment is None:
+                    mine.append(f"service\0{event.service}")
+                    continue
+                dep_id = deployment.deployment_id
+                mine.append(dep_id)
+                due = due_at.get(dep_id)
+                if due is None:
+                    due = due_at[dep_id] = deployment.next_due()
+                if event.time > due:
+                    hot = True
+                    due_at[dep_id] = deployment.next_due(event.time)
+                elif event.is_ratio and event.total > event.good:
+                    hot = hot or deployment.is_critical_burn(event)
+            keys.append(mine)
+            if hot:
+                deciding.append(index)
+        return keys, deciding
 
     def _count_decoder(self, topic: str) -> None:
         """Add what an input's decoder skipped and reset since last time to telemetry."""
@@ -279,18 +379,27 @@ class Router:
             return False
         return topic != self.topics.metrics or partition == origin.deploy[1]
 
-    def _on_record(self, record: Record, now: float) -> list[Verdict]:
+    def _decode(self, record: Record) -> list[MetricEvent] | None:
+        """The metric events of a record of an input topic; None for any other topic."""
         if len(record.value) > self.limits.max_message_bytes:
             raise ContractError("too_large", f"{len(record.value)} bytes")
         topic = record.topic
-        if topic == self.topics.deployments:
-            return self._on_deploy_record(record, now)
         if topic == self.topics.metrics or topic in self._native_inputs:
-            return self._on_metrics(decode_metric_events(record.value), now)
+            return decode_metric_events(record.value)
         decoder = self._decoders.get(topic)
         if decoder is not None:
-            return self._on_metrics(decoder.decode(record.value), now)
-        return []
+            return decoder.decode(record.value)
+        return None
+
+    def _apply(self, record: Record, events: list[MetricEvent] | None, now: float) -> list[Verdict]:
+        """Take a deploy record (``events`` None) or a metric record's decoded events."""
+        if events is not None:
+            return self._on_metrics(events, now)
+        if record.topic != self.topics.deployments:
+            return []
+        if len(record.value) > self.limits.max_message_bytes:
+            raise ContractError("too_large", f"{len(record.value)} bytes")
+        return self._on_deploy_record(record, now)
 
     def _on_deploy_record(self, record: Record, now: float) -> list[Verdict]:
         headers: Sequence[tuple[str, bytes | None]] = record.headers
@@ -578,6 +687,31 @@ class Router:
             value = value[: self.limits.max_message_bytes]
             headers = (*headers, ("coalmine-truncated-from", str(len(record.value)).encode()))
         return Outgoing(self.topics.dead_letter, value, record.key, headers)
+
+
+class _Groups:
+    """Keys joined into groups (union-find): records that share a key share a group."""
+
+    def __init__(self) -> None:
+        self._parent: dict[str, str] = {}
+
+    def of(self, key: str) -> str:
+        """The representative of ``key``'s group."""
+        parent = self._parent
+        while (up := parent.get(key, key)) != key:
+            parent[key] = parent.get(up, up)  # halve the path
+            key = up
+        return key
+
+    def join(self, keys: list[str]) -> None:
+        """Put ``keys`` in one group."""
+        if len(keys) < 2:  # one key joins nothing
+            return
+        root = self.of(keys[0])
+        for key in keys[1:]:
+            other = self.of(key)
+            if other != root:
+                self._parent[other] = root
 
 
 def deploys_first(records: list[Record], deployments: str) -> tuple[list[Record], int]:

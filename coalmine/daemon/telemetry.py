@@ -41,8 +41,7 @@ class Telemetry:
         )
         self.analysis_duration = Histogram(
             "coalmine_analysis_duration_seconds",
-            "Time to handle one chunk of fetched records (up to 200): decode, route, buffer and "
-            "judge.",
+            "Time to handle one fetch of records: decode, route, buffer and judge.",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )

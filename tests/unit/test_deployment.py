@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 
@@ -335,3 +337,25 @@ def test_completed_and_a_metric_of_the_same_time_close_it_in_either_order():
             deployment.observe(sample, "canary")
             deployment.end(done)
         assert deployment.status == "ended", order
+
+
+def test_next_due_and_critical_burns_say_which_events_make_a_verdict() -> None:
+    d = Deployment(started(), PROFILE)
+    due = T0 + PROFILE.interval
+    assert d.next_due() == due
+    assert d.next_due(after=due - 1) == due
+    assert d.next_due(after=due + 1) == due + PROFILE.interval  # that one makes 1 due
+    assert d.next_due(after=T0 + PROFILE.max_duration + 1) == math.inf  # all made due
+    # Canary events of the critical ratio metric that burn the budget at the slow-burn
+    # rate (6 x 0.1%) or faster on their own.
+    assert d.is_critical_burn(requests("canary", due - 1, 99, 100))
+    assert d.is_critical_burn(requests("canary", due - 1, 9_939, 10_000))
+    assert not d.is_critical_burn(requests("canary", due - 1, 9_940, 10_000))
+    assert not d.is_critical_burn(requests("canary", due - 1, 100, 100))
+    assert not d.is_critical_burn(requests("baseline", due - 1, 90, 100))
+    assert d.watermark == T0  # asking changed nothing
+    assert d.metric_sizes() == {}
+    assert d.observe(latency("baseline", due + 1, np.ones(5)), "baseline")  # as announced
+    assert d.next_due() == due + PROFILE.interval
+    d.expire()
+    assert d.next_due() == math.inf

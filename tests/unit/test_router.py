@@ -8,7 +8,7 @@ from coalmine.config.models import LimitSettings, TopicsSettings
 from coalmine.daemon.router import Router
 from coalmine.formats import InputSettings
 from coalmine.simulator import Scenario, simulate, started_event, three_deployments
-from tests.scenario import PROFILE, T0
+from tests.scenario import EXPECTED, PROFILE, T0
 
 TOPICS = TopicsSettings()
 
@@ -280,33 +280,99 @@ def test_batching_does_not_change_verdicts():
     assert [v.to_dict() for v in whole] == [v.to_dict() for v in single]
 
 
-def test_emit_hands_each_verdict_over_as_soon_as_its_record_made_it():
+def test_emit_hands_the_deciding_records_verdicts_over_together_then_each_later_one():
     records = records_of(three_deployments())
-    whole = router().handle(records, now=0.0)
-    read = 0
-    handed: list[tuple[int, list[dict]]] = []  # (records read so far, verdicts handed over)
+    one_by_one = router()
+    expected = [v.to_dict() for rec in records for v in one_by_one.handle([rec], 0.0).verdicts]
+    made: list[int] = []  # verdicts made by each record taken, in the order taken
     r = router()
-    on_record = r._on_record
+    apply = r._apply
 
-    def counting(record, now):
-        nonlocal read
-        read += 1
-        return on_record(record, now)
+    def counting(record, events, now):
+        verdicts = apply(record, events, now)
+        made.append(len(verdicts))
+        return verdicts
 
-    r._on_record = counting
-    rest = r.handle(records, now=0.0, emit=lambda e: handed.append((read, e.verdicts)))
-    emitted = [v for _, verdicts in handed for v in verdicts] + rest.verdicts
-    assert [v.to_dict() for v in emitted] == [v.to_dict() for v in whole.verdicts]
-    assert len(handed) > 3
-    assert all(verdicts for _, verdicts in handed)
-    # Each hand-over comes right after the record that made it, before the next is read:
-    # what was handed over so far is what the records read so far make on their own.
-    for k in (0, len(handed) // 2, len(handed) - 1):
-        upto = handed[k][0]
-        so_far = [v.to_dict() for _, verdicts in handed[: k + 1] for v in verdicts]
-        assert [v.to_dict() for v in router().handle(records[:upto], now=0.0).verdicts] == so_far
-        before = router().handle(records[: upto - 1], now=0.0).verdicts
-        assert len(before) == len(so_far) - len(handed[k][1])
+    r._apply = counting
+    emitted: list[dict] = []
+    together = 0  # most deployments whose verdicts went in one first hand-over
+    for start in range(0, len(records), 40):  # batches as a live daemon fetches them
+        made.clear()
+        handed: list[tuple[int, int]] = []  # (records taken so far, verdicts handed over)
+        deployments: list[int] = []  # how many deployments each hand-over speaks for
+
+        def emit(effects, handed=handed, deployments=deployments):
+            handed.append((len(made), len(effects.verdicts)))
+            deployments.append(len({v.deployment_id for v in effects.verdicts}))
+            emitted.extend(v.to_dict() for v in effects.verdicts)
+
+        rest = r.handle(records[start : start + 40], now=0.0, emit=emit)
+        emitted.extend(v.to_dict() for v in rest.verdicts)
+        assert all(n for _, n in handed)
+        if not handed:
+            assert not rest.verdicts
+            continue
+        # The first hand-over holds everything the records taken before it made (the
+        # deciding ones); every later one comes right after the record that made it.
+        taken, n = handed[0]
+        assert n == sum(made[:taken])
+        together = max(together, deployments[0])
+        assert handed[1:] == [(i + 1, k) for i, k in enumerate(made) if k and i >= taken]
+        assert not rest.verdicts
+    assert together == 3  # the three fall due at the same event times: one round trip
+    by_deployment = lambda vs: {d: [v for v in vs if v["deployment_id"] == d] for d in EXPECTED}  # noqa: E731
+    assert by_deployment(emitted) == by_deployment(expected)
+    assert sorted(map(str, emitted)) == sorted(map(str, expected))
+
+
+def _three_open(r: Router) -> None:
+    """checkout, search and cart open at T0 with a first minute of samples (no judgement)."""
+    services = ("checkout", "search", "cart")
+    starts = [deploy(started_event(Scenario(f"{s}-v1", s), T0), i) for i, s in enumerate(services)]
+    firsts = [
+        metric(sample(service=s, cohort=c, time=T0 + 10), key=s.encode())
+        for s in services
+        for c in ("baseline", "canary")
+    ]
+    assert not r.handle(starts + firsts, now=0.0)
+
+
+def test_records_that_make_a_verdict_go_first_and_each_deployment_keeps_its_order():
+    due = T0 + PROFILE.interval  # checkout's first judgement falls due after this
+    at = lambda s, t, c="canary": sample(service=s, cohort=c, time=t)  # noqa: E731
+    batch = [
+        metric(at("search", due - 5), 10, b"search"),
+        metric([at("cart", due - 4), at("checkout", due - 3)], 11, b"cart"),  # joins the two
+        metric(at("search", due - 2), 12, b"search"),
+        metric(at("checkout", due + 1), 13, b"checkout"),  # makes checkout's judgement due
+        metric(at("cart", due - 1), 14, b"cart"),
+    ]
+    r = router()
+    _three_open(r)
+    seen_at_hand_over: list[dict[str, float]] = []
+    handed = []
+
+    def emit(effects) -> None:
+        handed.extend(effects.verdicts)
+        seen_at_hand_over.append({d: r.deployments[d].watermark for d in r.deployments})
+
+    assert not r.handle(batch, now=0.0, emit=emit)
+    # checkout's verdict left after its two records and the cart record it shares a message
+    # with, before search's records and cart's later one were taken.
+    assert seen_at_hand_over == [{"checkout-v1": due + 1, "search-v1": T0 + 10, "cart-v1": due - 4}]
+    assert {d: r.deployments[d].watermark for d in r.deployments} == {
+        "checkout-v1": due + 1,
+        "search-v1": due - 2,
+        "cart-v1": due - 1,
+    }
+    # Every deployment ends where taking the records one at a time, in order, leaves it.
+    in_order = router()
+    _three_open(in_order)
+    one_by_one = [v for record in batch for v in in_order.handle([record], now=0.0).verdicts]
+    assert [v.verdict_id for v in handed] == ["checkout-v1/1"]
+    assert [v.to_dict() for v in handed] == [v.to_dict() for v in one_by_one]
+    for dep_id, deployment in r.deployments.items():
+        assert deployment.metric_sizes() == in_order.deployments[dep_id].metric_sizes()
 
 
 def test_structured_cloudevents_without_a_content_type_are_recognised_and_deduplicated():
