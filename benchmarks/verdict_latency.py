@@ -1125,7 +1125,7 @@ async def live(broker: Tansu, args, workdir: Path, rate: float, *, echo: bool = 
         )
         print(f"  inside (coalmine_verdict_lag_seconds, n={count:,.0f}) {label}: {text}")
     for part, metric in (
-        ("judging a chunk", "coalmine_analysis_duration_seconds"),
+        ("judging a fetch", "coalmine_analysis_duration_seconds"),
         ("one publish round trip", "coalmine_publish_duration_seconds"),
     ):
         counts = _delta(buckets(end, metric), buckets(warm, metric))

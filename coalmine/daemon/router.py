@@ -257,49 +257,60 @@ class Router:
         sees its events in another order than they came, and a verdict waits for the
         records before it of its own group, not for the whole batch.
         """
-        keys, deciding = self._classify(decoded)
+        keys, several, deciding = self._classify(decoded)
         if not deciding:
             return [], decoded
-        if any(len(mine) > 1 for mine in keys):  # records that feed several deployments
+        if several:  # records that feed several deployments join their groups
             group = _Groups()
-            for mine in keys:
-                group.join(mine)
-            keys = [[group.of(mine[0])] if mine else mine for mine in keys]
-        until = {keys[index][0]: index for index in deciding}  # the last one of each wins
+            for joined in several.values():
+                group.join(joined)
+            keys = [None if key is None else group.of(key) for key in keys]
+        until = {keys[index]: index for index in deciding}  # the last one of each wins
         first: list[_Work] = []
         rest: list[_Work] = []
-        for index, (item, mine) in enumerate(zip(decoded, keys, strict=True)):
-            (first if mine and until.get(mine[0], -1) >= index else rest).append(item)
+        for index, item in enumerate(decoded):
+            (first if until.get(keys[index], -1) >= index else rest).append(item)
         return first, rest
 
-    def _classify(self, decoded: list[_Work]) -> tuple[list[list[str]], list[int]]:
-        """Per record, the deployments it feeds (or unrouted services); the deciding ones."""
-        keys: list[list[str]] = []
+    def _classify(
+        self, decoded: list[_Work]
+    ) -> tuple[list[str | None], dict[int, list[str]], list[int]]:
+        """Keys of the records, those of records with several, the deciding records.
+
+        A record's key is a deployment it feeds, or its service when unrouted (None: it has
+        no events); a record that feeds several has all its keys listed by its index.
+        """
+        keys: list[str | None] = []
+        several: dict[int, list[str]] = {}
         deciding: list[int] = []
         due_at: dict[str, float] = {}  # per deployment, the time past which one is due
         deployment_for = self._deployment_for
         for index, (_, events) in enumerate(decoded):
-            mine: list[str] = []
+            first_key: str | None = None
             hot = False
             for event in events or ():
                 deployment = deployment_for(event)
+                key = (
+                    f"service\0{event.service}" if deployment is None else deployment.deployment_id
+                )
+                if first_key is None:
+                    first_key = key
+                elif key != first_key:
+                    several.setdefault(index, [first_key]).append(key)
                 if deployment is None:
-                    mine.append(f"service\0{event.service}")
                     continue
-                dep_id = deployment.deployment_id
-                mine.append(dep_id)
-                due = due_at.get(dep_id)
+                due = due_at.get(key)
                 if due is None:
-                    due = due_at[dep_id] = deployment.next_due()
+                    due = due_at[key] = deployment.next_due()
                 if event.time > due:
                     hot = True
-                    due_at[dep_id] = deployment.next_due(event.time)
+                    due_at[key] = deployment.next_due(event.time)
                 elif event.is_ratio and event.total > event.good:
                     hot = hot or deployment.is_critical_burn(event)
-            keys.append(mine)
+            keys.append(first_key)
             if hot:
                 deciding.append(index)
-        return keys, deciding
+        return keys, several, deciding
 
     def _count_decoder(self, topic: str) -> None:
         """Add what an input's decoder skipped and reset since last time to telemetry."""
