@@ -1,15 +1,15 @@
 """The daemon: wires a transport to the router, publishes what it decides, commits.
 
 The loop is: fetch records -> hand them to the router (in a worker thread, so broker
-heartbeats keep running) -> queue each verdict with the
-:class:`~coalmine.daemon.publisher.Publisher` the moment it is made, and the fetch's dead
-letters at its end; the publisher sends what is queued while the rest is judged -> about
-once a second, wait until everything queued is
-acknowledged by the broker and commit the consumer position, held back to the router's
-floors (the oldest record an open deployment still needs). Nothing is committed past an
-unacknowledged verdict; effects whose publish fails are retried in order, so nothing is
-lost (at-least-once; verdict ids are deterministic, so a re-published verdict is a
-harmless duplicate).
+heartbeats keep running), which takes the records that make a verdict first -> queue
+their verdicts with the :class:`~coalmine.daemon.publisher.Publisher` together, any later
+one the moment it is made, and the fetch's dead letters at its end; the publisher sends
+what is queued while the rest is judged -> about once a second, wait until everything
+queued is acknowledged by the broker and commit the consumer position, held back to the
+router's floors (the oldest record an open deployment still needs). Nothing is committed
+past an unacknowledged verdict; effects whose publish fails are retried in order, so
+nothing is lost (at-least-once; verdict ids are deterministic, so a re-published verdict
+is a harmless duplicate).
 
 On Kafka, the log is the only state: when partitions are assigned (at start, or moved from
 another daemon), the daemon reads the verdict topic to learn what is already published,
@@ -242,7 +242,7 @@ class Daemon:
             await self._settle_and_commit()
 
     async def _handle(self, records: list[Record]) -> None:
-        """Judge a fetch in a worker thread; each verdict is queued the moment it is made.
+        """Judge a fetch in a worker thread, queueing verdicts for publishing as they come.
 
         The event loop meanwhile publishes what was decided and keeps the Kafka client's
         heartbeats and prefetching going (numpy releases the GIL while it sorts and

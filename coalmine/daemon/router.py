@@ -168,9 +168,9 @@ class Router:
         """Handle records; ``now`` is the wall time they were received.
 
         Deploy events go first. Then the metric records that make a verdict (a judgement
-        falls due, or a critical check) go before the rest, so their verdicts need not wait
-        for the whole batch; each deployment's events are still taken in the order they
-        came (see :meth:`_deciding_first`).
+        falls due, or a critical metric burns its budget fast) go before the rest, so their
+        verdicts need not wait for the whole batch; each deployment's events are still
+        taken in the order they came (see :meth:`_deciding_first`).
 
         With ``emit``, the effects made so far are handed to it once the deploy records and
         the deciding metric records are taken (one hand-over for the verdicts those make
