@@ -47,13 +47,19 @@ def published(broker: MemoryBroker) -> list[bytes]:
     return [r.value for r in broker.records(TOPICS.dead_letter)]
 
 
-async def test_effects_are_published_in_order_coalescing_what_waited():
+async def gated_publisher() -> tuple[MemoryBroker, GatedTransport, Publisher]:
+    """A publisher (not started) over a started gated transport on a fresh broker."""
     broker = make_broker()
     transport = GatedTransport(broker, [TOPICS.metrics], "g")
     await transport.start()
     publisher = Publisher(
         transport, TOPICS, Telemetry(), wall_clock=lambda: 0.0, stopping=asyncio.Event()
     )
+    return broker, transport, publisher
+
+
+async def test_effects_are_published_in_order_coalescing_what_waited():
+    broker, transport, publisher = await gated_publisher()
     publisher.start()
     transport.gate.clear()
     publisher.put(letters(b"1"))
@@ -74,12 +80,7 @@ async def test_effects_are_published_in_order_coalescing_what_waited():
 
 
 async def test_puts_from_another_thread_keep_their_order_with_one_wake_up_for_a_burst():
-    broker = make_broker()
-    transport = GatedTransport(broker, [TOPICS.metrics], "g")
-    await transport.start()
-    publisher = Publisher(
-        transport, TOPICS, Telemetry(), wall_clock=lambda: 0.0, stopping=asyncio.Event()
-    )
+    broker, _, publisher = await gated_publisher()
     with pytest.raises(RuntimeError, match="before start"):
         publisher.put_threadsafe(letters(b"early"))
     publisher.start()
