@@ -35,6 +35,7 @@ FULL = {
     "verdict_latency": [],
     "memory": [],
     "recovery": [],
+    "recovery_static": ["--static-membership"],
 }
 QUICK = {
     "judge_cost": ["--repeat", "3"],
@@ -45,7 +46,10 @@ QUICK = {
     ],
     "memory": ["--deployments", "200", "--minutes", "10"],
     "recovery": ["--deployments", "200", "--minutes", "2"],
+    "recovery_static": ["--deployments", "200", "--minutes", "2", "--static-membership"],
 }
+SCRIPT = {"recovery_static": "recovery"}
+"""Entries that run another entry's script with other options."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,10 +181,10 @@ def memory_rows(_: str, data: dict) -> list[Row]:
     ]
 
 
-def recovery_rows(_: str, data: dict) -> list[Row]:
+def recovery_rows(_: str, data: dict, how: str = "") -> list[Row]:
     return [
         Row(
-            f"recovery after SIGKILL, {data['reread']:,} records",
+            f"recovery after SIGKILL{how}, {data['reread']:,} records",
             f"{data['rebuilt']:.1f} s",
             f"bare consumer {data['bare']:.2f} s",
             f"{data['ratio']:.1f}",
@@ -196,13 +200,14 @@ PARSERS = {
     "verdict_latency": latency_rows,
     "memory": memory_rows,
     "recovery": recovery_rows,
+    "recovery_static": lambda text, data: recovery_rows(text, data, ", static membership"),
 }
-OURS = {"verdict_latency", "memory", "recovery"}
+OURS = {"verdict_latency", "memory", "recovery", "recovery_static"}
 """Scripts that write their figures with ``--json``; the others are read from their output."""
 
 
 def run(name: str, extra: list[str], out: Path) -> tuple[list[Row], float, int]:
-    command = [sys.executable, str(HERE / f"{name}.py"), *extra]
+    command = [sys.executable, str(HERE / f"{SCRIPT.get(name, name)}.py"), *extra]
     figures = out / f"{name}.json"
     if name in OURS:
         command += ["--json", str(figures)]
