@@ -88,7 +88,7 @@ async def run(args: argparse.Namespace, config: Path) -> list[dict[str, float]]:
         effects = router.handle(records, wall)
         directory.take(records[:deploys])
         effects.extend(router.expire_silent(wall))
-        directory.verdicts(effects.verdicts)
+        directory.verdicts(effects.verdicts, effects.encode())
         for verdict in effects.verdicts:
             stats.verdicts += 1
             if verdict.final:
