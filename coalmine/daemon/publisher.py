@@ -1,9 +1,9 @@
 """Publishing verdicts and dead letters in order, while the daemon goes on judging.
 
-The daemon hands verdicts to the :class:`Publisher` the moment they are made (from its
-judging thread: :meth:`Publisher.put_threadsafe`); the publisher sends everything queued in
-one ``Transport.publish`` (one round trip to the broker), waits for the acknowledgement,
-and meanwhile the rest of the fetch is judged. So a verdict waits for at most one publish
+The daemon hands verdicts to the :class:`Publisher` the moment they are made; at the
+router's next pause the publisher sends everything queued in one ``Transport.publish``
+(one round trip to the broker), and while it waits for the acknowledgement the rest of
+the fetch is judged. So a verdict waits for at most one publish
 already in flight, not for the rest of its fetch or for the commit. Order is kept: a batch
 is sent only after the one before it was acknowledged. A failed publish is retried, with
 backoff, before anything later is sent.
@@ -61,9 +61,6 @@ class Publisher:
         self._settled = asyncio.Event()
         self._settled.set()
         self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._handed: deque[Effects] = deque()  # put_threadsafe -> the loop
-        self._taking = False  # a call to _take_handed is scheduled on the loop
         self.gave_up = False
         """A publish failed while stopping: what is queued was not published."""
 
@@ -75,7 +72,6 @@ class Publisher:
     def start(self) -> None:
         """Start sending (in a task of the running loop)."""
         if self._task is None:
-            self._loop = asyncio.get_running_loop()
             self._task = asyncio.create_task(self._run(), name="coalmine-publisher")
 
     async def stop(self) -> None:
@@ -94,25 +90,6 @@ class Publisher:
         self._queued_messages += len(effects.verdicts) + len(effects.dead_letters)
         self._settled.clear()
         self._wake.set()
-
-    def put_threadsafe(self, effects: Effects) -> None:
-        """:meth:`put` from another thread (once started), in order with other puts.
-
-        One wake-up of the event loop takes everything handed over until it runs, so a
-        burst of verdicts costs one, not one each: the loop and the judging thread share
-        the GIL, and every wake-up makes the judging thread wait for it.
-        """
-        if self._loop is None:
-            raise RuntimeError("Publisher.put_threadsafe before start()")
-        self._handed.append(effects)
-        if not self._taking:
-            self._taking = True
-            self._loop.call_soon_threadsafe(self._take_handed)
-
-    def _take_handed(self) -> None:
-        self._taking = False  # first: whatever is handed over from now on is taken again
-        while self._handed:
-            self.put(self._handed.popleft())
 
     async def settle(self) -> bool:
         """Wait until every effect handed over is acknowledged.

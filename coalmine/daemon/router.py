@@ -38,7 +38,7 @@ from coalmine.formats import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 
     from coalmine.formats.mapping import InputSettings
 
@@ -58,6 +58,9 @@ _LIMIT_OF_REASON = {
     "too_many_deployments": "max_open_deployments",
 }
 
+
+_SLICE = 200
+"""Records taken between two pauses of :meth:`Router.steps` (a few milliseconds)."""
 
 _Work = tuple[Record, "list[MetricEvent] | None"]
 """A record to take: a deploy record (None), or a metric record with its decoded events."""
@@ -94,11 +97,7 @@ class Effects:
         self._encoded.clear()
 
     def encode(self) -> list[bytes]:
-        """The verdicts as published on the bus, encoded once.
-
-        Whichever thread asks first encodes them: the daemon asks in its worker thread,
-        off the event loop.
-        """
+        """The verdicts as published on the bus, encoded once (for the bus and the API)."""
         if len(self._encoded) != len(self.verdicts):
             self._encoded = [encode_verdict(v) for v in self.verdicts]
         return self._encoded
@@ -167,6 +166,28 @@ class Router:
     ) -> Effects:
         """Handle records; ``now`` is the wall time they were received.
 
+        :meth:`steps` taken to its end: see there.
+        """
+        steps = self.steps(records, now, emit)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+
+    def steps(
+        self,
+        records: Iterable[Record],
+        now: float,
+        emit: Callable[[Effects], None] | None = None,
+    ) -> Generator[None, None, Effects]:
+        """Handle records a slice at a time; ``now`` is the wall time they were received.
+
+        A generator: it pauses (yields) once the deciding records are taken and their
+        verdicts handed over, and after every ``_SLICE`` records, so a caller on an event
+        loop can publish and answer between slices; its return value is what
+        :meth:`handle` returns.
+
         Deploy events go first. Then the metric records that make a verdict (a judgement
         falls due, or a critical metric burns its budget fast) go before the rest, so their
         verdicts need not wait for the whole batch; each deployment's events are still
@@ -190,22 +211,34 @@ class Router:
         first_metric = counts.get(deploys, 0)
         decoded = self._decode_all(batch[first_metric:], effects)
         handing: Callable[[Effects], None] | None = None  # from the hand-over on: emit
+        taken = 0
         for item in self._in_turn(batch[:first_metric], decoded):
             if item is None:
                 handing = emit
                 if emit is not None and effects.verdicts:
                     emit(effects)
                     effects = Effects()
-            elif self._take(*item, now, effects) and handing is not None:
+                yield
+                continue
+            if self._take(*item, now, effects) and handing is not None:
                 handing(effects)
                 effects = Effects()
+            taken += 1
+            if taken % _SLICE == 0:
+                yield
+        self._close_batch(spans, counts)
+        return effects
+
+    def _close_batch(
+        self, spans: dict[TopicPartition, tuple[int, int]], counts: dict[str, int]
+    ) -> None:
+        """Positions past the batch's records; what the input decoders skipped, counted."""
         positions = self._positions
         for key, (_, last) in spans.items():
             if last >= positions.get(key, 0):
                 positions[key] = last + 1
         for topic in counts.keys() & self._decoders.keys():
             self._count_decoder(topic)
-        return effects
 
     def _in_turn(self, deploys: list[Record], decoded: list[_Work]) -> Iterator[_Work | None]:
         """Deploy records, deciding metric records, None (time to hand over), the rest."""

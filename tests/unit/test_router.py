@@ -454,3 +454,28 @@ def test_what_an_input_decoder_skips_is_counted_in_telemetry():
     assert skipped._value.get() == 2
     r.handle([Record("otlp_metrics", value, b"checkout", (), 0, 1)], 0.0)
     assert skipped._value.get() == 4  # each batch adds only what is new
+
+
+def test_steps_pause_after_the_deciding_records_and_every_slice():
+    due = T0 + PROFILE.interval
+    at = lambda s, t, c="canary": sample(service=s, cohort=c, time=t)  # noqa: E731
+    calm = [metric(at("search", due - 30 + i / 100), i, b"search") for i in range(450)]
+    batch = [*calm, metric(at("checkout", due + 1), 500, b"checkout")]  # deciding, last
+    r = router()
+    _three_open(r)
+    handed: list = []
+    steps = r.steps(batch, now=0.0, emit=handed.append)
+    next(steps)  # the first pause: the deciding record is taken, its verdict handed over
+    assert [v.deployment_id for e in handed for v in e.verdicts] == ["checkout-v1"]
+    assert r.deployments["search-v1"].watermark == T0 + 10  # none of search's taken yet
+    pauses = 1
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            rest = done.value
+            break
+        pauses += 1
+    assert pauses == 1 + len(calm) // 200  # then one every 200 records
+    assert not rest  # nothing left: no dead letters, no later verdict
+    assert r.deployments["search-v1"].watermark == due - 30 + 449 / 100
