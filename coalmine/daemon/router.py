@@ -8,6 +8,7 @@ socket; the shell publishes what it returns and commits only after that is ackno
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -61,6 +62,8 @@ _LIMIT_OF_REASON = {
 
 _SLICE = 200
 """Records taken between two pauses of :meth:`Router.steps` (a few milliseconds)."""
+_PAUSE_AFTER = 0.02
+"""Seconds of judging after which :meth:`Router.steps` pauses sooner (large judgements)."""
 
 _Work = tuple[Record, "list[MetricEvent] | None"]
 """A record to take: a deploy record (None), or a metric record with its decoded events."""
@@ -180,13 +183,14 @@ class Router:
         records: Iterable[Record],
         now: float,
         emit: Callable[[Effects], None] | None = None,
+        pause_after: float = _PAUSE_AFTER,
     ) -> Generator[None, None, Effects]:
         """Handle records a slice at a time; ``now`` is the wall time they were received.
 
         A generator: it pauses (yields) once the deciding records are taken and their
-        verdicts handed over, and after every ``_SLICE`` records, so a caller on an event
-        loop can publish and answer between slices; its return value is what
-        :meth:`handle` returns.
+        verdicts handed over, and after every ``_SLICE`` records or ``pause_after``
+        seconds, whichever comes first, so a caller on an event loop can publish and
+        answer between slices; its return value is what :meth:`handle` returns.
 
         Deploy events go first. Then the metric records that make a verdict (a judgement
         falls due, or a critical metric burns its budget fast) go before the rest, so their
@@ -211,21 +215,20 @@ class Router:
         first_metric = counts.get(deploys, 0)
         decoded = self._decode_all(batch[first_metric:], effects)
         handing: Callable[[Effects], None] | None = None  # from the hand-over on: emit
-        taken = 0
+        taken, since = 0, time.perf_counter()
         for item in self._in_turn(batch[:first_metric], decoded):
             if item is None:
                 handing = emit
                 if emit is not None and effects.verdicts:
                     emit(effects)
                     effects = Effects()
-                yield
-                continue
-            if self._take(*item, now, effects) and handing is not None:
+            elif self._take(*item, now, effects) and handing is not None:
                 handing(effects)
                 effects = Effects()
             taken += 1
-            if taken % _SLICE == 0:
+            if item is None or taken % _SLICE == 0 or time.perf_counter() - since > pause_after:
                 yield
+                taken, since = 0, time.perf_counter()
         self._close_batch(spans, counts)
         return effects
 

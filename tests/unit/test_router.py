@@ -1,3 +1,4 @@
+import math
 from pathlib import Path
 
 import orjson
@@ -464,7 +465,7 @@ def test_steps_pause_after_the_deciding_records_and_every_slice():
     r = router()
     _three_open(r)
     handed: list = []
-    steps = r.steps(batch, now=0.0, emit=handed.append)
+    steps = r.steps(batch, now=0.0, emit=handed.append, pause_after=math.inf)
     next(steps)  # the first pause: the deciding record is taken, its verdict handed over
     assert [v.deployment_id for e in handed for v in e.verdicts] == ["checkout-v1"]
     assert r.deployments["search-v1"].watermark == T0 + 10  # none of search's taken yet
@@ -479,3 +480,7 @@ def test_steps_pause_after_the_deciding_records_and_every_slice():
     assert pauses == 1 + len(calm) // 200  # then one every 200 records
     assert not rest  # nothing left: no dead letters, no later verdict
     assert r.deployments["search-v1"].watermark == due - 30 + 449 / 100
+    # Or sooner, when judging takes long: here after every record.
+    again = router()
+    _three_open(again)
+    assert sum(1 for _ in again.steps(batch, now=0.0, pause_after=-1.0)) == len(batch) + 1
