@@ -31,7 +31,7 @@ from coalmine.analyzers.sequential import RateRatioEProcess, binomial_guard_log_
 if TYPE_CHECKING:
     from coalmine.config.models import MetricSpec
 
-__all__ = ["BurnWindow", "RatioEvidence", "analyze_ratio", "ratio_fails"]
+__all__ = ["BurnWindow", "RatioEvidence", "analyze_ratio", "error_budget", "ratio_fails"]
 
 ANALYZER = "burn_rate"
 
@@ -158,7 +158,7 @@ def analyze_ratio(  # noqa: PLR0913 - two cohorts' counts are the natural inputs
     if unusable is not None:
         return _result(spec, unusable[0], counts, measured=False, reason=unusable[1])
 
-    budget = _budget(spec)
+    budget = error_budget(spec)
     tol = spec.tolerance
     bad_b = baseline_total - baseline_good
     bad_c = canary_total - canary_good
@@ -264,7 +264,7 @@ def ratio_fails(  # noqa: PLR0913 - analyze_ratio's arguments
             ).fails
         )
     rules = _burn_rules(
-        spec, _budget(spec), counts, alpha, evidence if sequential else None, window
+        spec, error_budget(spec), counts, alpha, evidence if sequential else None, window
     )
     return relative_fails or any(rule.fires for rule in rules)
 
@@ -299,7 +299,7 @@ def _unusable(spec: MetricSpec, counts: tuple[int, int, int, int]) -> tuple[Outc
     return None
 
 
-def _budget(spec: MetricSpec) -> float:
+def error_budget(spec: MetricSpec) -> float:
     """The error budget, ``1 - objective`` (an objective is checked before)."""
     objective = spec.objective if spec.objective is not None else 1.0
     # 1 - 0.999 is 0.0010000000000000009 in binary; 12 significant digits give back 0.001.

@@ -21,7 +21,13 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar
 
-from coalmine.analyzers.burn_rate import BurnWindow, RatioEvidence, analyze_ratio, ratio_fails
+from coalmine.analyzers.burn_rate import (
+    BurnWindow,
+    RatioEvidence,
+    analyze_ratio,
+    error_budget,
+    ratio_fails,
+)
 from coalmine.analyzers.instances import InstanceMeans, analyze_instances
 from coalmine.analyzers.mann_whitney import analyze_distribution
 from coalmine.analyzers.sample_ratio import sample_ratio_check
@@ -80,9 +86,9 @@ class Deployment:
         self._limits = limits or AnalysisLimits()
         self._look = 1
         self._burn_levels = {
-            spec.name: min(spec.slow_burn, spec.fast_burn) * (1.0 - spec.objective)
+            spec.name: min(spec.slow_burn, spec.fast_burn) * error_budget(spec)
             for spec in profile.metrics
-            if spec.critical and spec.kind == "ratio" and spec.objective is not None
+            if spec.critical and spec.kind == "ratio"
         }
         self._samples: dict[str, tuple[SampleReservoir, SampleReservoir]] = {}
         self._counts: dict[str, tuple[EventCounts, EventCounts]] = {}

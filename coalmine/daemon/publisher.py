@@ -3,10 +3,10 @@
 The daemon hands verdicts to the :class:`Publisher` the moment they are made; at the
 router's next pause the publisher sends everything queued in one ``Transport.publish``
 (one round trip to the broker), and while it waits for the acknowledgement the rest of
-the fetch is judged. So a verdict waits for at most one publish
-already in flight, not for the rest of its fetch or for the commit. Order is kept: a batch
-is sent only after the one before it was acknowledged. A failed publish is retried, with
-backoff, before anything later is sent.
+the fetch is judged. So a verdict waits for at most one publish already in flight, not
+for the rest of its fetch or for the commit. Order is kept: a batch is sent only after
+the one before it was acknowledged. A failed publish is retried, with backoff, before
+anything later is sent.
 
 The daemon commits consumer offsets only after :meth:`Publisher.settle`: every effect
 handed over so far is acknowledged, so no offset is committed past an unpublished verdict.

@@ -226,7 +226,7 @@ class Router:
                 handing(effects)
                 effects = Effects()
             taken += 1
-            if item is None or taken % _SLICE == 0 or time.perf_counter() - since > pause_after:
+            if item is None or taken >= _SLICE or time.perf_counter() - since > pause_after:
                 yield
                 taken, since = 0, time.perf_counter()
         self._close_batch(spans, counts)
