@@ -143,6 +143,12 @@ def encode_verdict(verdict: Verdict) -> bytes:
     return orjson.dumps(verdict.to_dict())
 
 
+def look_of(verdict_id: str) -> int | None:
+    """The judgement number ``k`` of a ``<deployment_id>/<k>`` verdict id, if it is one."""
+    _, _, tail = verdict_id.rpartition("/")
+    return int(tail) if tail.isdigit() else None
+
+
 def format_time(seconds: float) -> str:
     """RFC 3339 in UTC with a ``Z``, millisecond precision when needed."""
     moment = datetime.fromtimestamp(seconds, tz=UTC)

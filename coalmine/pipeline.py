@@ -30,6 +30,7 @@ import orjson
 
 from coalmine._exceptions import TransportError
 from coalmine.contract import decode_deploy_event, format_time
+from coalmine.contract import look_of as _look_of_id
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -70,8 +71,8 @@ def exit_code(decision: str | None) -> int:
 
 def look_of(verdict: dict[str, Any]) -> int | None:
     """The judgement index ``k`` of a verdict id ``<deployment_id>/<k>``."""
-    _, _, tail = str(verdict.get("verdict_id", "")).rpartition("/")
-    return int(tail) if tail.isdigit() else None
+    verdict_id = verdict.get("verdict_id")
+    return _look_of_id(verdict_id) if isinstance(verdict_id, str) else None
 
 
 def deploy_event(  # noqa: PLR0913 - one argument per field of the event

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 
 from coalmine._exceptions import ContractError
-from coalmine.contract import decode_deploy_event, format_time
-from coalmine.daemon.ledger import look_of
+from coalmine.contract import decode_deploy_event, format_time, look_of
 from coalmine.formats import decode_cloudevent, is_cloudevent
 
 if TYPE_CHECKING:
@@ -33,6 +32,8 @@ __all__ = ["Directory"]
 log = logging.getLogger(__name__)
 
 State = Literal["open", "final", "ended"]
+_ID_HEAD = b'{"verdict_id":"'
+"""How a verdict encoded by coalmine begins (``Verdict.to_dict`` puts the id first)."""
 
 
 @dataclass(slots=True)
@@ -96,6 +97,8 @@ class Directory:
                 if event is not None:
                     self.deploy_event(event)
             elif record.topic == self.topics.verdicts:
+                if self._holds(record.value):
+                    continue
                 try:
                     obj = orjson.loads(record.value)
                 except orjson.JSONDecodeError:
@@ -187,6 +190,32 @@ class Directory:
         """The view of the service's most recently started deployment."""
         views = self.list(service)
         return views[0] if views else None
+
+    def _holds(self, value: bytes) -> bool:
+        """Whether a verdict as coalmine encodes it is one already held, or an older one.
+
+        A daemon's follower reads back every verdict its own daemon published and the
+        directory already took; the id at the head of the JSON tells without parsing it.
+        Anything else (another encoder, an escaped id) is parsed as usual.
+        """
+        if not value.startswith(_ID_HEAD):
+            return False
+        end = value.find(b'"', len(_ID_HEAD))
+        raw = value[len(_ID_HEAD) : end]
+        if end < 0 or b"\\" in raw:
+            return False
+        deployment_id, _, look = raw.rpartition(b"/")
+        if not look.isdigit():
+            return False
+        try:
+            entry = self._entries.get(deployment_id.decode())
+        except UnicodeDecodeError:
+            return False
+        return (
+            entry is not None
+            and entry.verdict is not None
+            and (entry.final or int(look) <= entry.look)
+        )
 
     def _entry(self, deployment_id: str, service: str) -> _Entry:
         entry = self._entries.get(deployment_id)

@@ -22,23 +22,17 @@ from typing import TYPE_CHECKING
 import orjson
 
 from coalmine._exceptions import ContractError
-from coalmine.contract import parse_time
+from coalmine.contract import look_of, parse_time
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from coalmine.contract import Verdict
 
-__all__ = ["VerdictLedger", "look_of"]
+__all__ = ["VerdictLedger"]
 
 _MAX_ENTRIES = 200_000
 """Deployments remembered; the oldest are forgotten first (far beyond any recovery window)."""
-
-
-def look_of(verdict_id: str) -> int | None:
-    """The judgement number ``k`` of a ``<deployment_id>/<k>`` verdict id."""
-    _, _, tail = verdict_id.rpartition("/")
-    return int(tail) if tail.isdigit() else None
 
 
 @dataclass(slots=True)

@@ -167,3 +167,31 @@ def test_effects_encode_again_after_more_verdicts_join() -> None:
     first.encode()
     first.extend(rest)
     assert first.encode() == [encode_verdict(v) for v in first.verdicts]
+
+
+def test_a_follower_skips_verdicts_it_holds_and_takes_later_ones() -> None:
+    records = scenario_records()
+    effects = Router({"default": PROFILE}, TOPICS).handle(records, now=0.0)
+    own = Directory(TOPICS)
+    own.take(records)
+    first = next(v for v in effects.verdicts if v.deployment_id == "checkout-v42")
+    own.verdicts([first], [encode_verdict(first)])
+    held = own.get("checkout-v42")["verdict"]
+    look = int(first.verdict_id.rpartition("/")[2])
+
+    def record(verdict_id: str, **changes: object) -> Record:
+        obj = dict(held, verdict_id=verdict_id, **changes)
+        return Record(TOPICS.verdicts, orjson.dumps(obj))
+
+    # Read back from the topic (same id, here with other content): not taken again.
+    own.take([record(first.verdict_id, summary="read back")])
+    assert own.get("checkout-v42")["verdict"] == held
+    # A later look of the same deployment is taken.
+    own.take([record(f"checkout-v42/{look + 1}", summary="later")])
+    assert own.get("checkout-v42")["verdict"]["summary"] == "later"
+    # An id the head check cannot read (an escaped quote) is parsed and kept.
+    own.take([record('odd"id/3', deployment_id='odd"id', summary="escaped")])
+    assert own.get('odd"id')["verdict"]["summary"] == "escaped"
+    # A deployment not held yet is taken from its first verdict.
+    own.take([record("new-one/1", deployment_id="new-one")])
+    assert own.get("new-one")["verdict"]["verdict_id"] == "new-one/1"
