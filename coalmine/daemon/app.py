@@ -50,6 +50,10 @@ _STALL_AFTER = 60.0
 _MAX_BACKOFF = 30.0
 _MAX_PENDING = 2_000
 """Messages queued for publishing before the loop waits for the broker to catch up."""
+_PAUSE_TURNS = 8
+"""Loop turns at a pause while verdicts are in flight. A publish takes about four turns to
+reach the socket (publisher task, producer, sender, request) and as many for its
+acknowledgement to come back: with one turn a pause, a verdict waited four to six slices."""
 
 
 class Daemon:
@@ -260,7 +264,10 @@ class Daemon:
             except StopIteration as done:
                 effects: Effects = done.value
                 break
-            await asyncio.sleep(0)
+            # Publishing, or verdicts handed over: give the loop turns enough to send them
+            # and to take acknowledgements; otherwise one turn (heartbeats, prefetch, HTTP).
+            for _ in range(_PAUSE_TURNS if self.publisher.pending else 1):
+                await asyncio.sleep(0)
         self.telemetry.analysis_duration.observe(time.perf_counter() - begun)
         self.publisher.put(effects)
         if self.publisher.pending > _MAX_PENDING:

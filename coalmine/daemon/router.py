@@ -62,7 +62,7 @@ _LIMIT_OF_REASON = {
 
 _SLICE = 200
 """Records taken between two pauses of :meth:`Router.steps` (a few milliseconds)."""
-_PAUSE_AFTER = 0.02
+_PAUSE_AFTER = 0.01
 """Seconds of judging after which :meth:`Router.steps` pauses sooner (large judgements)."""
 
 _Work = tuple[Record, "list[MetricEvent] | None"]

@@ -101,6 +101,51 @@ async def test_failed_publishes_are_retried_and_nothing_is_committed_before():
     )
 
 
+class NetworkLikeTransport(MemoryTransport):
+    """Publishes as a network client does: a few loop turns before the broker has it."""
+
+    async def publish(self, messages):
+        for _ in range(4):
+            await asyncio.sleep(0)
+        await super().publish(messages)
+
+
+async def test_verdicts_handed_over_are_on_the_broker_before_judging_resumes():
+    broker = make_broker()
+    fill(broker)
+    settings = Settings(profiles={"default": PROFILE}, http=HttpSettings(enabled=False))
+    transport = NetworkLikeTransport(broker, [TOPICS.deployments, TOPICS.metrics], "coalmine")
+    transport.max_records = 40  # many fetches, so many hand-overs
+    daemon = Daemon(settings, transport)
+    steps = daemon.router.steps
+    handed = 0
+    late: list[int] = []  # at each resume: verdicts handed over, not yet on the broker
+
+    def observed(records, now, emit, **kwargs):
+        def note(effects):
+            nonlocal handed
+            handed += len(effects.verdicts)
+            emit(effects)
+
+        inner = steps(records, now, note, **kwargs)
+        while True:
+            try:
+                next(inner)
+            except StopIteration as done:
+                return done.value
+            yield
+            if handed:
+                late.append(handed - len(broker.records(TOPICS.verdicts)))
+
+    daemon.router.steps = observed
+    task = asyncio.create_task(daemon.run())
+    await wait_for(lambda: len(finals(broker)) == 3)
+    daemon.request_stop()
+    await asyncio.wait_for(task, 10)
+    assert len(late) > 5
+    assert max(late) <= 0, late
+
+
 async def test_a_restarted_daemon_resumes_after_the_committed_position():
     broker = make_broker()
     fill(broker)
