@@ -50,6 +50,8 @@ _STALL_AFTER = 60.0
 _MAX_BACKOFF = 30.0
 _MAX_PENDING = 2_000
 """Messages queued for publishing before the loop waits for the broker to catch up."""
+_FULL_COLLECTION_AFTER = 1_000
+"""Collections of the middle generation before a full one (Python's default is 10)."""
 _PAUSE_TURNS = 8
 """Loop turns at a pause while verdicts are in flight. A publish takes about four turns to
 reach the socket (publisher task, producer, sender, request) and as many for its
@@ -172,16 +174,21 @@ class Daemon:
             self.http = HttpServer(app, self.settings.http.host, self.settings.http.port)
             await self.http.start()
             log.info("http: /metrics /livez /readyz on port %d", self.http.port)
+        thresholds = gc.get_threshold()
         try:
             if await self._connect():
                 # What exists now (modules, config, clients) lives as long as the daemon:
                 # keep it out of the collector's full passes (~9% of ingest CPU otherwise).
                 gc.collect()
                 gc.freeze()
+                # And make full passes rare: each blocks the loop ~35 ms and found no
+                # garbage (measured: one every ~2 s under load, the verdict lag's p99).
+                gc.set_threshold(thresholds[0], thresholds[1], _FULL_COLLECTION_AFTER)
                 if self.settings.http.enabled and isinstance(self.transport, Partitioned):
                     self._follower = asyncio.create_task(self._follow(self.transport))
                 await self._loop()
         finally:
+            gc.set_threshold(*thresholds)
             await self.publisher.stop()
             if self._follower is not None:
                 self._follower.cancel()

@@ -1,4 +1,5 @@
 import asyncio
+import gc
 import signal
 from collections import Counter
 
@@ -204,3 +205,18 @@ async def test_sigterm_stops_the_daemon_gracefully():
         loop.remove_signal_handler(signal.SIGINT)
     assert task.done()
     assert not await daemon.ready()
+
+
+async def test_full_collections_are_rare_while_running_and_restored_after():
+    broker = make_broker()
+    fill(broker)
+    before = gc.get_threshold()
+    daemon = daemon_for(broker)
+    task = asyncio.create_task(daemon.run())
+    await wait_for(lambda: len(finals(broker)) == 3)
+    running = gc.get_threshold()
+    daemon.request_stop()
+    await asyncio.wait_for(task, 10)
+    assert before[2] < 1_000
+    assert running == (*before[:2], 1_000)  # a full pass after 1,000 middle ones
+    assert gc.get_threshold() == before
