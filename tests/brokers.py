@@ -95,6 +95,11 @@ class Tansu:
         """True while the process is alive."""
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (benchmarks read its CPU time)."""
+        return self._process.pid if self._process is not None else None
+
     def start(self) -> Self:
         """Start the broker and wait until it serves metadata (bounded, with the log on error)."""
         if self._process is not None:
