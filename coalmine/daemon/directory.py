@@ -201,8 +201,10 @@ class Directory:
         if not value.startswith(_ID_HEAD):
             return False
         end = value.find(b'"', len(_ID_HEAD))
+        if end < 0:
+            return False
         raw = value[len(_ID_HEAD) : end]
-        if end < 0 or b"\\" in raw:
+        if b"\\" in raw:
             return False
         deployment_id, _, look = raw.rpartition(b"/")
         if not look.isdigit():
