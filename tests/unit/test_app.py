@@ -207,16 +207,21 @@ async def test_sigterm_stops_the_daemon_gracefully():
     assert not await daemon.ready()
 
 
-async def test_full_collections_are_rare_while_running_and_restored_after():
-    broker = make_broker()
-    fill(broker)
+async def test_full_collections_are_rare_while_any_daemon_runs_and_restored_after():
     before = gc.get_threshold()
-    daemon = daemon_for(broker)
-    task = asyncio.create_task(daemon.run())
-    await wait_for(lambda: len(finals(broker)) == 3)
-    running = gc.get_threshold()
-    daemon.request_stop()
-    await asyncio.wait_for(task, 10)
     assert before[2] < 1_000
-    assert running == (*before[:2], 1_000)  # a full pass after 1,000 middle ones
+    brokers = [make_broker(), make_broker()]
+    for broker in brokers:
+        fill(broker)
+    first, second = (daemon_for(broker) for broker in brokers)
+    tasks = [asyncio.create_task(first.run())]
+    await wait_for(lambda: len(finals(brokers[0])) == 3)
+    assert gc.get_threshold() == (*before[:2], 1_000)  # a full pass after 1,000 middle ones
+    tasks.append(asyncio.create_task(second.run()))
+    await wait_for(lambda: len(finals(brokers[1])) == 3)
+    first.request_stop()
+    await asyncio.wait_for(tasks[0], 10)
+    assert gc.get_threshold() == (*before[:2], 1_000)  # the second daemon still runs
+    second.request_stop()
+    await asyncio.wait_for(tasks[1], 10)
     assert gc.get_threshold() == before
