@@ -203,20 +203,16 @@ class Directory:
         end = value.find(b'"', len(_ID_HEAD))
         if end < 0:
             return False
-        raw = value[len(_ID_HEAD) : end]
-        if b"\\" in raw:
-            return False
-        deployment_id, _, look = raw.rpartition(b"/")
-        if not look.isdigit():
-            return False
         try:
-            entry = self._entries.get(deployment_id.decode())
+            verdict_id = value[len(_ID_HEAD) : end].decode()
         except UnicodeDecodeError:
             return False
+        look = look_of(verdict_id)
+        if look is None or "\\" in verdict_id:
+            return False
+        entry = self._entries.get(verdict_id.rpartition("/")[0])
         return (
-            entry is not None
-            and entry.verdict is not None
-            and (entry.final or int(look) <= entry.look)
+            entry is not None and entry.verdict is not None and (entry.final or look <= entry.look)
         )
 
     def _entry(self, deployment_id: str, service: str) -> _Entry:
