@@ -47,6 +47,17 @@ described in statistics.md section 1):
   the failed checks reach ``threshold = 5`` (they are not reset by passing checks) and
   promoted once ``min_duration`` (10 checks) has passed with fewer failures, like a
   Flagger analysis of 10 iterations. A minute without canary samples is not checked.
+
+**Oracle SPRT** (error scenarios only): the sequential probability ratio test of the
+canary's true error-rate ratio ``r1`` (the scenario's ``error_factor``, known to the
+oracle) against 1, on the same 10 s request counts. In a step where the canary served a
+share ``rho`` of both cohorts' requests, each bad event is the canary's with probability
+``theta(r) = rho r / (rho r + 1 - rho)``; the step adds ``bad_c log(theta(r1) / theta(1))
++ bad_b log((1 - theta(r1)) / (1 - theta(1)))`` to the log likelihood ratio, which is
+``bad_c log r1 - (bad_b + bad_c) log(1 + rho (r1 - 1))``. It rolls back at the end of the
+first step where the ratio reaches ``1 / alpha`` (alpha: the profile's share per metric,
+``Profile.metric_alpha``) and never promotes. Knowing ``r1`` makes it close to the fastest
+a test with that false-rollback rate can be, a yardstick for the judges that do not.
 """
 
 from __future__ import annotations
@@ -99,7 +110,9 @@ class FlaggerConfig:
     threshold: int = 5
 
 
-def error_points(minutes: Sequence[MinuteData]) -> tuple[NDArray, NDArray]:
+def error_points(
+    minutes: Sequence[MinuteData],
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Per-minute error rates (baseline, canary); NaN where a minute had no requests."""
 
     def rate(bad: int, total: int) -> float:
@@ -111,7 +124,9 @@ def error_points(minutes: Sequence[MinuteData]) -> tuple[NDArray, NDArray]:
     )
 
 
-def latency_points(minutes: Sequence[MinuteData]) -> tuple[NDArray, NDArray]:
+def latency_points(
+    minutes: Sequence[MinuteData],
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Per-minute mean latencies (baseline, canary); NaN where a minute had no samples."""
 
     def mean(x: NDArray[np.float64]) -> float:
@@ -214,7 +229,9 @@ def counts_high(
         return False
     values = np.arange(len(baseline), dtype=np.float64)
     _, p = counts_shift_test(baseline, canary, config.tolerance)
-    return _high(float(values @ baseline) / n, float(values @ canary) / m, p, config)
+    # Whole-number sums, exact in floats (no BLAS dot: its threads would compete).
+    mean_b, mean_c = float((values * baseline).sum()) / n, float((values * canary).sum()) / m
+    return _high(mean_b, mean_c, p, config)
 
 
 def kayenta_judge(minutes: Sequence[MinuteData], config: KayentaConfig) -> Outcome:
@@ -231,16 +248,21 @@ def kayenta_judge(minutes: Sequence[MinuteData], config: KayentaConfig) -> Outco
                 for m in minutes
             )
         )
-        hist_b = np.cumsum([_counts(m.baseline_latency, size) for m in minutes], axis=0)
-        hist_c = np.cumsum([_counts(m.canary_latency, size) for m in minutes], axis=0)
+        # Every sample since the start, as value counts, brought up to date at each look.
+        hist_b = np.zeros(size, dtype=np.int64)
+        hist_c = np.zeros(size, dtype=np.int64)
     for look in range(1, looks + 1):
         upto = look * per
         failed = []
         if config.latency == "minutes":
             if points_high(points_b[:upto], points_c[:upto], config):
                 failed.append("latency")
-        elif counts_high(hist_b[upto - 1], hist_c[upto - 1], config):
-            failed.append("latency")
+        else:
+            for m in minutes[upto - per : upto]:
+                hist_b += _counts(m.baseline_latency, size)
+                hist_c += _counts(m.canary_latency, size)
+            if counts_high(hist_b, hist_c, config):
+                failed.append("latency")
         if points_high(errors_b[:upto], errors_c[:upto], config):
             failed.append("errors")
         if failed:
@@ -288,3 +310,41 @@ def flagger_judge(minutes: Sequence[MinuteData], config: FlaggerConfig) -> Outco
         if now >= config.promote_after:
             return Outcome("promote", now)
     return Outcome("inconclusive", checks * per * 60.0)
+
+
+def oracle_log_lr(
+    baseline_total: NDArray[np.int64],
+    baseline_bad: NDArray[np.int64],
+    canary_total: NDArray[np.int64],
+    canary_bad: NDArray[np.int64],
+    ratio: float,
+) -> NDArray[np.float64]:
+    """The oracle SPRT's cumulative log likelihood ratio (``ratio`` against 1) per step.
+
+    The arguments hold each step's counts, both cohorts' instances summed. A step without
+    requests adds nothing, and neither does one where a single cohort served every
+    request (its bad events are that cohort's under both hypotheses).
+    """
+    both = (baseline_total + canary_total).astype(np.float64)
+    rho = np.divide(canary_total, both, out=np.zeros_like(both), where=both > 0)
+    bad = (baseline_bad + canary_bad).astype(np.float64)
+    step = canary_bad * math.log(ratio) - bad * np.log1p(rho * (ratio - 1.0))
+    return np.cumsum(step)
+
+
+def oracle_sprt(
+    baseline_total: NDArray[np.int64],
+    baseline_bad: NDArray[np.int64],
+    canary_total: NDArray[np.int64],
+    canary_bad: NDArray[np.int64],
+    ratio: float,
+    alpha: float,
+    step: float,
+) -> Outcome:
+    """The oracle SPRT's decision: rollback at the end of the step where the likelihood
+    ratio first reaches ``1 / alpha``, else inconclusive at the end of the last step."""
+    llr = oracle_log_lr(baseline_total, baseline_bad, canary_total, canary_bad, ratio)
+    crossed = np.flatnonzero(llr >= math.log(1.0 / alpha))
+    if len(crossed):
+        return Outcome("rollback", (int(crossed[0]) + 1) * step, ("errors",))
+    return Outcome("inconclusive", len(llr) * step)

@@ -1,4 +1,4 @@
-"""Runs: simulate a canary, judge it with coalmine and the two reference judges.
+"""Runs: simulate a canary, judge it with coalmine and the reference judges.
 
 coalmine is driven through its real code path: a ``Deployment`` built from a ``started``
 deploy event and the profile, fed every ``MetricEvent`` in event-time order through
@@ -6,6 +6,10 @@ deploy event and the profile, fed every ``MetricEvent`` in event-time order thro
 each ``observe`` the harness calls ``advance`` to the event's time itself (``observe``
 starts with the same call, which then finds nothing due), so that the wall time of the
 scheduled judgements can be measured apart from ingestion.
+
+The profile is the harness's (``build_profile``) with the command line's ``--set``
+overrides, then the scenario's own. The same traffic goes to the Kayenta-style and
+Flagger-style judges and, in the error scenarios, to the oracle SPRT.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from benchmarks.quality.baselines import (
     Outcome,
     flagger_judge,
     kayenta_judge,
+    oracle_sprt,
 )
 from benchmarks.quality.simulator import SCENARIOS, START, SimulatedRun, Traffic, simulate
 from coalmine.config.models import MetricSpec, Profile
@@ -82,7 +87,7 @@ def build_profile(overrides: Sequence[str] = ()) -> Profile:
     return Profile(**profile, metrics=specs)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=32)
 def _profile(overrides: tuple[str, ...]) -> Profile:
     return build_profile(overrides)
 
@@ -100,13 +105,16 @@ class Options:
     flagger_relative_p99: float | None = None
     flagger_max_p99_ms: float = 500.0
 
-    def profile(self) -> Profile:
-        """The coalmine profile (built once per process)."""
-        return _profile(self.overrides)
+    def profile(self, extra: tuple[str, ...] = ()) -> Profile:
+        """The coalmine profile: ``overrides``, then ``extra`` (a scenario's overrides).
 
-    def kayenta(self) -> KayentaConfig:
+        Built once per process and combination of overrides.
+        """
+        return _profile((*self.overrides, *extra))
+
+    def kayenta(self, extra: tuple[str, ...] = ()) -> KayentaConfig:
         """Kayenta-style settings: the profile's interval; lifetime ``max_duration``."""
-        profile = self.profile()
+        profile = self.profile(extra)
         lifetime = self.kayenta_lifetime or profile.max_duration
         return KayentaConfig(
             lifetime=lifetime,
@@ -115,9 +123,9 @@ class Options:
             tolerance=self.kayenta_tolerance,
         )
 
-    def flagger(self) -> FlaggerConfig:
+    def flagger(self, extra: tuple[str, ...] = ()) -> FlaggerConfig:
         """Flagger-style settings: the profile's interval; promotion at ``min_duration``."""
-        profile = self.profile()
+        profile = self.profile(extra)
         return FlaggerConfig(
             promote_after=max(profile.min_duration, profile.interval),
             interval=profile.interval,
@@ -125,16 +133,19 @@ class Options:
             relative_p99=self.flagger_relative_p99,
         )
 
-    def horizon(self) -> float:
+    def horizon(self, extra: tuple[str, ...] = ()) -> float:
         """Event time to simulate: as long as the longest judge may need, whole minutes."""
-        profile = self.profile()
-        longest = max(profile.max_duration, self.kayenta().lifetime, profile.min_duration)
+        profile = self.profile(extra)
+        longest = max(profile.max_duration, self.kayenta(extra).lifetime, profile.min_duration)
         return 60.0 * math.ceil(longest / 60.0)
 
 
 @dataclass(frozen=True, slots=True)
 class CoalmineOutcome:
-    """coalmine's first final verdict on a run, and what judging cost."""
+    """coalmine's first final verdict on a run, and what judging cost.
+
+    ``named``: a failing metric's detail names an instance (key ``"instance"``).
+    """
 
     decision: str
     time: float
@@ -144,11 +155,12 @@ class CoalmineOutcome:
     look_ms: tuple[float, ...]
     observe_ms: float
     messages: int
+    named: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
-    """All three judges' outcomes on one simulated run."""
+    """Every judge's outcome on one simulated run (``oracle``: error scenarios only)."""
 
     scenario: str
     index: int
@@ -156,6 +168,7 @@ class RunResult:
     kayenta: Outcome
     kayenta_any: Outcome
     flagger: Outcome
+    oracle: Outcome | None = None
 
 
 def judge_with_coalmine(run: SimulatedRun, profile: Profile, deployment_id: str) -> CoalmineOutcome:
@@ -220,7 +233,8 @@ def judge_with_coalmine(run: SimulatedRun, profile: Profile, deployment_id: str)
         final = next((v for v in verdicts if v.final), None)
     if final is None:
         return CoalmineOutcome("open", math.nan, (), "", len(look_ms), (), observe_s * 1e3, 0)
-    failed = tuple(r.metric for r in final.metrics if r.outcome == "fail")
+    failing = [r for r in final.metrics if r.outcome == "fail"]
+    failed = tuple(r.metric for r in failing)
     return CoalmineOutcome(
         decision=final.decision,
         time=final.time - START,
@@ -230,6 +244,7 @@ def judge_with_coalmine(run: SimulatedRun, profile: Profile, deployment_id: str)
         look_ms=tuple(look_ms),
         observe_ms=observe_s * 1e3,
         messages=messages,
+        named=any("instance" in r.detail for r in failing),
     )
 
 
@@ -237,18 +252,37 @@ def run_one(scenario: str, index: int, options: Options) -> RunResult:
     """Simulate run ``index`` of a scenario (seed ``options.seed + index``) and judge it.
 
     The Kayenta-style judge runs twice: as configured (its classifier tolerance, 0.25 by
-    default) and with tolerance 0, where any significant increase fails.
+    default) and with tolerance 0, where any significant increase fails. The oracle SPRT
+    runs when the scenario changes the error ratio.
     """
-    run = simulate(SCENARIOS[scenario], options.seed + index, options.horizon(), options.traffic)
-    coalmine = judge_with_coalmine(run, options.profile(), f"{scenario}/{index}")
+    spec = SCENARIOS[scenario]
+    extra = spec.overrides
+    profile = options.profile(extra)
+    run = simulate(spec, options.seed + index, options.horizon(extra), options.traffic)
+    coalmine = judge_with_coalmine(run, profile, f"{scenario}/{index}")
     minutes = run.minutes()
+    kayenta = options.kayenta(extra)
     return RunResult(
         scenario=scenario,
         index=index,
         coalmine=coalmine,
-        kayenta=kayenta_judge(minutes, options.kayenta()),
-        kayenta_any=kayenta_judge(minutes, replace(options.kayenta(), tolerance=0.0)),
-        flagger=flagger_judge(minutes, options.flagger()),
+        kayenta=kayenta_judge(minutes, kayenta),
+        kayenta_any=kayenta_judge(minutes, replace(kayenta, tolerance=0.0)),
+        flagger=flagger_judge(minutes, options.flagger(extra)),
+        oracle=judge_with_oracle(run, profile) if spec.error_factor != 1.0 else None,
+    )
+
+
+def judge_with_oracle(run: SimulatedRun, profile: Profile) -> Outcome:
+    """The oracle SPRT on a run: the true error-ratio factor against 1, at ``metric_alpha``."""
+    return oracle_sprt(
+        run.baseline.total.sum(axis=1),
+        run.baseline.bad.sum(axis=1),
+        run.canary.total.sum(axis=1),
+        run.canary.bad.sum(axis=1),
+        ratio=run.scenario.error_factor,
+        alpha=profile.metric_alpha,
+        step=run.step,
     )
 
 
