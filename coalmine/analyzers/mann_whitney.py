@@ -16,14 +16,17 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from scipy import special
 
+from coalmine.analyzers.effects import MeanChange, mean_change
 from coalmine.analyzers.result import DetailValue, MetricResult, json_number
+from coalmine.analyzers.sequential import TAIL_TAU, AucMixture, auc_log_e
+from coalmine.analyzers.tails import MIN_TAIL_SAMPLES, TailComparison, compare_tails
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from numpy.typing import ArrayLike, NDArray
 
-    from coalmine.analyzers.sequential import AucMixture
+    from coalmine.analyzers.sequential import DistributionEvidence
     from coalmine.config.models import Direction, MetricSpec
 
 __all__ = [
@@ -174,7 +177,7 @@ def analyze_distribution(
     canary: NDArray[np.float64],
     alpha: float,
     *,
-    evidence: AucMixture | None = None,
+    evidence: DistributionEvidence | None = None,
 ) -> MetricResult:
     """Judge one distribution metric: fail, pass, or not enough data.
 
@@ -279,73 +282,100 @@ def _unjudged(
     )
 
 
+_TAIL_SHARE = 0.25
+"""Share of a metric's false-alarm budget that its tail tests get, split evenly between
+them; the rank test on the whole distribution keeps the rest."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Tail:
+    """One tail test's outcome at this look."""
+
+    name: str
+    comparison: TailComparison
+    p_value: float
+    failed: bool
+    leaning: bool
+    """The evidence at this look points to a tail worse than tolerated (e-value above 1)."""
+
+
 def _judge(
     spec: MetricSpec,
     b: NDArray[np.float64],
     c: NDArray[np.float64],
     alpha: float,
-    evidence: AucMixture | None,
+    evidence: DistributionEvidence | None,
 ) -> MetricResult:
     """The decision on sorted, finite, large-enough cohorts."""
     direction: Direction = spec.direction
     tol = spec.tolerance
     one_sided = direction != "either"
-    tested_b = b
-    if spec.null == "tolerance":
-        tested_b = b * (1.0 + tol) if direction == "increase" else b * (1.0 - tol)
-        if tested_b.size and tested_b[0] > tested_b[-1]:  # scaling by a negative factor
-            tested_b = tested_b[::-1]
-    test = _rank_sum_sorted(tested_b, c)
+    quantiles = spec.tail_quantiles if one_sided else ()
+    location_alpha = alpha * (1.0 - _TAIL_SHARE) if quantiles else alpha
+    test, p_value, e_value = _location_test(spec, b, c, evidence)
     confidence = 1.0 - 2.0 * alpha if one_sided else 1.0 - alpha
     hl = _hodges_lehmann_sorted(_thin(b), _thin(c), confidence)
-    fixed_p = {
-        "increase": test.p_greater,
-        "decrease": test.p_less,
-        "either": test.p_two_sided,
-    }[direction]
-    e_value: float | None = None
-    if spec.test == "sequential" and evidence is not None:
-        sign = -1.0 if direction == "decrease" else 1.0
-        evidence.update(
-            test.auc, test.variance, test.n_baseline, test.n_canary, sign, one_sided=one_sided
-        )
-        p_value = evidence.p_value
-        e_value = math.exp(min(evidence.max_log_e, 700.0))
-    else:
-        p_value = fixed_p
-
     median_b = _median_sorted(b)
     scale = abs(median_b) or float(np.abs(b).mean())
     rel, rel_low, rel_high = (_relative(v, scale) for v in (hl.estimate, hl.low, hl.high))
-    beyond = {"increase": rel > tol, "decrease": rel < -tol, "either": abs(rel) > tol}[direction]
-    failed = p_value < alpha and beyond
+    mean = mean_change(b, c, alpha, tol)
+
+    def beyond(change: float, limit: float = tol) -> bool:
+        return {
+            "increase": change > limit,
+            "decrease": change < -limit,
+            "either": abs(change) > limit,
+        }[direction]
+
+    def shown_within(low: float, high: float) -> bool:
+        return {
+            "increase": high <= tol,
+            "decrease": low >= -tol,
+            "either": -tol <= low and high <= tol,
+        }[direction]
+
+    effect = _effect_measure(spec, b)
+    significant = p_value < location_alpha
+    location_fails = significant and beyond(rel if effect == "shift" else mean.estimate)
+    tails = _tail_tests(
+        spec, b, c, alpha * _TAIL_SHARE / max(1, len(quantiles)), evidence, quantiles
+    )
+    failed_tail = max((t for t in tails if t.failed), key=lambda t: t.comparison.z, default=None)
+    failed = location_fails or failed_tail is not None
 
     alpha_z = alpha if one_sided else alpha / 2.0
     mde = _mde(b, c, scale, float(special.ndtri(1.0 - alpha_z)))
-    # Promotion needs the change shown within tolerance, not merely detectable: a +8%
-    # canary whose interval reaches +14% is not yet shown to be within +10%.
-    shown_within = {
-        "increase": rel_high <= tol,
-        "decrease": rel_low >= -tol,
-        "either": -tol <= rel_low and rel_high <= tol,
-    }[direction]
-    measured = failed or (mde <= tol and shown_within)
+    # Promotion needs the change shown within tolerance, not merely detectable, by the
+    # mean's confidence sequence (valid however often coalmine looks) and by the shift's
+    # interval. A shift interval of zero width (heavy ties: zeros, buckets) is blind to
+    # the change and is left to the mean.
+    shift_blind = hl.low == hl.high and mean.scale != "constant"
+    # Nor while a tail test's evidence leans towards a tail worse than tolerated: a tail
+    # regression that has not yet reached its threshold must not be promoted past.
+    leaning = [t.name for t in tails if t.leaning and not t.failed]
+    measured = failed or (
+        mde <= tol
+        and shown_within(mean.low, mean.high)
+        and (shift_blind or shown_within(rel_low, rel_high))
+        and not leaning
+    )
+    if failed_tail is not None and not location_fails:
+        effect = "tail"
 
-    pct = f"{confidence * 100:.3g}% CI {_pct(rel_low)}..{_pct(rel_high)}"
-    if p_value < alpha:
-        pct += f", {_format_p(p_value)}"
-    bound = {"increase": "+", "decrease": "-", "either": "\u00b1"}[direction] + _num(tol * 100)
+    decisive = {
+        "shift": rel,
+        "mean": mean.estimate,
+        "tail": _display(direction, failed_tail.comparison.relative_change) if failed_tail else 0,
+    }[effect]
+    critical = spec.critical and (
+        spec.critical_change is None or not failed or beyond(decisive, spec.critical_change)
+    )
     if failed:
-        reason = f"{spec.name} {_pct(rel)} ({pct}), beyond {bound}%"
-    elif measured:
-        reason = f"{spec.name} {_pct(rel)} ({pct}), within {bound}%"
-    elif mde > tol:
-        reason = (
-            f"{spec.name} not measurable yet: detectable change {_num(mde * 100)}%"
-            f" > allowed {_num(tol * 100)}%"
-        )
+        state = {"tail": "tail", "mean": "mean", "shift": "fail"}[effect]
     else:
-        reason = f"{spec.name} {_pct(rel)} ({pct}), not yet shown within {bound}%"
+        state = "pass" if measured else "underpowered" if mde > tol else "unshown"
+    looks = _Looks(rel, rel_low, rel_high, confidence, p_value, mde, shift_blind, leaning)
+    reason = _reason(spec, looks, mean, failed_tail, state=state)
 
     detail: dict[str, DetailValue] = {
         "n_baseline": test.n_baseline,
@@ -359,6 +389,12 @@ def _judge(
         "relative_change": json_number(rel),
         "relative_low": json_number(rel_low),
         "relative_high": json_number(rel_high),
+        "mean_baseline": mean.mean_baseline,
+        "mean_canary": mean.mean_canary,
+        "mean_change": json_number(mean.estimate),
+        "mean_low": json_number(mean.low),
+        "mean_high": json_number(mean.high),
+        "effect": effect,
         "p_value": p_value,
         "test": "sequential" if e_value is not None else "fixed",
         "e_value": e_value,
@@ -370,17 +406,193 @@ def _judge(
         "allowed_change": tol,
         "direction": direction,
     }
+    for tail in tails:
+        t = tail.comparison
+        detail[f"{tail.name}_baseline"] = _display_value(direction, t.baseline_quantile)
+        detail[f"{tail.name}_canary"] = _display_value(direction, t.canary_quantile)
+        detail[f"{tail.name}_tail_change"] = json_number(_display(direction, t.relative_change))
+        detail[f"{tail.name}_p_value"] = tail.p_value
+    if failed_tail is not None and not location_fails:
+        detail["quantile"] = failed_tail.name
     return MetricResult(
         metric=spec.name,
         analyzer=ANALYZER,
         outcome="fail" if failed else "pass",
-        critical=spec.critical,
+        critical=critical,
         measured=measured,
         n_baseline=test.n_baseline,
         n_canary=test.n_canary,
         reason=reason,
         detail=detail,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Looks:
+    """The numbers a distribution metric's reason phrase quotes."""
+
+    rel: float
+    rel_low: float
+    rel_high: float
+    confidence: float
+    p_value: float
+    mde: float
+    shift_blind: bool
+    leaning: list[str]
+
+
+def _reason(
+    spec: MetricSpec, looks: _Looks, mean: MeanChange, failed_tail: _Tail | None, *, state: str
+) -> str:
+    """One phrase: what moved and by how much, or why the metric is not shown yet."""
+    direction = spec.direction
+    tol = spec.tolerance
+    rel, p_value = looks.rel, looks.p_value
+    sign = {"increase": "+", "decrease": "-", "either": "\u00b1"}[direction]
+    bound = f"{sign}{_num(tol * 100)}%"
+    ci = f"{looks.confidence * 100:.3g}% CI {_pct(looks.rel_low)}..{_pct(looks.rel_high)}"
+    mean_text = f"mean {_pct(mean.estimate)} (CS {_pct(mean.low)}..{_pct(mean.high)})"
+    if state == "tail" and failed_tail is not None:
+        t = failed_tail.comparison
+        tail_bound = f"{sign}{_num(spec.tail_tolerance * 100)}%"
+        return (
+            f"{spec.name} {failed_tail.name} tail {_pct(_display(direction, t.relative_change))}"
+            f" (mean of the {_share(t.quantile)} {_extreme(direction)}:"
+            f" {_num(_display_value(direction, t.baseline_tail_mean))} ->"
+            f" {_num(_display_value(direction, t.canary_tail_mean))}),"
+            f" {_format_p(failed_tail.p_value)}, beyond {tail_bound}"
+        )
+    if state == "mean":
+        return (
+            f"{spec.name} mean {_pct(mean.estimate)} ({_num(mean.mean_baseline)} ->"
+            f" {_num(mean.mean_canary)}; shift {_pct(rel)}), {_format_p(p_value)}, beyond {bound}"
+        )
+    if state == "fail":
+        return f"{spec.name} {_pct(rel)} ({ci}, {_format_p(p_value)}), beyond {bound}"
+    if state == "pass":
+        shift_text = "shift blind to ties" if looks.shift_blind else f"{_pct(rel)} ({ci})"
+        return f"{spec.name} {shift_text}; {mean_text}, within {bound}"
+    if state == "underpowered":
+        return (
+            f"{spec.name} not measurable yet: detectable change {_num(looks.mde * 100)}%"
+            f" > allowed {_num(tol * 100)}%"
+        )
+    watch = f"; {', '.join(looks.leaning)} tail leaning worse" if looks.leaning else ""
+    return f"{spec.name} {_pct(rel)} ({ci}); {mean_text}{watch}, not yet shown within {bound}"
+
+
+_TIED_SHARE = 0.25
+"""``effect = "auto"`` measures by the mean when one value holds this share of the baseline."""
+
+
+def _effect_measure(spec: MetricSpec, b: NDArray[np.float64]) -> str:
+    """``shift`` or ``mean``: the measure a regression of this metric is judged by."""
+    if spec.effect != "auto":
+        return spec.effect
+    _, lengths = _runs(b)
+    return "mean" if int(lengths.max()) >= _TIED_SHARE * b.size else "shift"
+
+
+def _location_test(
+    spec: MetricSpec,
+    b: NDArray[np.float64],
+    c: NDArray[np.float64],
+    evidence: DistributionEvidence | None,
+) -> tuple[RankSumTest, float, float | None]:
+    """The rank test on the whole distribution: its U test, p-value and e-value."""
+    direction = spec.direction
+    tested_b = b
+    if spec.null == "tolerance":
+        tol = spec.tolerance
+        tested_b = b * (1.0 + tol) if direction == "increase" else b * (1.0 - tol)
+        if tested_b.size and tested_b[0] > tested_b[-1]:  # scaling by a negative factor
+            tested_b = tested_b[::-1]
+    test = _rank_sum_sorted(tested_b, c)
+    if spec.test == "sequential" and evidence is not None:
+        sign = -1.0 if direction == "decrease" else 1.0
+        evidence.location.update(
+            test.auc,
+            test.variance,
+            test.n_baseline,
+            test.n_canary,
+            sign,
+            one_sided=direction != "either",
+        )
+        e_value = math.exp(min(evidence.location.max_log_e, 700.0))
+        return test, evidence.location.p_value, e_value
+    fixed_p = {
+        "increase": test.p_greater,
+        "decrease": test.p_less,
+        "either": test.p_two_sided,
+    }[direction]
+    return test, fixed_p, None
+
+
+def _tail_tests(
+    spec: MetricSpec,
+    b: NDArray[np.float64],
+    c: NDArray[np.float64],
+    alpha: float,
+    evidence: DistributionEvidence | None,
+    quantiles: tuple[float, ...],
+) -> list[_Tail]:
+    """Each tail's test once it holds ``MIN_TAIL_SAMPLES`` pooled samples.
+
+    A ``decrease`` metric's tails are its lowest values: the tests run on the negated
+    cohorts, where they are the highest.
+    """
+    if not quantiles:
+        return []
+    tol = spec.tail_tolerance
+    if spec.direction == "decrease":
+        b, c = -b[::-1], -c[::-1]
+    # The test asks "is the canary's tail worse than the baseline's made worse by the
+    # tolerance": a rejection is practically significant by itself, where a point estimate
+    # of a tail mean (a few dozen samples) would be a noisy gate. Shifting each value by
+    # tol x |value| keeps the order and moves negative values the harmful way too.
+    tested = b + tol * np.abs(b)
+    effects = {t.quantile: t for t in compare_tails(b, c, quantiles)}
+    out = []
+    for comparison in compare_tails(tested, c, quantiles):
+        q = comparison.quantile
+        if comparison.tail_samples < MIN_TAIL_SAMPLES or comparison.variance <= 0.0:
+            continue
+        tau = TAIL_TAU * (1.0 - q)
+        log_e = auc_log_e(comparison.effect, comparison.variance, tau, one_sided=True)
+        if spec.test == "sequential" and evidence is not None:
+            mixture = evidence.tails.get(q)
+            if mixture is None:
+                mixture = evidence.tails[q] = AucMixture(tau=tau)
+            mixture.observe(comparison.effect, comparison.variance, one_sided=True)
+            p_value = mixture.p_value
+        else:
+            p_value = float(special.ndtr(-comparison.z))
+        name = _quantile_name(spec.direction, q)
+        out.append(_Tail(name, effects[q], p_value, p_value < alpha, leaning=log_e > 0.0))
+    return out
+
+
+def _quantile_name(direction: Direction, q: float) -> str:
+    """``p99`` for the upper 1% of an increase metric, ``p1`` for the lowest of a decrease."""
+    level = (1.0 - q if direction == "decrease" else q) * 100
+    return f"p{level:.4g}"
+
+
+def _share(q: float) -> str:
+    return f"{(1.0 - q) * 100:.3g}%"
+
+
+def _extreme(direction: Direction) -> str:
+    return "lowest" if direction == "decrease" else "highest"
+
+
+def _display(direction: Direction, change: float) -> float:
+    """A tail's relative change on the metric's own scale (tests of a decrease run negated)."""
+    return -change if direction == "decrease" else change
+
+
+def _display_value(direction: Direction, value: float) -> float:
+    return -value if direction == "decrease" else value
 
 
 # --------------------------------------------------------------------------- rank-sum test

@@ -6,8 +6,10 @@ fixed-sample test at 5% then raises a false alarm in 20-30% of healthy canaries
 under "canary no worse", so by Ville's inequality the chance that one *ever* reaches
 ``1 / alpha`` is at most ``alpha``, whenever and however often it is checked.
 
-* ``AucMixture``: mixture sequential probability ratio test on the Mann-Whitney AUC
+* ``AucMixture``: mixture sequential probability ratio test on the Mann-Whitney AUC, or on
+  any other asymptotically normal rank statistic such as the tail tests'
   (valid asymptotically; checked by A/A simulation in the tests and the harness).
+  ``DistributionEvidence`` holds one per test of a distribution metric.
 * ``RateRatioEProcess``: the rate ratio of bad events, canary over baseline, conditional on
   each batch's traffic split (Lindon & Malek 2022; Netflix's canary paper, KDD 2022). Exact.
 * ``binomial_guard_log_e``: the canary's bad-event ratio against a fixed level (the
@@ -88,7 +90,15 @@ class AucMixture:
         """Add a look; ``sign`` is +1 when larger canary values are harmful, -1 when smaller."""
         nm = float(n_baseline) * float(n_canary)
         variance = u_variance / (nm * nm) if nm else 0.0
-        self.log_e = auc_log_e(sign * (auc - 0.5), variance, self.tau, one_sided=one_sided)
+        return self.observe(sign * (auc - 0.5), variance, one_sided=one_sided)
+
+    def observe(self, effect: float, variance: float, *, one_sided: bool) -> float:
+        """Add a look at any asymptotically normal rank statistic.
+
+        ``effect`` is 0 under no difference and positive when harmful; ``variance`` is its
+        variance under no difference.
+        """
+        self.log_e = auc_log_e(effect, variance, self.tau, one_sided=one_sided)
         self.max_log_e = max(self.max_log_e, self.log_e)
         self.looks += 1
         return self.log_e
@@ -97,6 +107,25 @@ class AucMixture:
     def p_value(self) -> float:
         """Anytime-valid p-value: ``min(1, 1 / max e)``."""
         return min(1.0, math.exp(-self.max_log_e))
+
+
+TAIL_TAU = 0.3
+"""Prior width of a tail test, in units of ``1 - q``: a tail that grows 1.5x to 2x moves
+the tail statistic by 0.4-0.5 x ``(1 - q)``."""
+
+
+@dataclass(slots=True)
+class DistributionEvidence:
+    """The sequential state of one distribution metric: its location test and each tail's."""
+
+    location: AucMixture
+    tails: dict[float, AucMixture] = field(default_factory=dict)
+
+    @classmethod
+    def for_spec(cls, prior_width: float, quantiles: tuple[float, ...]) -> DistributionEvidence:
+        """Fresh evidence for a metric with this prior width and these tail quantiles."""
+        tails = {q: AucMixture(tau=TAIL_TAU * (1.0 - q)) for q in quantiles}
+        return cls(AucMixture(tau=prior_width), tails)
 
 
 def logsumexp(a: NDArray[np.float64]) -> float:

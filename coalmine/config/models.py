@@ -23,9 +23,12 @@ MetricKind = Literal["distribution", "ratio"]
 Direction = Literal["increase", "decrease", "either"]
 TestMode = Literal["sequential", "fixed"]
 NullHypothesis = Literal["no_change", "tolerance"]
+EffectMeasure = Literal["auto", "shift", "mean"]
 Unit = Literal["auto", "request", "instance"]
 
 DEFAULT_ALLOWED_CHANGE: dict[MetricKind, float] = {"distribution": 0.10, "ratio": 0.5}
+DEFAULT_QUANTILES = (0.9, 0.99)
+"""Tails tested by default on a distribution metric whose increase is harmful."""
 
 
 class _Section(BaseModel):
@@ -241,6 +244,9 @@ class MetricSpec(_Section):
     """Relative change tolerated (fraction); unset: 0.10 distribution, 0.5 ratio."""
     critical: bool = False
     """A failure of this metric rolls back at once, whatever the score."""
+    critical_change: float | None = Field(default=None, ge=0)
+    """Distribution: a critical metric's failure rolls back at once only when its change
+    lies beyond this (Kayenta's critical effect size); below, it counts in the score."""
     min_samples: int = Field(default=50, ge=1)
     """Samples per cohort before a distribution metric is judged (below: nodata)."""
     objective: float | None = Field(default=None, gt=0, lt=1, validate_default=True)
@@ -267,6 +273,17 @@ class MetricSpec(_Section):
     """NaN samples: ``remove`` drops them, ``replace`` counts them as 0."""
     prior_width: float = Field(default=0.03, gt=0, le=0.5)
     """Width of the sequential test's prior on the AUC shift (0.5 = no effect)."""
+    effect: EffectMeasure = "auto"
+    """Distribution: the change a regression is measured by: ``shift`` (Hodges-Lehmann,
+    over the baseline median), ``mean`` (ratio of means), or ``auto`` (``mean`` when one
+    value holds a quarter or more of the baseline's samples, such as zeros or histogram
+    buckets, where the shift is blind; ``shift`` otherwise)."""
+    quantiles: tuple[float, ...] | None = None
+    """Distribution: tails tested, as quantiles in (0.5, 1) (upper tails for ``increase``,
+    the lowest ``1 - q`` for ``decrease``); unset: [0.9, 0.99] for ``increase`` per
+    request, none otherwise; [] turns them off."""
+    tail_allowed_change: float | None = Field(default=None, ge=0)
+    """Relative change of a tail's mean tolerated (fraction); unset: allowed_change."""
 
     @field_validator("objective")
     @classmethod
@@ -286,6 +303,38 @@ class MetricSpec(_Section):
         if value == "tolerance" and info.data.get("direction") == "either":
             raise ValueError("null = 'tolerance' needs direction 'increase' or 'decrease'")
         return value
+
+    @field_validator("quantiles")
+    @classmethod
+    def _quantiles_fit(
+        cls, value: tuple[float, ...] | None, info: ValidationInfo
+    ) -> tuple[float, ...] | None:
+        if not value:
+            return value
+        problems = [f"{q:g}" for q in value if not 0.5 < q < 1.0]
+        if problems:
+            raise ValueError(f"quantiles must lie in (0.5, 1), got {', '.join(problems)}")
+        if info.data.get("kind") == "ratio":
+            raise ValueError("quantiles apply to distribution metrics only")
+        if info.data.get("direction") == "either":
+            raise ValueError("quantiles need direction 'increase' or 'decrease'")
+        return tuple(sorted(set(value)))
+
+    @property
+    def tail_quantiles(self) -> tuple[float, ...]:
+        """The tails tested: ``quantiles``, or [0.9, 0.99] for an ``increase`` metric."""
+        if self.quantiles is not None:
+            return self.quantiles
+        if self.kind == "distribution" and self.direction == "increase":
+            return DEFAULT_QUANTILES
+        return ()
+
+    @property
+    def tail_tolerance(self) -> float:
+        """``tail_allowed_change``, or the metric's tolerance."""
+        if self.tail_allowed_change is not None:
+            return self.tail_allowed_change
+        return self.tolerance
 
     @property
     def tolerance(self) -> float:

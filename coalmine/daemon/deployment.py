@@ -31,7 +31,7 @@ from coalmine.analyzers.burn_rate import (
 from coalmine.analyzers.instances import InstanceMeans, analyze_instances
 from coalmine.analyzers.mann_whitney import analyze_distribution
 from coalmine.analyzers.sample_ratio import sample_ratio_check
-from coalmine.analyzers.sequential import AucMixture
+from coalmine.analyzers.sequential import DistributionEvidence
 from coalmine.contract import Cohort, DeployEvent, MetricEvent, Verdict, Window
 from coalmine.daemon.samples import EventCounts, InstanceTally, SampleReservoir
 from coalmine.judge import Judgement, judge
@@ -93,7 +93,7 @@ class Deployment:
         self._samples: dict[str, tuple[SampleReservoir, SampleReservoir]] = {}
         self._counts: dict[str, tuple[EventCounts, EventCounts]] = {}
         self._instances: dict[str, tuple[InstanceTally, InstanceTally]] = {}
-        self._auc: dict[str, AucMixture] = {}
+        self._distribution: dict[str, DistributionEvidence] = {}
         self._ratio: dict[str, RatioEvidence] = {}
         self._checked_at: dict[str, int] = {}
         self.limits_hit: list[str] = []
@@ -313,9 +313,10 @@ class Deployment:
             base_i, canary_i = (InstanceMeans(*t.means()) for t in self._instances_for(spec.name))
             return analyze_instances(spec, base_i, canary_i, alpha)
         base_s, canary_s = self._samples_for(spec.name)
-        evidence = self._auc.get(spec.name)
+        evidence = self._distribution.get(spec.name)
         if evidence is None:
-            evidence = self._auc[spec.name] = AucMixture(tau=spec.prior_width)
+            evidence = DistributionEvidence.for_spec(spec.prior_width, spec.tail_quantiles)
+            self._distribution[spec.name] = evidence
         return analyze_distribution(
             spec, base_s.values(), canary_s.values(), alpha, evidence=evidence
         )
@@ -388,6 +389,8 @@ class Deployment:
         judgement = judge(
             self.profile, results, elapsed=elapsed, at_end=self._last_look(self._look)
         )
+        if judgement.decision != "rollback":  # failing within its critical_change: wait
+            return None
         return self._verdict(self._look, time, results, judgement)
 
     def _judge(self, look: int, time: float) -> Verdict:
@@ -436,5 +439,5 @@ class Deployment:
         self._samples.clear()
         self._counts.clear()
         self._instances.clear()
-        self._auc.clear()
+        self._distribution.clear()
         self._ratio.clear()

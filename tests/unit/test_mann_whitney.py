@@ -19,7 +19,7 @@ from coalmine.analyzers.mann_whitney import (
     hodges_lehmann,
     rank_sum_test,
 )
-from coalmine.analyzers.sequential import AucMixture
+from coalmine.analyzers.sequential import AucMixture, DistributionEvidence
 from coalmine.config.models import MetricSpec
 
 ALTERNATIVES = ("greater", "less", "two-sided")
@@ -347,7 +347,7 @@ def test_outlier_removal_drops_far_out_samples_only_when_asked() -> None:
 
 
 def test_sequential_evidence_accumulates_and_never_forgets() -> None:
-    evidence = AucMixture()
+    evidence = DistributionEvidence(AucMixture())
     base, slow = _lognormal(1, 400), 1.5 * _lognormal(2, 400)
     first = analyze_distribution(LATENCY, base, slow, 0.05, evidence=evidence)
     assert first.outcome == "fail"
@@ -355,8 +355,8 @@ def test_sequential_evidence_accumulates_and_never_forgets() -> None:
     assert first.detail["e_value"] >= 20
     # The running maximum stands: a later, weaker look does not undo the rejection's e-value.
     analyze_distribution(LATENCY, base, _lognormal(3, 400), 0.05, evidence=evidence)
-    assert evidence.p_value <= 0.05
-    assert evidence.looks == 2
+    assert evidence.location.p_value <= 0.05
+    assert evidence.location.looks == 2
 
 
 def test_tolerance_null_is_stricter_near_the_tolerance() -> None:
