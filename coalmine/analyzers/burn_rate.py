@@ -35,7 +35,7 @@ __all__ = ["BurnWindow", "RatioEvidence", "analyze_ratio", "error_budget", "rati
 
 ANALYZER = "burn_rate"
 
-RELATIVE_SHARE = 0.75
+RELATIVE_SHARE = 0.875
 """Share of a ratio metric's alpha given to the test against the baseline; the burn-rate
 rules share the rest. Regressions relative to the baseline are the common case; a burn
 fast enough to page is usually so clear that a smaller share costs it little time."""
@@ -118,7 +118,7 @@ def analyze_ratio(  # noqa: PLR0913 - two cohorts' counts are the natural inputs
 ) -> MetricResult:
     """Judge one ratio metric from the good and total event counts of both cohorts.
 
-    Two questions; the first gets ``RELATIVE_SHARE`` (3/4) of ``alpha``, the burn-rate
+    Two questions; the first gets ``RELATIVE_SHARE`` (7/8) of ``alpha``, the burn-rate
     rules share the rest:
 
     * **relative**: is the canary's bad-event rate more than the baseline's? Sequentially

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from coalmine.config.models import MetricSpec
 
-__all__ = ["MIN_SAMPLES_PER_INSTANCE", "InstanceMeans", "analyze_instances"]
+__all__ = ["MIN_SAMPLES_PER_INSTANCE", "InstanceEvidence", "InstanceMeans", "analyze_instances"]
 
 ANALYZER = "instance_welch"
 
@@ -40,6 +40,13 @@ samples they were 4.75% and 6.5% at 10 instances and 2%."""
 
 _POWER_Z = float(special.ndtri(0.8))
 
+_STAGE_GROWTH = 2.0
+"""A new stage begins when the smallest instance's samples have doubled."""
+
+_OUTLIER_SHARE = 0.75
+"""Share of the metric's budget that the outlier test gets when the canary has two or more
+instances; the cohorts' comparison keeps the rest."""
+
 
 @dataclass(frozen=True, slots=True)
 class InstanceMeans:
@@ -48,26 +55,89 @@ class InstanceMeans:
     counts: NDArray[np.float64]
     means: NDArray[np.float64]
     log: bool
+    names: tuple[str, ...] = ()
 
     @property
     def samples(self) -> int:
         """All samples of the cohort's instances."""
         return int(self.counts.sum())
 
+    def name(self, index: int) -> str:
+        """The ``index``-th instance's name (its position when names are not known)."""
+        return self.names[index] if index < len(self.names) else f"#{index}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Stage:
+    """What the tests decided at one stage; later looks in the stage repeat it."""
+
+    mean_b: float
+    mean_c: float
+    se: float
+    df: float
+    p_value: float
+    failed: bool
+    low: float
+    high: float
+    mde: float
+    outlier: _Outlier | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Outlier:
+    """The canary instance furthest above the baseline's instances, and its test."""
+
+    name: str
+    change: float
+    t: float
+    p_value: float
+    failed: bool
+
+
+@dataclass(slots=True)
+class InstanceEvidence:
+    """The staged tests of one instance-level metric, kept across looks.
+
+    Repeating a fixed-sample test at every look raises false alarms (looks early on, when
+    instance means still move, are nearly independent). So the tests run once per **stage**:
+    stage ``j`` begins when every instance (but stragglers) has ``100 x 2^j`` samples, and
+    spends
+    ``alpha / ((j + 1)(j + 2))`` of the budget (these add up to ``alpha``); the looks within
+    a stage repeat its decision. By the union bound the chance of any false alarm over all
+    stages stays within ``alpha``, and the intervals a promotion rests on are simultaneous
+    over the stages, so false promotions are controlled too.
+    """
+
+    stage: int = -1
+    last: _Stage | None = None
+
 
 def analyze_instances(
-    spec: MetricSpec, baseline: InstanceMeans, canary: InstanceMeans, alpha: float
+    spec: MetricSpec,
+    baseline: InstanceMeans,
+    canary: InstanceMeans,
+    alpha: float,
+    *,
+    evidence: InstanceEvidence | None = None,
 ) -> MetricResult:
     """Judge a distribution metric with instances as the unit of analysis.
 
-    Fails iff Welch's one-sided test (two-sided for ``either``) rejects at ``alpha`` and the
-    relative change of the cohorts' typical instance lies beyond the tolerance. The
-    relative change is ``exp(mean_c - mean_b) - 1`` on the log scale (a ratio of geometric
-    means), ``(mean_c - mean_b) / |mean_b|`` otherwise. Measured when the detectable
-    relative change (80% power) is within the tolerance.
+    Two tests share ``alpha``: Welch's test of the cohorts' typical instance (one-sided, two-
+    sided for ``either``), and an **outlier test** of each canary instance against the
+    spread between instances (a prediction interval: a t test with the spread pooled from
+    the baseline's instances and the other canary instances, Bonferroni over the canary's
+    instances), so that a single slow host is caught and named. Each fails when it rejects
+    and its relative change lies beyond the tolerance. The relative change is
+    ``exp(mean_c - mean_b) - 1`` on the log scale (a ratio of geometric means),
+    ``(mean_c - mean_b) / |mean_b|`` otherwise. Measured when the detectable relative
+    change (80% power) and the interval's harmful end are within the tolerance.
+
+    With ``spec.test == "sequential"`` and an ``evidence`` state the tests are staged
+    (:class:`InstanceEvidence`); otherwise they run at every call at ``alpha``.
     """
-    b = baseline.means[baseline.counts >= MIN_SAMPLES_PER_INSTANCE]
-    c = canary.means[canary.counts >= MIN_SAMPLES_PER_INSTANCE]
+    kept_b = baseline.counts >= MIN_SAMPLES_PER_INSTANCE
+    kept_c = canary.counts >= MIN_SAMPLES_PER_INSTANCE
+    b, c = baseline.means[kept_b], canary.means[kept_c]
     sizes = (baseline.samples, canary.samples)
     detail: dict[str, DetailValue] = {
         "unit": "instance",
@@ -86,6 +156,103 @@ def analyze_instances(
         return _result(spec, "nodata", sizes, reason, detail, measured=False)
 
     log = baseline.log and canary.log
+    names = [canary.name(int(i)) for i in np.flatnonzero(kept_c)]
+    stage = _stage(np.concatenate((baseline.counts, canary.counts)))
+    if spec.test == "sequential" and evidence is not None:
+        if stage > evidence.stage:
+            spent = alpha / ((stage + 1) * (stage + 2))
+            evidence.stage, evidence.last = stage, _test(spec, b, c, names, spent, log=log)
+        if evidence.last is None:
+            reason = (
+                f"{spec.name}: waiting for every instance to reach"
+                f" {MIN_SAMPLES_PER_INSTANCE} samples before the first test"
+            )
+            return _result(spec, "nodata", sizes, reason, detail, measured=False)
+        decided = evidence.last
+        detail["stage"] = evidence.stage
+    else:
+        decided = _test(spec, b, c, names, alpha, log=log)
+
+    def relative(delta: float) -> float:
+        return _relative(delta, decided.mean_b, log=log)
+
+    tol = spec.tolerance
+    rel = relative(decided.mean_c - decided.mean_b)
+    outlier = decided.outlier
+    failed = decided.failed or (outlier is not None and outlier.failed)
+    shown_within = {
+        "increase": decided.high <= tol,
+        "decrease": decided.low >= -tol,
+        "either": -tol <= decided.low and decided.high <= tol,
+    }[spec.direction]
+    # Every instance must count before promoting: one still below the minimum may be the
+    # bad one.
+    waiting = int(np.count_nonzero(~kept_b) + np.count_nonzero(~kept_c))
+    measured = failed or (decided.mde <= tol and shown_within and not waiting)
+    detail.update(
+        {
+            "scale": "log" if log else "raw",
+            "mean_baseline": decided.mean_b,
+            "mean_canary": decided.mean_c,
+            "relative_change": json_number(rel),
+            "instance_spread": math.sqrt(float(b.var(ddof=1))),
+            "t": json_number((decided.mean_c - decided.mean_b) / decided.se)
+            if decided.se > 0
+            else 0.0,
+            "df": decided.df,
+            "p_value": decided.p_value,
+            "test": "staged" if "stage" in detail else "fixed",
+            "mde": json_number(decided.mde),
+            "relative_low": json_number(decided.low),
+            "relative_high": json_number(decided.high),
+            "instances_waiting": waiting,
+        }
+    )
+    if outlier is not None:
+        detail["outlier"] = outlier.name
+        detail["outlier_change"] = json_number(outlier.change)
+        detail["outlier_p_value"] = outlier.p_value
+        if outlier.failed and not decided.failed:
+            detail["instance"] = outlier.name
+    state = "fail" if decided.failed else "outlier" if failed else "pass" if measured else ""
+    if not state:
+        state = "waiting" if waiting else "underpowered" if decided.mde > tol else "unshown"
+    counted = (int(b.size), int(c.size))
+    reason = _describe(spec, state, rel, decided, counted, waiting)
+    return _result(spec, "fail" if failed else "pass", sizes, reason, detail, measured=measured)
+
+
+def _stage(counts: NDArray[np.float64]) -> int:
+    """The stage a look falls in (-1: not yet), from the instances' sample counts.
+
+    Stages count the smallest instance's samples, leaving out stragglers with less than a
+    quarter of the median instance's (an idle pod must not hold every test back).
+    """
+    active = counts[counts >= 0.25 * float(np.median(counts))]
+    smallest = float(active.min())
+    if smallest < MIN_SAMPLES_PER_INSTANCE:
+        return -1
+    return int(math.log(smallest / MIN_SAMPLES_PER_INSTANCE) / math.log(_STAGE_GROWTH) + 1e-9)
+
+
+def _relative(delta: float, mean_b: float, *, log: bool) -> float:
+    if log:
+        return math.expm1(delta)
+    return delta / abs(mean_b) if mean_b else (0.0 if delta == 0 else math.inf)
+
+
+def _test(
+    spec: MetricSpec,
+    b: NDArray[np.float64],
+    c: NDArray[np.float64],
+    names: list[str],
+    alpha: float,
+    *,
+    log: bool,
+) -> _Stage:
+    """Both tests at level ``alpha`` (half each when the canary has instances to single out)."""
+    outlier_alpha = alpha * _OUTLIER_SHARE if c.size >= 2 else 0.0
+    cohort_alpha = alpha - outlier_alpha
     mean_b, mean_c = float(b.mean()), float(c.mean())
     var_b = float(b.var(ddof=1))
     if c.size >= 2:
@@ -104,61 +271,72 @@ def analyze_instances(
         p_value = float(special.stdtr(df, t))
     else:
         p_value = float(2 * special.stdtr(df, -abs(t)))
-
-    def relative(delta: float) -> float:
-        if log:
-            return math.expm1(delta)
-        return delta / abs(mean_b) if mean_b else (0.0 if delta == 0 else math.inf)
-
     tol = spec.tolerance
-    rel = relative(diff)
+    rel = _relative(diff, mean_b, log=log)
     beyond = {"increase": rel > tol, "decrease": rel < -tol, "either": abs(rel) > tol}[direction]
-    failed = p_value < alpha and beyond
-    z_alpha = float(special.ndtri(1 - (alpha if direction != "either" else alpha / 2)))
-    mde = abs(relative((z_alpha + _POWER_Z) * se))
-    low, high = relative(diff - z_alpha * se), relative(diff + z_alpha * se)
-    shown_within = {
-        "increase": high <= tol,
-        "decrease": low >= -tol,
-        "either": -tol <= low and high <= tol,
-    }[direction]
-    # Every instance must count before promoting: one still below the minimum may be the
-    # bad one.
-    waiting = int(
-        np.count_nonzero(baseline.counts < MIN_SAMPLES_PER_INSTANCE)
-        + np.count_nonzero(canary.counts < MIN_SAMPLES_PER_INSTANCE)
+    side = cohort_alpha if direction != "either" else cohort_alpha / 2
+    z_alpha = float(special.ndtri(1 - side))
+    t_alpha = float(special.stdtrit(df, 1 - side))
+    return _Stage(
+        mean_b=mean_b,
+        mean_c=mean_c,
+        se=se,
+        df=df,
+        p_value=p_value,
+        failed=p_value < cohort_alpha and beyond,
+        low=_relative(diff - t_alpha * se, mean_b, log=log),
+        high=_relative(diff + t_alpha * se, mean_b, log=log),
+        mde=abs(_relative((z_alpha + _POWER_Z) * se, mean_b, log=log)),
+        outlier=_outlier(spec, b, c, names, outlier_alpha, log=log) if outlier_alpha else None,
     )
-    measured = failed or (mde <= tol and shown_within and not waiting)
-    detail.update(
-        {
-            "scale": "log" if log else "raw",
-            "mean_baseline": mean_b,
-            "mean_canary": mean_c,
-            "relative_change": json_number(rel),
-            "instance_spread": math.sqrt(var_b),
-            "t": json_number(t),
-            "df": df,
-            "p_value": p_value,
-            "test": "fixed",
-            "mde": json_number(mde),
-            "relative_low": json_number(low),
-            "relative_high": json_number(high),
-            "instances_waiting": waiting,
-        }
-    )
-    state = "fail" if failed else "pass" if measured else "waiting" if waiting else "unshown"
-    if state == "unshown" and mde > tol:
-        state = "underpowered"
-    reason = _describe(spec, state, rel, p_value, mde, (int(b.size), int(c.size)), waiting)
-    return _result(spec, "fail" if failed else "pass", sizes, reason, detail, measured=measured)
+
+
+def _outlier(
+    spec: MetricSpec,
+    b: NDArray[np.float64],
+    c: NDArray[np.float64],
+    names: list[str],
+    alpha: float,
+    *,
+    log: bool,
+) -> _Outlier:
+    """The canary instance most beyond the baseline's instances, tested at ``alpha``.
+
+    For instance ``i`` the spread between instances is pooled from the baseline's
+    instances (around their mean) and the other canary instances (around theirs), with
+    ``(k_b - 1) + (k_c - 2)`` degrees of freedom; ``(m_i - mean_b) / (s sqrt(1 + 1/k_b))``
+    is then Student's t under "instance i is like the others". Bonferroni over the canary's
+    instances; one-sided in the harmful direction (``either``: both sides).
+    """
+    sign = -1.0 if spec.direction == "decrease" else 1.0
+    mean_b = float(b.mean())
+    base_ss = float(np.sum((b - mean_b) ** 2))
+    candidates = []
+    for i in range(c.size):
+        others = np.delete(c, i)
+        ss = base_ss + float(np.sum((others - others.mean()) ** 2))
+        df = (b.size - 1) + (others.size - 1)
+        s = math.sqrt(ss / df)
+        diff = float(c[i]) - mean_b
+        t = diff / (s * math.sqrt(1.0 + 1.0 / b.size)) if s > 0 else math.copysign(math.inf, diff)
+        harm = abs(t) if spec.direction == "either" else sign * t
+        p_value = float(special.stdtr(df, -harm)) * (2 if spec.direction == "either" else 1)
+        p_value = min(1.0, p_value * c.size)
+        change = _relative(diff, mean_b, log=log)
+        beyond = {
+            "increase": change > spec.tolerance,
+            "decrease": change < -spec.tolerance,
+            "either": abs(change) > spec.tolerance,
+        }[spec.direction]
+        candidates.append(_Outlier(names[i], change, t, p_value, p_value < alpha and beyond))
+    return max(candidates, key=lambda o: (o.failed, -o.p_value))
 
 
 def _describe(
     spec: MetricSpec,
     state: str,
     rel: float,
-    p_value: float,
-    mde: float,
+    decided: _Stage,
     counted: tuple[int, int],
     waiting: int,
 ) -> str:
@@ -166,8 +344,14 @@ def _describe(
     sign = {"increase": "+", "decrease": "-", "either": "\u00b1"}[spec.direction]
     tol = f"{sign}{spec.tolerance:.0%}"
     head = f"{spec.name} {rel:+.1%} per instance ({counted[0]} vs {counted[1]} instances"
+    outlier = decided.outlier
+    if state == "outlier" and outlier is not None:
+        return (
+            f"{spec.name} instance {outlier.name} {outlier.change:+.1%} against the"
+            f" baseline's {counted[0]} instances (p={outlier.p_value:.2g}), beyond {tol}"
+        )
     if state == "fail":
-        return f"{head}, p={p_value:.2g}), beyond {tol}"
+        return f"{head}, p={decided.p_value:.2g}), beyond {tol}"
     if state == "pass":
         return f"{head}), within {tol}"
     if state == "waiting":
@@ -176,7 +360,7 @@ def _describe(
         return f"{head}), not yet shown within {tol}"
     return (
         f"{spec.name} not measurable yet per instance ({counted[0]} vs {counted[1]} instances):"
-        f" detectable change {mde:.0%} > allowed {spec.tolerance:.0%}"
+        f" detectable change {decided.mde:.0%} > allowed {spec.tolerance:.0%}"
     )
 
 

@@ -19,7 +19,7 @@ from scipy import special
 from coalmine.analyzers.effects import MeanChange, mean_change
 from coalmine.analyzers.result import DetailValue, MetricResult, json_number
 from coalmine.analyzers.sequential import TAIL_TAU, AucMixture, auc_log_e
-from coalmine.analyzers.tails import MIN_TAIL_SAMPLES, TailComparison, compare_tails
+from coalmine.analyzers.tails import MIN_TAIL_SAMPLES, TailChange, tail_changes, tail_tests
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -292,7 +292,7 @@ class _Tail:
     """One tail test's outcome at this look."""
 
     name: str
-    comparison: TailComparison
+    comparison: TailChange
     p_value: float
     failed: bool
     leaning: bool
@@ -340,7 +340,7 @@ def _judge(
     tails = _tail_tests(
         spec, b, c, alpha * _TAIL_SHARE / max(1, len(quantiles)), evidence, quantiles
     )
-    failed_tail = max((t for t in tails if t.failed), key=lambda t: t.comparison.z, default=None)
+    failed_tail = min((t for t in tails if t.failed), key=lambda t: t.p_value, default=None)
     failed = location_fails or failed_tail is not None
 
     alpha_z = alpha if one_sided else alpha / 2.0
@@ -551,24 +551,24 @@ def _tail_tests(
     # of a tail mean (a few dozen samples) would be a noisy gate. Shifting each value by
     # tol x |value| keeps the order and moves negative values the harmful way too.
     tested = b + tol * np.abs(b)
-    effects = {t.quantile: t for t in compare_tails(b, c, quantiles)}
+    changes = {t.quantile: t for t in tail_changes(b, c, quantiles)}
     out = []
-    for comparison in compare_tails(tested, c, quantiles):
-        q = comparison.quantile
-        if comparison.tail_samples < MIN_TAIL_SAMPLES or comparison.variance <= 0.0:
+    for test in tail_tests(tested, c, quantiles):
+        q = test.quantile
+        if test.tail_samples < MIN_TAIL_SAMPLES or test.variance <= 0.0:
             continue
         tau = TAIL_TAU * (1.0 - q)
-        log_e = auc_log_e(comparison.effect, comparison.variance, tau, one_sided=True)
+        log_e = auc_log_e(test.effect, test.variance, tau, one_sided=True)
         if spec.test == "sequential" and evidence is not None:
             mixture = evidence.tails.get(q)
             if mixture is None:
                 mixture = evidence.tails[q] = AucMixture(tau=tau)
-            mixture.observe(comparison.effect, comparison.variance, one_sided=True)
+            mixture.observe(test.effect, test.variance, one_sided=True)
             p_value = mixture.p_value
         else:
-            p_value = float(special.ndtr(-comparison.z))
+            p_value = float(special.ndtr(-test.z))
         name = _quantile_name(spec.direction, q)
-        out.append(_Tail(name, effects[q], p_value, p_value < alpha, leaning=log_e > 0.0))
+        out.append(_Tail(name, changes[q], p_value, p_value < alpha, leaning=log_e > 0.0))
     return out
 
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from numpy.typing import NDArray
 
-__all__ = ["MIN_TAIL_SAMPLES", "TailComparison", "compare_tails"]
+__all__ = ["MIN_TAIL_SAMPLES", "TailChange", "TailTest", "tail_changes", "tail_tests"]
 
 MIN_TAIL_SAMPLES = 30
 """Pooled samples beyond the quantile before its test counts: the normal approximation of
@@ -38,8 +38,8 @@ a statistic that rests on a handful of values is poor, and its false alarms rise
 
 
 @dataclass(frozen=True, slots=True)
-class TailComparison:
-    """Both cohorts' tails beyond one upper quantile.
+class TailTest:
+    """The tail-weighted rank statistic of one upper quantile.
 
     Attributes:
         quantile: ``q``, e.g. 0.99.
@@ -47,23 +47,12 @@ class TailComparison:
             about ``(1 - q) / 2`` when the canary holds the whole pooled tail).
         variance: the permutation variance of ``effect`` under no difference.
         tail_samples: pooled samples beyond the pooled ``q`` quantile.
-        baseline_quantile: the baseline's ``q`` quantile.
-        canary_quantile: the canary's ``q`` quantile.
-        baseline_tail_mean: mean of the baseline's slowest ``1 - q``.
-        canary_tail_mean: mean of the canary's slowest ``1 - q``.
-        relative_change: ``canary_tail_mean / baseline_tail_mean - 1`` (over the absolute
-            baseline value; 0 or infinite when the baseline's tail mean is 0).
     """
 
     quantile: float
     effect: float
     variance: float
     tail_samples: int
-    baseline_quantile: float
-    canary_quantile: float
-    baseline_tail_mean: float
-    canary_tail_mean: float
-    relative_change: float
 
     @property
     def z(self) -> float:
@@ -71,38 +60,90 @@ class TailComparison:
         return self.effect / math.sqrt(self.variance) if self.variance > 0.0 else 0.0
 
 
-def compare_tails(
+@dataclass(frozen=True, slots=True)
+class TailChange:
+    """How one upper quantile and the tail beyond it moved.
+
+    Attributes:
+        quantile: ``q``.
+        baseline_quantile: the baseline's ``q`` quantile.
+        canary_quantile: the canary's ``q`` quantile.
+        baseline_tail_mean: mean of the baseline's largest ``1 - q``.
+        canary_tail_mean: mean of the canary's largest ``1 - q``.
+        relative_change: ``canary_tail_mean / baseline_tail_mean - 1`` (over the absolute
+            baseline value; 0 or infinite when the baseline's tail mean is 0).
+    """
+
+    quantile: float
+    baseline_quantile: float
+    canary_quantile: float
+    baseline_tail_mean: float
+    canary_tail_mean: float
+    relative_change: float
+
+
+def tail_tests(
     baseline: NDArray[np.float64], canary: NDArray[np.float64], quantiles: Sequence[float]
-) -> list[TailComparison]:
-    """Compare the upper tails of two **sorted** cohorts at each quantile."""
+) -> list[TailTest]:
+    """The tail statistic of two **sorted** cohorts at each quantile.
+
+    Only the pooled samples beyond the smallest quantile carry a score, so only they are
+    merged and ranked: every value from the smallest one among the largest
+    ``(1 - q) N + 1`` of each cohort up (whole tie groups), a tenth of the data at q = 0.9.
+    """
     n_b, n_c = int(baseline.size), int(canary.size)
     total = n_b + n_c
-    pooled = np.sort(np.concatenate((baseline, canary)), kind="stable")
+    if not quantiles or total < 2:
+        return []
+    # Positions r (1-based) score when (r - 0.5) / N > q: the top N - floor(qN + 0.5).
+    need = total - math.floor(min(quantiles) * total + 0.5) + 1
+    top = np.sort(np.concatenate((baseline[-need:], canary[-need:])))[-need:]
+    first = top[0]
+    from_b = int(np.searchsorted(baseline, first, side="left"))
+    from_c = int(np.searchsorted(canary, first, side="left"))
+    tail_c = canary[from_c:]
+    pooled = np.sort(np.concatenate((baseline[from_b:], tail_c)), kind="stable")
+    size = pooled.size
     starts = np.flatnonzero(np.concatenate(([True], pooled[1:] != pooled[:-1])))
-    ends = np.append(starts[1:], total)
+    ends = np.append(starts[1:], size)
     lengths = ends - starts
     values = pooled[starts]
-    in_canary = np.searchsorted(canary, values, side="right") - np.searchsorted(
-        canary, values, side="left"
+    in_canary = np.searchsorted(tail_c, values, side="right") - np.searchsorted(
+        tail_c, values, side="left"
     )
-    positions = (np.arange(total) + 0.5) / total
+    positions = (np.arange(total - size, total) + 0.5) / total
+    scale = total / n_b  # canary mean - pooled mean, to canary mean - baseline mean
     out = []
     for q in quantiles:
         scores = np.maximum(positions - q, 0.0) / (1.0 - q)
         cumulative = np.concatenate(([0.0], np.cumsum(scores)))
         group = (cumulative[ends] - cumulative[starts]) / lengths
         mean_all = float(cumulative[-1]) / total
-        spread = float(np.sum(lengths * (group - mean_all) ** 2))
+        # Sum of squared deviations over all N positions; those below the tail score 0.
+        spread = float(np.sum(lengths * group * group)) - total * mean_all * mean_all
         canary_mean = float(np.dot(in_canary, group)) / n_c
-        scale = total / n_b  # canary mean - pooled mean, to canary mean - baseline mean
-        variance_sum = n_c * n_b / (total * (total - 1.0)) * spread if total > 1 else 0.0
-        tail_b, tail_c = _tail_mean(baseline, q), _tail_mean(canary, q)
+        variance_sum = n_c * n_b / (total * (total - 1.0)) * max(spread, 0.0)
         out.append(
-            TailComparison(
+            TailTest(
                 quantile=q,
                 effect=(canary_mean - mean_all) * scale,
                 variance=variance_sum / (n_c * n_c) * scale * scale,
                 tail_samples=int(np.count_nonzero(scores)),
+            )
+        )
+    return out
+
+
+def tail_changes(
+    baseline: NDArray[np.float64], canary: NDArray[np.float64], quantiles: Sequence[float]
+) -> list[TailChange]:
+    """Each quantile and tail mean of two **sorted** cohorts, and the tail mean's change."""
+    out = []
+    for q in quantiles:
+        tail_b, tail_c = _tail_mean(baseline, q), _tail_mean(canary, q)
+        out.append(
+            TailChange(
+                quantile=q,
                 baseline_quantile=_quantile(baseline, q),
                 canary_quantile=_quantile(canary, q),
                 baseline_tail_mean=tail_b,

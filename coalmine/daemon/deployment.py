@@ -28,7 +28,7 @@ from coalmine.analyzers.burn_rate import (
     error_budget,
     ratio_fails,
 )
-from coalmine.analyzers.instances import InstanceMeans, analyze_instances
+from coalmine.analyzers.instances import InstanceEvidence, InstanceMeans, analyze_instances
 from coalmine.analyzers.mann_whitney import analyze_distribution
 from coalmine.analyzers.sample_ratio import sample_ratio_check
 from coalmine.analyzers.sequential import DistributionEvidence
@@ -94,6 +94,7 @@ class Deployment:
         self._counts: dict[str, tuple[EventCounts, EventCounts]] = {}
         self._instances: dict[str, tuple[InstanceTally, InstanceTally]] = {}
         self._distribution: dict[str, DistributionEvidence] = {}
+        self._staged: dict[str, InstanceEvidence] = {}
         self._ratio: dict[str, RatioEvidence] = {}
         self._checked_at: dict[str, int] = {}
         self.limits_hit: list[str] = []
@@ -310,8 +311,13 @@ class Deployment:
         if spec.kind == "ratio":
             return self._on_ratio(analyze_ratio, spec, time)
         if self._by_instance(spec):
-            base_i, canary_i = (InstanceMeans(*t.means()) for t in self._instances_for(spec.name))
-            return analyze_instances(spec, base_i, canary_i, alpha)
+            base_i, canary_i = (
+                InstanceMeans(*t.means(), names=t.names) for t in self._instances_for(spec.name)
+            )
+            staged = self._staged.get(spec.name)
+            if staged is None:
+                staged = self._staged[spec.name] = InstanceEvidence()
+            return analyze_instances(spec, base_i, canary_i, alpha, evidence=staged)
         base_s, canary_s = self._samples_for(spec.name)
         evidence = self._distribution.get(spec.name)
         if evidence is None:
@@ -440,4 +446,5 @@ class Deployment:
         self._counts.clear()
         self._instances.clear()
         self._distribution.clear()
+        self._staged.clear()
         self._ratio.clear()

@@ -147,6 +147,11 @@ class InstanceTally:
             else:
                 self.log = False
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The instances' names, in the order of :meth:`means`."""
+        return tuple(self._index)
+
     def means(self) -> tuple[NDArray[np.float64], NDArray[np.float64], bool]:
         """Counts, means (of logs if ``log``) per instance, and whether they are log means."""
         table = np.asarray(self._stats, dtype=np.float64).reshape(-1, 3)

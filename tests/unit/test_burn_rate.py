@@ -92,10 +92,10 @@ def test_one_error_in_a_small_canary_does_not_fail() -> None:
 def test_guard_needs_the_documented_error_counts() -> None:
     # statistics.md section 5, burn 14.4 at a 99.9% objective (p0 = 1.44%): 2 of 10, 5 of
     # 100, 22 of 1000 errors are significant one-sided at 0.05. The fixed-mode guard gets
-    # a quarter of alpha (the relative test gets the rest) = 0.0125, which moves the
-    # thresholds to 2 of 10, 6 of 100, 24 of 1000 (exact binomial tails, checked with
+    # an eighth of alpha (the relative test gets the rest) = 0.00625, which moves the
+    # thresholds to 3 of 10, 6 of 100, 26 of 1000 (exact binomial tails, checked with
     # scipy). Without a baseline only the guard can fail.
-    for bad, total in ((2, 10), (6, 100), (24, 1000)):
+    for bad, total in ((3, 10), (6, 100), (26, 1000)):
         assert _judge(0, 0, bad - 1, total).outcome == "pass"
         failed = _judge(0, 0, bad, total)
         assert failed.outcome == "fail"
