@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 
+from coalmine.config.models import MetricSpec, Profile
 from coalmine.contract import DeployEvent, MetricEvent
 from coalmine.daemon.deployment import AnalysisLimits, Deployment
 from tests.scenario import PROFILE, T0
@@ -359,3 +360,38 @@ def test_next_due_and_critical_burns_say_which_events_make_a_verdict() -> None:
     assert d.next_due() == due + PROFILE.interval
     d.expire()
     assert d.next_due() == math.inf
+
+
+def _critical_latency_profile() -> Profile:
+    return Profile(
+        interval=300,
+        min_duration=300,
+        max_duration=1800,
+        metrics=(MetricSpec(name="latency_ms", critical=True, quantiles=()),),
+    )
+
+
+def test_critical_distribution_metric_is_checked_as_its_canary_samples_grow() -> None:
+    # statistics.md: a critical distribution metric is re-checked whenever its canary
+    # samples have grown by a tenth since its last check, not only at the interval. The
+    # canary is healthy for 60 s (checked: passes), then 1.5x slower; with judgements every
+    # 5 minutes, only the growth checks can roll it back before t = 300.
+    deployment = Deployment(started(), _critical_latency_profile())
+    rng = np.random.default_rng(7)
+    verdicts = []
+    t = 10.0
+    while t <= 290 and deployment.is_open:
+        for cohort in ("baseline", "canary"):
+            factor = 1.5 if cohort == "canary" and t > 60 else 1.0
+            values = np.round(100 * factor * rng.lognormal(0, 0.5, 50), 1)
+            verdicts += deployment.observe(latency(cohort, T0 + t, values), cohort)
+        t += 10.0
+    assert [v.decision for v in verdicts] == ["rollback"]
+    (rollback,) = verdicts
+    assert rollback.final
+    assert rollback.verdict_id == "checkout-v42/1"  # the interval it happened in
+    # Decided within a few messages of the slowdown, long before the 300 s judgement.
+    assert rollback.time - T0 <= 150
+    (result,) = rollback.metrics
+    assert result.critical
+    assert result.outcome == "fail"

@@ -1,6 +1,6 @@
 import numpy as np
 
-from coalmine.analyzers.instances import InstanceMeans, analyze_instances
+from coalmine.analyzers.instances import InstanceEvidence, InstanceMeans, analyze_instances
 from coalmine.analyzers.mann_whitney import analyze_distribution
 from coalmine.config.models import MetricSpec
 from coalmine.daemon.samples import InstanceTally
@@ -18,7 +18,7 @@ def means(samples) -> InstanceMeans:
     tally = InstanceTally()
     for index, values in enumerate(samples):
         tally.add(f"pod-{index}", np.round(values))
-    return InstanceMeans(*tally.means())
+    return InstanceMeans(*tally.means(), names=tally.names)
 
 
 def test_instance_unit_holds_false_alarms_where_per_request_tests_do_not():
@@ -98,3 +98,63 @@ def test_no_promotion_while_an_instance_has_not_counted_yet():
     assert result.detail["instances_waiting"] == 1
     assert not result.measured
     assert "1 more instance(s) below 100 samples" in result.reason
+
+
+def test_one_bad_canary_instance_is_caught_and_named() -> None:
+    # +30% on one of five canary instances with 3% spread: the canary's typical instance
+    # moves ~6%, inside the 10% tolerance, so only the outlier test can catch it.
+    rng = np.random.default_rng(16)
+    caught = named = 0
+    for _ in range(40):
+        base = cohort(rng, 5, 300, 0.03)
+        canary = cohort(rng, 5, 300, 0.03)
+        canary[2] = canary[2] * 1.3
+        result = analyze_instances(LATENCY, means(base), means(canary), 0.025)
+        caught += result.outcome == "fail"
+        named += result.detail.get("instance") == "pod-2"
+    assert caught >= 34
+    assert named == caught
+    assert "instance pod-2 +" in result.reason or result.outcome == "pass"
+
+
+def test_the_outlier_test_keeps_its_level() -> None:
+    # A/A, 5 vs 5 instances, 5% spread: one look at alpha 0.05 (the outlier test gets 3/4
+    # of it, Bonferroni over the canary's instances) over 1000 runs: false alarms at most
+    # alpha plus three binomial sd (0.021).
+    rng = np.random.default_rng(17)
+    failed = sum(
+        analyze_instances(
+            LATENCY.model_copy(update={"allowed_change": 0.0}),
+            means(cohort(rng, 5, 200, 0.05)),
+            means(cohort(rng, 5, 200, 0.05)),
+            0.05,
+        ).outcome
+        == "fail"
+        for _ in range(1000)
+    )
+    assert failed / 1000 <= 0.05 + 0.021
+
+
+def test_staged_tests_run_once_per_doubling_and_repeat_in_between() -> None:
+    rng = np.random.default_rng(18)
+    evidence = InstanceEvidence()
+    base, canary = cohort(rng, 4, 1600, 0.03), cohort(rng, 4, 1600, 0.03)
+    stages = []
+    means_seen = []
+    for n in (60, 100, 150, 199, 200, 399, 400, 800, 1600):
+        result = analyze_instances(
+            LATENCY,
+            means([x[:n] for x in base]),
+            means([x[:n] for x in canary]),
+            0.05,
+            evidence=evidence,
+        )
+        stages.append(result.detail.get("stage"))
+        means_seen.append(result.detail.get("mean_canary"))
+        if n == 60:
+            assert result.outcome == "nodata"  # no instance has 100 samples yet
+    # Within stage 0 (100 to 199 samples) the decision of n = 100 is repeated; the next
+    # stage tests again on the data then.
+    assert means_seen[1] == means_seen[2] == means_seen[3]
+    assert means_seen[4] != means_seen[3]
+    assert stages == [None, 0, 0, 0, 1, 1, 2, 3, 4]

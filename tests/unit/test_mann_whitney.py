@@ -453,3 +453,57 @@ def test_a_change_not_shown_within_tolerance_is_not_measured() -> None:
     assert result.detail["relative_high"] > 0.10
     assert not result.measured
     assert "not yet shown within +10%" in result.reason
+
+
+def _mostly_zero(seed: int, n: int, share: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.where(rng.random(n) < share, 1 + rng.poisson(1, n), 0).astype(float)
+
+
+@pytest.mark.parametrize("n", [4200, 42_000])
+def test_a_mostly_zero_canary_that_is_clearly_worse_fails_on_its_mean(n: int) -> None:
+    # 92% zeros against 70%: the median and the Hodges-Lehmann shift and interval are all
+    # exactly 0, so a shift-only judge calls the change "within +10%". The mean is ~4x.
+    base, canary = _mostly_zero(31, n, 0.08), _mostly_zero(32, n, 0.30)
+    result = analyze_distribution(LATENCY, base, canary, 0.05)
+    assert (result.detail["shift_low"], result.detail["shift_high"]) == (0.0, 0.0)
+    assert result.outcome == "fail"
+    assert result.detail["effect"] == "mean"
+    assert result.detail["mean_change"] > 2.0
+    assert result.reason.startswith("latency_ms mean +")
+
+
+def test_a_degenerate_shift_interval_never_measures_a_metric() -> None:
+    # Two healthy mostly-zero cohorts: the shift interval is [0, 0], which says nothing;
+    # only the mean's confidence sequence may show the change within tolerance, and at
+    # 500 samples a side it cannot (the mean of 10% non-zero counts is too noisy).
+    result = analyze_distribution(
+        LATENCY, _mostly_zero(33, 500, 0.1), _mostly_zero(34, 500, 0.1), 0.05
+    )
+    assert (result.detail["shift_low"], result.detail["shift_high"]) == (0.0, 0.0)
+    assert result.outcome == "pass"
+    assert not result.measured
+    assert result.detail["mean_high"] > 0.10
+
+
+def test_a_slower_tail_fails_and_names_the_quantile() -> None:
+    # The slowest 10% of the canary's requests 1.5x slower: median unchanged.
+    rng = np.random.default_rng(35)
+    z = rng.standard_normal(3000)
+    canary = 100 * np.exp(0.5 * z + np.where(z > 1.2815515655446004, math.log(1.5), 0.0))
+    result = analyze_distribution(LATENCY, _lognormal(36, 3000), canary, 0.05)
+    assert result.outcome == "fail"
+    assert result.detail["effect"] == "tail"
+    assert result.detail["quantile"] == "p90"
+    assert result.reason.startswith("latency_ms p90 tail +")
+    assert abs(result.detail["relative_change"]) < 0.05  # the shift does not see it
+
+
+def test_a_failure_within_critical_change_is_not_critical() -> None:
+    spec = LATENCY.model_copy(update={"critical": True, "critical_change": 1.0})
+    moderate = analyze_distribution(spec, _lognormal(37, 800), _lognormal(38, 800, 1.5), 0.05)
+    assert moderate.outcome == "fail"
+    assert not moderate.critical
+    severe = analyze_distribution(spec, _lognormal(37, 800), _lognormal(38, 800, 3.0), 0.05)
+    assert severe.outcome == "fail"
+    assert severe.critical
