@@ -7,6 +7,9 @@ auto-create a missing topic (a metadata request for a named topic does, on broke
 ``auto.create.topics.enable``, and tansu always does): a missing topic keeps the transport
 not ready instead of appearing with a broker-default partition count, and is picked up
 within ``metadata_max_age`` once it is created.
+
+A record batch the client cannot unpack (a codec it lacks, a corrupt batch) stops only its
+own partition: see :meth:`KafkaTransport.fetch`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    CorruptRecordException,
+    KafkaError,
+    UnsupportedCodecError,
+)
 from aiokafka.helpers import create_ssl_context
 
 from coalmine._exceptions import CoalmineError, TransportError
@@ -46,6 +54,10 @@ _READY_TIMEOUT = 5.0
 """Upper bound on one readiness check, so a probe never waits ``request_timeout``."""
 _METADATA_MAX_AGE_MS = 30_000
 """How often the consumer refreshes metadata: a topic created later is picked up by then."""
+_SET_ASIDE_FIRST = 5.0
+"""Seconds a partition whose records cannot be unpacked is paused before it is retried."""
+_SET_ASIDE_MAX = 300.0
+"""Upper bound of that pause (it doubles with each failure in a row)."""
 
 TopicPartitionKey = tuple[str, int]
 """``(topic, partition)``."""
@@ -255,6 +267,10 @@ class KafkaTransport:
         self._after_assign: AfterAssign | None = None
         self._ready_until = 0.0
         self._ready_lock = asyncio.Lock()
+        self._set_aside: dict[Any, float] = {}
+        """Partitions paused because a batch could not be unpacked: when to retry each."""
+        self._failures: dict[Any, int] = {}
+        """Unpacking failures in a row per partition (the pause doubles with each)."""
 
     def listen(
         self,
@@ -358,7 +374,15 @@ class KafkaTransport:
     # -- the Transport protocol ----------------------------------------------------------
 
     async def fetch(self, timeout: float) -> list[Record]:  # noqa: ASYNC109 - the protocol's poll timeout
-        """Up to ``max_poll_records`` records, in order per partition; ``[]`` on timeout."""
+        """Up to ``max_poll_records`` records, in order per partition; ``[]`` on timeout.
+
+        A partition whose next record batch cannot be unpacked (compressed with a codec
+        the client lacks, corrupt) is logged with its topic, partition and offset and
+        paused (retried after 5 s, doubling up to 5 min); the others go on. aiokafka
+        raises such an error out of the whole fetch, after it has moved the position of
+        the partitions it had already drained for that fetch: those partitions are sought
+        back to what was handed out, so nothing is skipped.
+        """
         if not self._started:
             raise TransportError("the kafka transport is not started")
         if self._fatal is not None:
@@ -366,12 +390,7 @@ class KafkaTransport:
         if self._consumer is None:
             await asyncio.sleep(timeout)
             return []
-        try:
-            batches = await self._consumer.getmany(
-                timeout_ms=_ms(timeout), max_records=self.settings.max_poll_records
-            )
-        except KafkaError as err:
-            raise TransportError(f"fetch from Kafka: {_describe(err)}") from err
+        batches = await self._getmany(timeout)
         if self._fatal is not None:
             raise self._fatal
         records: list[Record] = []
@@ -380,10 +399,107 @@ class KafkaTransport:
                 continue
             records.extend(map(_record, messages))
             self._fetched[tp.topic, tp.partition] = messages[-1].offset + 1
+            self._failures.pop(tp, None)
         await self._check_truncated()
         if self._catch_up:
             await self._check_caught_up()
         return records
+
+    async def _getmany(self, timeout: float) -> dict[Any, list[Any]]:  # noqa: ASYNC109
+        if self._set_aside:
+            self._retry_set_aside()
+        try:
+            batches: dict[Any, list[Any]] = await self._consumer.getmany(
+                timeout_ms=_ms(timeout), max_records=self.settings.max_poll_records
+            )
+        except Exception as err:
+            if not _undecodable(err):
+                raise TransportError(f"fetch from Kafka: {_describe(err)}") from err
+            try:
+                return await self._isolate(err, timeout)
+            except KafkaError as again:  # e.g. a partition taken away meanwhile
+                raise TransportError(f"fetch from Kafka: {_describe(again)}") from again
+        return batches
+
+    async def _isolate(self, error: Exception, timeout: float) -> dict[Any, list[Any]]:  # noqa: ASYNC109
+        """After a fetch failed on a batch it could not unpack: find and pause its partition.
+
+        Every partition is first sought back to what was handed out (the failed fetch may
+        have moved some past records it then dropped), then read one record at a time, a
+        partition at a time, until one fails (it is set aside) or ``timeout`` passes.
+        Returns the records read meanwhile, as ``getmany`` would.
+        """
+        consumer = self._consumer
+        _log.warning("fetch from Kafka: %s; finding the partition", _describe(error))
+        await self._rewind()
+        batches: dict[Any, list[Any]] = {}
+        budget = self.settings.max_poll_records
+        deadline = time.monotonic() + timeout
+        found = False
+        while budget > 0 and not found and time.monotonic() < deadline:
+            for tp in sorted(consumer.assignment() - consumer.paused()):
+                while budget > 0:
+                    try:
+                        got = await consumer.getmany(tp, timeout_ms=0, max_records=1)
+                    except Exception as err:
+                        if not _undecodable(err):
+                            raise TransportError(f"fetch from Kafka: {_describe(err)}") from err
+                        await self._set_partition_aside(tp, err)
+                        found = True
+                        break
+                    messages = got.get(tp)
+                    if not messages:
+                        break
+                    batches.setdefault(tp, []).extend(messages)
+                    budget -= len(messages)
+            if not found and budget > 0:
+                await asyncio.sleep(0.05)  # sought partitions are fetched again meanwhile
+        return batches
+
+    async def _rewind(self) -> None:
+        """Seek every partition back to the position after the last record handed out.
+
+        A partition nothing was handed out from yet goes back to its committed offset (or,
+        with none, to its beginning when ``auto_offset_reset`` is ``earliest``).
+        """
+        consumer = self._consumer
+        for tp in consumer.assignment():
+            position = self._fetched.get((tp.topic, tp.partition))
+            if position is None:
+                async with _bounded(self.settings.request_timeout, "read committed offsets"):
+                    position = await consumer.committed(tp)
+            if position is not None:
+                consumer.seek(tp, position)
+            elif self.auto_offset_reset == "earliest":
+                await consumer.seek_to_beginning(tp)
+
+    async def _set_partition_aside(self, tp: Any, error: Exception) -> None:
+        consumer = self._consumer
+        failures = self._failures[tp] = self._failures.get(tp, 0) + 1
+        pause = min(_SET_ASIDE_FIRST * 2 ** (failures - 1), _SET_ASIDE_MAX)
+        offset = await consumer.position(tp)
+        consumer.pause(tp)
+        self._set_aside[tp] = time.monotonic() + pause
+        if tp in self._catch_up:
+            del self._catch_up[tp]  # the other topics must not wait for it
+        _log.error(
+            "%s/%d: cannot unpack the record batch at offset %d (%s); this partition is"
+            " not read for %gs, the others go on",
+            tp.topic,
+            tp.partition,
+            offset,
+            _describe(error),
+            pause,
+        )
+
+    def _retry_set_aside(self) -> None:
+        now = time.monotonic()
+        due = [tp for tp, until in self._set_aside.items() if until <= now]
+        for tp in due:
+            del self._set_aside[tp]
+        due = [tp for tp in due if tp in self._consumer.assignment()]
+        if due and not self._catch_up:
+            self._consumer.resume(*due)
 
     async def _check_truncated(self) -> None:
         """Notice a partition whose log now ends before what was already read.
@@ -542,8 +658,10 @@ class KafkaTransport:
         try:
             async with _bounded(self.settings.request_timeout, what):
                 await reader.start()
-                partitions = reader.partitions_for_topic(topic) or set()
-                tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+                # A consumer outside a group has no metadata for a topic it was not told
+                # of (Apache Kafka answers its first metadata request with none): ask.
+                count = (await partition_counts(self.settings, [topic])).get(topic, 0)
+                tps = [TopicPartition(topic, p) for p in range(count)]
                 if not tps:
                     return records
                 reader.assign(tps)
@@ -588,10 +706,11 @@ class KafkaTransport:
             refresh_at = 0.0
             while True:
                 if time.monotonic() >= refresh_at:
+                    counts = await partition_counts(self.settings, topics)
                     found = {
                         TopicPartition(topic, partition)
-                        for topic in topics
-                        for partition in reader.partitions_for_topic(topic) or ()
+                        for topic, count in counts.items()
+                        for partition in range(count)
                     }
                     if found != assigned:
                         reader.assign(list(found))
@@ -639,6 +758,8 @@ class KafkaTransport:
         lost = self._owned - now_owned
         gained = now_owned - self._owned
         self._owned = now_owned
+        self._set_aside.clear()  # a new assignment is not paused: they are tried again
+        self._failures = {tp: n for tp, n in self._failures.items() if tp in assigned}
         for key in lost:
             self._fetched.pop(key, None)
             self._committed.pop(key, None)
@@ -710,8 +831,19 @@ class KafkaTransport:
             if await consumer.position(tp) >= max(end, consumer.highwater(tp) or 0):
                 del self._catch_up[tp]
         if not self._catch_up and consumer.paused():
-            consumer.resume(*consumer.paused())
+            consumer.resume(*(consumer.paused() - self._set_aside.keys()))
             _log.info("caught up on %s; reading every topic", ", ".join(sorted(self.first)))
+
+
+def _undecodable(error: Exception) -> bool:
+    """Whether a fetch failed unpacking a record batch rather than talking to the broker.
+
+    aiokafka raises what decompression or parsing raised as is: only its network and
+    protocol errors are ``KafkaError``.
+    """
+    if isinstance(error, KafkaError):
+        return isinstance(error, UnsupportedCodecError | CorruptRecordException)
+    return True
 
 
 def _copartitioning_problem(counts: Mapping[str, int]) -> PartitioningError | None:
