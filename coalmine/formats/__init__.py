@@ -2,7 +2,8 @@
 
 - ``cloudevents``: deploy events in CloudEvents 1.0 (Kafka binary and structured mode,
   MQTT structured), CDEvents ``service.deployed``; a deduper for redelivered events.
-- ``otlp``: OpenTelemetry metrics from the Collector's kafka exporter (``otlp_json``).
+- ``otlp``: OpenTelemetry metrics from the Collector's kafka exporter (``otlp_json``,
+  ``otlp_proto``; ``otlp_proto`` turns protobuf into the OTLP/JSON object).
 - ``prometheus_adapter``: samples from prometheus-kafka-adapter (JSON).
 - ``mapping``: the declarative ``[[inputs]]`` configuration saying which series feed which
   profile metric.
@@ -15,6 +16,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+# coalmine.config (its settings) imports formats.mapping, which imports coalmine.config's
+# models: load coalmine.config first, so importing coalmine.formats first works too.
+import coalmine.config  # noqa: F401
 from coalmine.formats.cloudevents import (
     CloudEventDeduper,
     cdevent_to_deploy_event,
@@ -49,8 +53,8 @@ class MetricDecoder(Protocol):
 
 
 def metric_decoder(settings: InputSettings) -> MetricDecoder:
-    """The decoder for a foreign-format input (``otlp_json`` or ``prometheus_adapter``)."""
-    if settings.format == "otlp_json":
+    """The decoder for a foreign-format input (OTLP in either encoding, prometheus-adapter)."""
+    if settings.format in ("otlp_json", "otlp_proto"):
         return OtlpDecoder(settings)
     if settings.format == "prometheus_adapter":
         return PrometheusAdapterDecoder(settings)

@@ -33,11 +33,12 @@ if TYPE_CHECKING:
 
     from numpy.typing import NDArray
 
-InputFormat = Literal["native", "otlp_json", "prometheus_adapter"]
+InputFormat = Literal["native", "otlp_json", "otlp_proto", "prometheus_adapter"]
 
 LABEL_DEFAULTS: dict[str, tuple[str, str, str]] = {
     "native": ("service.name", "service.version", "service.instance.id"),
     "otlp_json": ("service.name", "service.version", "service.instance.id"),
+    "otlp_proto": ("service.name", "service.version", "service.instance.id"),
     "prometheus_adapter": ("service", "version", "instance"),
 }
 """Default ``service_label``, ``version_label``, ``instance_label`` of each format."""
@@ -212,9 +213,10 @@ class InputSettings(_Model):
 
     Attributes:
         topic: The topic (Kafka) or topic filter (MQTT) read.
-        format: ``native`` (the wire contract), ``otlp_json`` (OpenTelemetry Collector
-            kafka exporter, ``encoding: otlp_json``) or ``prometheus_adapter``
-            (prometheus-kafka-adapter JSON).
+        format: ``native`` (the wire contract); ``otlp_proto`` or ``otlp_json``
+            (OpenTelemetry Collector kafka exporter with ``encoding: otlp_proto``, its
+            default, or ``otlp_json``); ``prometheus_adapter`` (prometheus-kafka-adapter
+            JSON).
         service_label: Attribute / label naming the service.
         version_label: Attribute / label naming the version: it decides the cohort.
         instance_label: Attribute / label naming the instance (optional on the data).

@@ -1,8 +1,11 @@
-"""OpenTelemetry metrics from the Collector's kafka exporter (``encoding: otlp_json``).
+"""OpenTelemetry metrics from the Collector's kafka exporter (``otlp_json``, ``otlp_proto``).
 
-Each message is one ``ExportMetricsServiceRequest`` in the OTLP/JSON encoding (proto3 JSON
-mapping: lowerCamelCase names, 64-bit integers as strings, enums as integers). The
-``OtlpDecoder`` turns the series an ``InputSettings`` maps into ``MetricEvent`` objects:
+Each message is one ``ExportMetricsServiceRequest``: in the OTLP/JSON encoding (proto3 JSON
+mapping: lowerCamelCase names, 64-bit integers as strings, enums as integers) for an
+``otlp_json`` input, in the protobuf binary encoding for an ``otlp_proto`` input (turned
+into the same JSON object by :mod:`coalmine.formats.otlp_proto`, so both encodings go
+through the same checks and mapping). The ``OtlpDecoder`` turns the series an
+``InputSettings`` maps into ``MetricEvent`` objects:
 
 - gauge points (and non-monotonic sums) are samples of a distribution metric;
 - monotonic sums are counts: delta points as they are, cumulative points as the
@@ -13,10 +16,10 @@ mapping: lowerCamelCase names, 64-bit integers as strings, enums as integers). T
   approximate samples (bucket representatives repeated by their counts).
 
 A message is validated whole before any state changes: a malformed one raises
-``ContractError("otlp_invalid", ...)`` (``invalid_json`` if it is not JSON) and leaves the
+``ContractError("otlp_invalid", ...)`` (``invalid_json`` if it is not JSON,
+``invalid_protobuf`` if it is not a protobuf ``ExportMetricsServiceRequest``) and leaves the
 decoder as it was. Data points of metrics no mapping uses are not inspected. Exponential
-histograms and summaries are not supported (counted in ``skipped``). The ``otlp_proto``
-encoding is not supported.
+histograms and summaries are not supported (counted in ``skipped``).
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from coalmine.formats.mapping import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Container
+
     from coalmine.contract import MetricEvent
     from coalmine.formats.mapping import InputSettings, LabelMatcher, RatioKey
 
@@ -92,7 +97,7 @@ class _Point:
 
 
 class OtlpDecoder:
-    """Stateful decoder of ``otlp_json`` messages for one input.
+    """Stateful decoder of ``otlp_json`` or ``otlp_proto`` messages for one input.
 
     Attributes:
         skipped: Data points (of mapped series) that produced nothing, by reason:
@@ -112,6 +117,12 @@ class OtlpDecoder:
         self._instance = settings.instance_label
         self._cap = settings.max_samples_per_point
         self._uses = _index(settings)
+        self._from_proto: Callable[[bytes, Container[str]], dict[str, Any]] | None = None
+        if settings.format == "otlp_proto":
+            # Imported here: the protobuf runtime loads only for an otlp_proto input.
+            from coalmine.formats.otlp_proto import request_to_json_shape  # noqa: PLC0415
+
+            self._from_proto = request_to_json_shape
         self._tracker = SeriesTracker(settings.max_series)
         self._ratios = RatioAccumulator(settings.max_series)
         self.skipped: Counter[str] = Counter()
@@ -124,10 +135,13 @@ class OtlpDecoder:
 
     def decode(self, value: bytes) -> list[MetricEvent]:
         """The metric events one message yields (possibly none)."""
-        try:
-            obj = orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
-            raise ContractError("invalid_json", f"not valid JSON: {exc}") from None
+        if self._from_proto is not None:
+            obj: object = self._from_proto(value, self._uses)
+        else:
+            try:
+                obj = orjson.loads(value)
+            except orjson.JSONDecodeError as exc:
+                raise ContractError("invalid_json", f"not valid JSON: {exc}") from None
         skipped: Counter[str] = Counter()
         points = self._parse(obj, skipped)
         self.skipped.update(skipped)

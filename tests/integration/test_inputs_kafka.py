@@ -1,4 +1,5 @@
-"""Foreign inputs end to end on Kafka (tansu): CloudEvents + OTLP JSON, prometheus-adapter.
+"""Foreign inputs end to end on Kafka (tansu): CloudEvents + OTLP (JSON, protobuf),
+prometheus-adapter.
 
 The three-deployment scenario (healthy; +50% latency; 5% errors from minute 3) is
 re-encoded from the simulator's native messages into each format, as an OpenTelemetry
@@ -14,6 +15,10 @@ import numpy as np
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from google.protobuf import json_format
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
 
 from coalmine.contract import format_time, parse_time
 from coalmine.formats.mapping import InputSettings
@@ -166,11 +171,33 @@ async def judge(
 async def test_cloudevents_and_otlp_json(
     settings: Settings, topic_name: Callable[[str], str]
 ) -> None:
+    await cloudevents_and_otlp(settings, topic_name, "otlp_json")
+
+
+async def test_cloudevents_and_otlp_proto(
+    settings: Settings, topic_name: Callable[[str], str]
+) -> None:
+    """The Collector kafka exporter's default encoding; a message that is not protobuf."""
+    telemetry = await cloudevents_and_otlp(settings, topic_name, "otlp_proto", (b"\xff\xff",))
+    assert telemetry.invalid_events.labels("invalid_protobuf")._value.get() == 1
+    letters = await read_topic(settings.kafka, settings.topics.dead_letter, lambda r: len(r) >= 1)
+    assert [r.value for r in letters] == [b"\xff\xff"]
+    error = dict(letters[0].headers)["coalmine-error"].decode()
+    assert error.startswith("invalid_protobuf: not a valid otlp_proto ExportMetricsServiceRequest")
+
+
+async def cloudevents_and_otlp(
+    settings: Settings,
+    topic_name: Callable[[str], str],
+    encoding: str,
+    invalid: tuple[bytes, ...] = (),
+) -> Any:
+    """CloudEvents deploy events, OTLP metrics in ``encoding``; returns the telemetry."""
     otlp_topic = topic_name("otlp_metrics")
     source = InputSettings.model_validate(
         {
             "topic": otlp_topic,
-            "format": "otlp_json",
+            "format": encoding,
             "metrics": [
                 {"metric": "latency_ms", "kind": "distribution", "series": "http.server.duration"},
                 {
@@ -195,15 +222,25 @@ async def test_cloudevents_and_otlp_json(
             out.append((settings.topics.deployments, key, value, headers))  # a producer retry
         else:
             service, time, cohorts = cohorts_of(value)
-            out.append((otlp_topic, key, otlp_message(service, time, cohorts), []))
+            message = otlp_message(service, time, cohorts)
+            if encoding == "otlp_proto":
+                request = json_format.Parse(message, ExportMetricsServiceRequest())
+                message = request.SerializeToString()
+            out.append((otlp_topic, key, message, []))
+    out.extend((otlp_topic, b"x", value, []) for value in invalid)
     await send(settings.kafka, out)
-    finals, telemetry = await judge(
-        settings, lambda t: t.ignored_events.labels("duplicate_cloudevent")._value.get() >= 3
-    )
+
+    def settled(t: Any) -> bool:
+        return t.ignored_events.labels("duplicate_cloudevent")._value.get() >= 3 and (
+            not invalid or t.invalid_events.labels("invalid_protobuf")._value.get() >= 1
+        )
+
+    finals, telemetry = await judge(settings, settled)
     assert finals == EXPECTED
     # Each started CloudEvent was sent twice (a retry): the copy was recognised and ignored.
     assert telemetry.ignored_events.labels("duplicate_cloudevent")._value.get() == 3
     assert telemetry.ignored_events.labels("duplicate_started")._value.get() == 0
+    return telemetry
 
 
 def prometheus_messages(value: bytes, totals: dict[tuple[str, str, str], int]) -> list[bytes]:

@@ -1,14 +1,39 @@
 import copy
 import json
 import math
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
+from google.protobuf import json_format
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.common.v1.common_pb2 import (
+    AnyValue,
+    ArrayValue,
+    InstrumentationScope,
+    KeyValue,
+)
+from opentelemetry.proto.metrics.v1.metrics_pb2 import (
+    AggregationTemporality,
+    Gauge,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+    Sum,
+)
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from pydantic import ValidationError
 
 from coalmine._exceptions import ContractError
+from coalmine.config import load_settings
 from coalmine.contract import MetricEvent, parse_time
 from coalmine.formats import InputSettings, OtlpDecoder, metric_decoder
 from coalmine.formats.mapping import histogram_samples
@@ -445,3 +470,226 @@ def test_metric_decoder_picks_the_format():
     assert isinstance(metric_decoder(settings(CPU)), OtlpDecoder)
     with pytest.raises(ValueError, match="native"):
         metric_decoder(InputSettings(topic="coalmine.metrics"))
+
+
+# ---------------------------------------------------------------- otlp_proto
+
+
+def proto_settings(*metrics: dict[str, Any], **extra: Any) -> InputSettings:
+    return InputSettings.model_validate(
+        {"topic": "otlp_metrics", "format": "otlp_proto", "metrics": list(metrics), **extra}
+    )
+
+
+def to_proto(otlp_json: bytes) -> bytes:
+    """The protobuf encoding of an OTLP/JSON request (the Collector's ``otlp_proto``)."""
+    return json_format.Parse(otlp_json, ExportMetricsServiceRequest()).SerializeToString()
+
+
+def comparable(events: list[MetricEvent]) -> list[tuple[Any, ...]]:
+    return [(*astuple(e)[:3], e.values.tolist(), *astuple(e)[4:]) for e in events]
+
+
+RPS = {"metric": "rps", "kind": "distribution", "series": "http.server.requests"}
+EXP = {"metric": "q", "kind": "distribution", "series": "queue.latency"}
+EVERY_MAPPING = (REQUESTS, SLOW, LATENCY, CPU, RPS, EXP)
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        pytest.param(["otlp_cumulative_t1.json", "otlp_cumulative_t2.json"], id="cumulative"),
+        pytest.param(["otlp_delta.json"], id="delta"),
+        pytest.param(["otlp_cumulative_t1.json", "otlp_cumulative_t1.json"], id="redelivered"),
+    ],
+)
+def test_otlp_proto_gives_the_events_of_the_same_data_in_otlp_json(files: list[str]):
+    as_json = OtlpDecoder(settings(*EVERY_MAPPING))
+    as_proto = OtlpDecoder(proto_settings(*EVERY_MAPPING))
+    for name in files:
+        expected = comparable(as_json.decode(raw(name)))
+        assert comparable(as_proto.decode(to_proto(raw(name)))) == expected
+    assert expected or files == ["otlp_cumulative_t1.json"] * 2
+    assert as_proto.skipped == as_json.skipped
+    assert (as_proto.resets, as_proto.tracked_series) == (as_json.resets, as_json.tracked_series)
+
+
+def _kv(key: str, **value: Any) -> KeyValue:
+    return KeyValue(key=key, value=AnyValue(**value))
+
+
+def proto_request(time_s: float, requests: tuple[int, int], buckets: list[int]) -> bytes:
+    """Built with the opentelemetry-proto classes: a gauge, a cumulative sum, a histogram."""
+    nanos, start = int(time_s * 1e9), int((T1 - 60) * 1e9)
+    good, bad = requests
+    sum_points = [
+        NumberDataPoint(
+            start_time_unix_nano=start,
+            time_unix_nano=nanos,
+            as_int=count,
+            attributes=[_kv("http.response.status_code", int_value=code)],
+        )
+        for code, count in ((200, good), (503, bad))
+    ]
+    histogram_point = HistogramDataPoint(
+        start_time_unix_nano=start,
+        time_unix_nano=nanos,
+        count=sum(buckets),
+        sum=1.0,
+        bucket_counts=buckets,
+        explicit_bounds=[0.1, 0.25, 0.5, 1.0],
+        min=0.012,
+        max=1.9,
+    )
+    metrics = [
+        Metric(
+            name="process.cpu.utilization",
+            gauge=Gauge(data_points=[NumberDataPoint(time_unix_nano=nanos, as_double=0.47)]),
+        ),
+        Metric(
+            name="http.server.requests",
+            sum=Sum(
+                data_points=sum_points,
+                aggregation_temporality=AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE,
+                is_monotonic=True,
+            ),
+        ),
+        Metric(
+            name="http.server.request.duration",
+            unit="s",
+            histogram=Histogram(
+                data_points=[histogram_point],
+                aggregation_temporality=AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE,
+            ),
+        ),
+        Metric(name="unmapped", sum=Sum(data_points=[NumberDataPoint(as_int=1)])),
+    ]
+    resource = Resource(
+        attributes=[
+            _kv("service.name", string_value="checkout"),
+            _kv("service.version", string_value="v42"),
+            _kv("service.instance.id", string_value="checkout-8e1a-b"),
+            _kv("k8s.pod.ready", bool_value=True),
+            _kv("host.cpus", array_value=ArrayValue(values=[AnyValue(int_value=4)])),
+            KeyValue(key="empty"),
+        ]
+    )
+    scope = ScopeMetrics(scope=InstrumentationScope(name="checkout"), metrics=metrics)
+    body = ExportMetricsServiceRequest(
+        resource_metrics=[ResourceMetrics(resource=resource, scope_metrics=[scope])]
+    )
+    return body.SerializeToString()
+
+
+def test_otlp_proto_gauge_sum_and_histogram_built_with_the_protobuf_classes():
+    t1 = proto_request(T1, (100, 0), [10, 10, 10, 0, 0])
+    t2 = proto_request(T2, (180, 20), [50, 30, 20, 17, 13])
+    decoder = OtlpDecoder(proto_settings(REQUESTS, SLOW, LATENCY, CPU))
+    first = decoder.decode(t1)
+    assert [(e.metric, e.values.tolist(), e.time) for e in first] == [("cpu", [0.47], T1)]
+    events = decoder.decode(t2)
+    requests = by_version(events, "requests")["v42"]
+    assert (requests.good, requests.total, requests.time) == (80, 100, T2)
+    assert (requests.service, requests.instance) == ("checkout", "checkout-8e1a-b")
+    slow = by_version(events, "slow_requests")["v42"]
+    assert (slow.good, slow.total) == (70, 100)  # above 0.5: the last two buckets, 17 + 13
+    expected = np.repeat(
+        [(0.012 + 0.1) / 2, 0.175, 0.375, 0.75, (1.0 + 1.9) / 2], [40, 20, 10, 17, 13]
+    )
+    np.testing.assert_allclose(by_version(events, "latency")["v42"].values, expected)
+    assert by_version(events, "cpu")["v42"].values.tolist() == [0.47]
+    # The same data in OTLP/JSON (the protobuf classes' own JSON mapping): the same events.
+    as_json = OtlpDecoder(settings(REQUESTS, SLOW, LATENCY, CPU))
+    for message, events_of_proto in ((t1, first), (t2, events)):
+        request_json = json_format.MessageToJson(ExportMetricsServiceRequest.FromString(message))
+        assert comparable(as_json.decode(request_json.encode())) == comparable(events_of_proto)
+    assert as_json.skipped == decoder.skipped
+
+
+def test_otlp_proto_attribute_values_read_as_in_otlp_json():
+    body = ExportMetricsServiceRequest.FromString(proto_request(T1, (1, 0), [1, 0, 0, 0, 0]))
+    point = body.resource_metrics[0].scope_metrics[0].metrics[0].gauge.data_points[0]
+    point.attributes.extend(
+        [
+            _kv("a.int", int_value=-7),
+            _kv("a.double", double_value=0.25),
+            _kv("a.bool", bool_value=False),
+            _kv("a.bytes", bytes_value=b"\x00"),
+        ]
+    )
+    labels = {"a.int": "-7", "a.double": "0.25", "a.bool": "false", "k8s.pod.ready": "true"}
+    mapping = {**CPU, "labels": labels}
+    (event,) = OtlpDecoder(proto_settings(mapping)).decode(body.SerializeToString())
+    assert event.values.tolist() == [0.47]
+    with_bytes = {**CPU, "labels": {"a.bytes": ".+"}}  # bytes, arrays: left out, as in JSON
+    assert OtlpDecoder(proto_settings(with_bytes)).decode(body.SerializeToString()) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"\x0a\x05ab", id="truncated"),
+        pytest.param(b"\xff\xff\xff", id="garbage"),
+        pytest.param(raw("otlp_cumulative_t2.json"), id="otlp_json"),
+        pytest.param(b"\x0a\x0b\x12\x09\x1a\x07\x0a\x05\xffname", id="string-not-utf8"),
+    ],
+)
+def test_not_protobuf_is_invalid_protobuf(body: bytes):
+    decoder = OtlpDecoder(proto_settings(REQUESTS))
+    decoder.decode(to_proto(raw("otlp_cumulative_t1.json")))
+    with pytest.raises(ContractError) as caught:
+        decoder.decode(body)
+    assert caught.value.reason == "invalid_protobuf"
+    assert caught.value.message.startswith("not a valid otlp_proto ExportMetricsServiceRequest: ")
+    assert str(caught.value).startswith("invalid_protobuf: not a valid otlp_proto")
+    # nothing changed: the next valid message still gives its deltas
+    events = decoder.decode(to_proto(raw("otlp_cumulative_t2.json")))
+    assert by_version(events, "requests")["v42"].total == 100
+
+
+def _proto_mutation(path: str, value: Any) -> bytes:
+    return to_proto(_mutate(path, value))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(_proto_mutation(f"{SUM}/aggregationTemporality", 0), id="temporality"),
+        pytest.param(_proto_mutation(f"{SUM}/dataPoints/0/timeUnixNano", "0"), id="time-zero"),
+        pytest.param(_proto_mutation(f"{HIST}/dataPoints/0/count", "1"), id="count-not-sum"),
+        pytest.param(
+            _proto_mutation(f"{HIST}/dataPoints/0/explicitBounds", [1.0]), id="bounds-length"
+        ),
+        pytest.param(
+            _proto_mutation(f"{HIST}/dataPoints/0/explicitBounds", [0.5, 0.25, 0.5, 1.0]),
+            id="bounds-order",
+        ),
+        pytest.param(_proto_mutation(f"{SCOPE}/metrics/0/name", ""), id="name-empty"),
+    ],
+)
+def test_protobuf_that_breaks_otlp_rules_is_otlp_invalid(body: bytes):
+    decoder = OtlpDecoder(proto_settings(REQUESTS, SLOW, LATENCY))
+    with pytest.raises(ContractError) as caught:
+        decoder.decode(body)
+    assert caught.value.reason == "otlp_invalid"
+
+
+def test_otlp_proto_inputs_get_the_otlp_defaults_and_decoder():
+    config = proto_settings(CPU)
+    labels = (config.service_label, config.version_label, config.instance_label)
+    assert labels == ("service.name", "service.version", "service.instance.id")
+    assert isinstance(metric_decoder(config), OtlpDecoder)
+    assert OtlpDecoder(config).decode(b"") == []  # an empty request is a valid one
+
+
+def test_a_configuration_file_accepts_otlp_proto(tmp_path: Path):
+    config = (Path(__file__).parents[2] / "config" / "otlp-and-cloudevents.toml").read_text()
+    assert 'format = "otlp_json"' in config
+    path = tmp_path / "coalmine.toml"
+    path.write_text(config.replace('format = "otlp_json"', 'format = "otlp_proto"'))
+    (source,) = load_settings(path, {}).inputs
+    assert source.format == "otlp_proto"
+    assert source.service_label == "service.name"
+    assert isinstance(metric_decoder(source), OtlpDecoder)
+    with pytest.raises(ValidationError, match="otlp_proto input needs at least one"):
+        InputSettings(topic="t", format="otlp_proto")
