@@ -64,7 +64,31 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class Tansu:
+class BrokerProcess:
+    """A broker run as a child process: ``with`` (or ``async with``) starts and stops it."""
+
+    def start(self) -> Self:
+        """Start the broker; return it."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the broker."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await asyncio.to_thread(self.stop)
+
+
+class Tansu(BrokerProcess):
     """A tansu broker on a free loopback port, in a subprocess.
 
     ``start()`` returns once the port accepts connections and an aiokafka client can read
@@ -154,18 +178,6 @@ class Tansu:
             return "(no log)"
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await asyncio.to_thread(self.stop)
 
     # -- internals ---------------------------------------------------------------------
 
