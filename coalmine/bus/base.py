@@ -146,5 +146,8 @@ class Partitioned(Protocol):
     def lag(self) -> dict[str, int]:
         """Records between what was fetched and the log end, per topic."""
 
+    def misplaced(self) -> dict[str, int]:
+        """Keyed records of co-partitioned topics on a partition another partitioner chose."""
+
     def follow(self, topics: Sequence[str]) -> AsyncIterator[list[Record]]:
         """Every record of ``topics`` from their beginning on, outside the group."""

@@ -92,6 +92,15 @@ class CombinedTransport:
                 return
         await asyncio.Event().wait()  # nothing to follow: never yields
 
+    def misplaced(self) -> dict[str, int]:
+        """Misplaced keyed records of the partitioned buses, per topic."""
+        counts: dict[str, int] = {}
+        for transport in self.consumers:
+            if isinstance(transport, Partitioned):
+                for topic, count in transport.misplaced().items():
+                    counts[topic] = counts.get(topic, 0) + count
+        return counts
+
     def lag(self) -> dict[str, int]:
         """Consumer lag of the partitioned buses, per topic."""
         lag: dict[str, int] = {}

@@ -34,6 +34,7 @@ from aiokafka.helpers import create_ssl_context
 
 from coalmine._exceptions import CoalmineError, TransportError
 from coalmine.bus.base import Outgoing, Record, make_record
+from coalmine.bus.placement import KeyPlacement
 
 if TYPE_CHECKING:
     import ssl
@@ -271,6 +272,7 @@ class KafkaTransport:
         """Partitions paused because a batch could not be unpacked: when to retry each."""
         self._failures: dict[Any, int] = {}
         """Unpacking failures in a row per partition (the pause doubles with each)."""
+        self._placement = KeyPlacement()
 
     def listen(
         self,
@@ -400,10 +402,26 @@ class KafkaTransport:
             records.extend(map(_record, messages))
             self._fetched[tp.topic, tp.partition] = messages[-1].offset + 1
             self._failures.pop(tp, None)
+            if tp.topic in self.copartitioned:
+                self._check_placement(tp, messages)
         await self._check_truncated()
         if self._catch_up:
             await self._check_caught_up()
         return records
+
+    def _check_placement(self, tp: Any, messages: list[Any]) -> None:
+        """Count the keyed records a producer put where murmur2 would not have."""
+        partitions = len(self._consumer.partitions_for_topic(tp.topic) or ())
+        check = self._placement.check
+        for message in messages:
+            check(tp.topic, tp.partition, message.key, partitions)
+
+    def misplaced(self) -> dict[str, int]:
+        """Keyed records of the co-partitioned topics off their murmur2 partition, per topic.
+
+        Their producer used another partitioner: they may miss their deployment.
+        """
+        return dict(self._placement.misplaced)
 
     async def _getmany(self, timeout: float) -> dict[Any, list[Any]]:  # noqa: ASYNC109
         if self._set_aside:

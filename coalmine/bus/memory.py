@@ -229,6 +229,10 @@ class MemoryTransport:
             else:
                 await self.broker.wait_for_change(1.0)
 
+    def misplaced(self) -> dict[str, int]:
+        """None: the memory broker places every keyed record itself (``partition_for``)."""
+        return {}
+
     def lag(self) -> dict[str, int]:
         """Records not yet fetched, per consumed topic."""
         lag: dict[str, int] = {}

@@ -100,6 +100,8 @@ class Daemon:
         self.settings = settings
         self.transport = transport
         self.telemetry = telemetry or Telemetry()
+        self._misplaced: dict[str, int] = {}
+        """Misplaced records already counted in telemetry, per topic."""
         self._reload = reload
         self.router = Router(
             settings.profiles,
@@ -376,6 +378,11 @@ class Daemon:
         if isinstance(self.transport, Partitioned):
             for topic, behind in self.transport.lag().items():
                 self.telemetry.consumer_lag.labels(topic).set(behind)
+            for topic, count in self.transport.misplaced().items():
+                counted = self._misplaced.get(topic, 0)
+                if count > counted:
+                    self.telemetry.misplaced_records.labels(topic).inc(count - counted)
+                    self._misplaced[topic] = count
 
     async def _commit(self) -> None:
         try:

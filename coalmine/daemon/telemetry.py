@@ -91,6 +91,13 @@ class Telemetry:
             ["topic"],
             registry=r,
         )
+        self.misplaced_records = Counter(
+            "coalmine_misplaced_records",
+            "Keyed records of the deployments or metrics topic on a partition the murmur2"
+            " partitioner would not give their key (a producer with another partitioner).",
+            ["topic"],
+            registry=r,
+        )
         self.limit_exceeded = Counter(
             "coalmine_limit_exceeded",
             "Inputs refused or reduced by a [limits] cap, per limit.",
