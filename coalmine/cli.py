@@ -162,14 +162,51 @@ def demo(speed: float, seed: int) -> None:
 
 @main.command()
 @_config_option
-def check(config_path: Path | None) -> None:
-    """Validate a configuration: exit 0, or print every problem and exit 2."""
+@click.option(
+    "--broker",
+    is_flag=True,
+    help="Also connect to Kafka and check what production needs: topics, partition counts,"
+    " retention, replication, permissions (docs/cli.md).",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="With --broker: print the findings as one JSON object."
+)
+def check(config_path: Path | None, broker: bool, as_json: bool) -> None:
+    """Validate a configuration: exit 0, or print every problem and exit 2.
+
+    With --broker, then check the Kafka cluster it names: one line per check passed and
+    per problem (with its fix); exit 2 if there is any problem.
+    """
+    if as_json and not broker:
+        raise click.UsageError("--json goes with --broker")
     settings = _load(config_path)
     where = str(config_path) if config_path else "defaults"
     profiles = ", ".join(
         f"{name} ({len(profile.metrics)} metrics)" for name, profile in settings.profiles.items()
     )
-    click.echo(f"{where}: ok; profiles: {profiles}")
+    if not broker:
+        click.echo(f"{where}: ok; profiles: {profiles}")
+        return
+    from coalmine.bus import doctor  # noqa: PLC0415 - aiokafka only for --broker
+
+    valid = doctor.Finding("ok", "config", f"{where} is valid; profiles: {profiles}")
+    try:
+        findings = [valid, *asyncio.run(doctor.diagnose(settings))]
+    except CoalmineError as exc:
+        _runtime_error(exc)
+    problems = sum(finding.status == "problem" for finding in findings)
+    if as_json:
+        entry = {
+            "config": where,
+            "problems": problems,
+            "findings": [finding.as_dict() for finding in findings],
+        }
+        click.echo(orjson.dumps(entry).decode())
+    else:
+        for finding in findings:
+            click.echo(str(finding))
+        click.echo(doctor.summary(findings))
+    sys.exit(EXIT_USAGE if problems else 0)
 
 
 # -- SRE and pipeline tools: replay, record, start / finish / wait, report --------------------
