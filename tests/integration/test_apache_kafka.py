@@ -37,7 +37,15 @@ FAILOVER_BOUND = 60.0  # seconds for acks=all writes to work again after a leade
 
 
 @pytest.fixture(scope="module")
-def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafka]:
+def apache_kafka(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApacheKafka]:
+    """The session's broker when it is Apache Kafka (conftest.py), else one of this module's
+    (``COALMINE_TEST_BROKER=tansu``)."""
+    session_broker = request.getfixturevalue("kafka_broker")
+    if isinstance(session_broker, ApacheKafka):
+        yield session_broker
+        return
     started = time.monotonic()
     with ApacheKafka(log_dir=tmp_path_factory.mktemp("apache-kafka")) as broker:
         print(f"Apache Kafka, 1 node: ready in {time.monotonic() - started:.1f}s")  # noqa: T201

@@ -1,4 +1,5 @@
-"""The SRE and pipeline commands against a real broker (tansu), as separate processes.
+"""The SRE and pipeline commands against a real broker (Apache Kafka, else tansu), as
+separate processes.
 
 - ``record`` + ``replay``: the live daemon judges a multi-deployment stream; the stream is
   recorded from Kafka and replayed offline, which must give the same verdicts (same ids,
@@ -65,7 +66,7 @@ def write_config(settings: Settings, path: Path) -> Path:
         f"""
 [kafka]
 bootstrap_servers = "{settings.kafka.bootstrap_servers}"
-idempotent_producer = false
+idempotent_producer = {str(settings.kafka.idempotent_producer).lower()}
 request_timeout = "10s"
 
 [topics]

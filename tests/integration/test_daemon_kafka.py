@@ -1,4 +1,4 @@
-"""The daemon end to end on a real Kafka-compatible broker (tansu): no mocks."""
+"""The daemon end to end on a real broker (Apache Kafka, else tansu: conftest.py): no mocks."""
 
 from __future__ import annotations
 
@@ -257,7 +257,7 @@ async def test_coalmine_run_process_serves_probes_and_exits_0_on_sigterm(
 [kafka]
 bootstrap_servers = "{settings.kafka.bootstrap_servers}"
 group_id = "{settings.kafka.group_id}"
-idempotent_producer = false
+idempotent_producer = {str(settings.kafka.idempotent_producer).lower()}
 session_timeout = "1s"
 
 [topics]

@@ -1,4 +1,5 @@
-"""The HTTP API of two daemons sharing a consumer group, on a real broker (tansu).
+"""The HTTP API of two daemons sharing a consumer group, on a real broker (Apache Kafka,
+else tansu).
 
 Each daemon judges only its own partitions, but either one answers for every deployment:
 the API follows the deployments and verdict topics outside the group.

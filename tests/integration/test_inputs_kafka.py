@@ -1,5 +1,5 @@
-"""Foreign inputs end to end on Kafka (tansu): CloudEvents + OTLP (JSON, protobuf),
-prometheus-adapter.
+"""Foreign inputs end to end on Kafka (Apache Kafka, else tansu): CloudEvents + OTLP (JSON,
+protobuf), prometheus-adapter.
 
 The three-deployment scenario (healthy; +50% latency; 5% errors from minute 3) is
 re-encoded from the simulator's native messages into each format, as an OpenTelemetry

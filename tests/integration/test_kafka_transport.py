@@ -1,4 +1,4 @@
-"""The Kafka transport against a real (tansu) broker: no mocks."""
+"""The Kafka transport against a real broker (Apache Kafka, else tansu): no mocks."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from tests.brokers import free_port
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
-# tansu delays a group join by about half the session timeout: keep it short in tests.
+# tansu delays a group join by about half the session timeout: keep it short in tests
+# (the test Apache Kafka accepts session timeouts down to 0.5 s).
 SESSION_TIMEOUT = 1.0
 
 
