@@ -20,6 +20,7 @@ import numpy as np
 from scipy import special
 
 from coalmine.analyzers.result import DetailValue, MetricResult, json_number
+from coalmine.analyzers.tolerance import beyond, shown_within
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -180,15 +181,11 @@ def analyze_instances(
     rel = relative(decided.mean_c - decided.mean_b)
     outlier = decided.outlier
     failed = decided.failed or (outlier is not None and outlier.failed)
-    shown_within = {
-        "increase": decided.high <= tol,
-        "decrease": decided.low >= -tol,
-        "either": -tol <= decided.low and decided.high <= tol,
-    }[spec.direction]
+    shown = shown_within(spec.direction, decided.low, decided.high, tol)
     # Every instance must count before promoting: one still below the minimum may be the
     # bad one.
     waiting = int(np.count_nonzero(~kept_b) + np.count_nonzero(~kept_c))
-    measured = failed or (decided.mde <= tol and shown_within and not waiting)
+    measured = failed or (decided.mde <= tol and shown and not waiting)
     detail.update(
         {
             "scale": "log" if log else "raw",
@@ -273,7 +270,6 @@ def _test(
         p_value = float(2 * special.stdtr(df, -abs(t)))
     tol = spec.tolerance
     rel = _relative(diff, mean_b, log=log)
-    beyond = {"increase": rel > tol, "decrease": rel < -tol, "either": abs(rel) > tol}[direction]
     side = cohort_alpha if direction != "either" else cohort_alpha / 2
     z_alpha = float(special.ndtri(1 - side))
     t_alpha = float(special.stdtrit(df, 1 - side))
@@ -283,7 +279,7 @@ def _test(
         se=se,
         df=df,
         p_value=p_value,
-        failed=p_value < cohort_alpha and beyond,
+        failed=p_value < cohort_alpha and beyond(direction, rel, tol),
         low=_relative(diff - t_alpha * se, mean_b, log=log),
         high=_relative(diff + t_alpha * se, mean_b, log=log),
         mde=abs(_relative((z_alpha + _POWER_Z) * se, mean_b, log=log)),
@@ -323,12 +319,8 @@ def _outlier(
         p_value = float(special.stdtr(df, -harm)) * (2 if spec.direction == "either" else 1)
         p_value = min(1.0, p_value * c.size)
         change = _relative(diff, mean_b, log=log)
-        beyond = {
-            "increase": change > spec.tolerance,
-            "decrease": change < -spec.tolerance,
-            "either": abs(change) > spec.tolerance,
-        }[spec.direction]
-        candidates.append(_Outlier(names[i], change, t, p_value, p_value < alpha and beyond))
+        failed = p_value < alpha and beyond(spec.direction, change, spec.tolerance)
+        candidates.append(_Outlier(names[i], change, t, p_value, failed))
     return max(candidates, key=lambda o: (o.failed, -o.p_value))
 
 

@@ -20,6 +20,7 @@ from coalmine.analyzers.effects import MeanChange, mean_change
 from coalmine.analyzers.result import DetailValue, MetricResult, json_number
 from coalmine.analyzers.sequential import TAIL_TAU, AucMixture, auc_log_e
 from coalmine.analyzers.tails import MIN_TAIL_SAMPLES, TailChange, tail_changes, tail_tests
+from coalmine.analyzers.tolerance import beyond, shown_within
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -320,23 +321,11 @@ def _judge(
     rel, rel_low, rel_high = (_relative(v, scale) for v in (hl.estimate, hl.low, hl.high))
     mean = mean_change(b, c, alpha, tol)
 
-    def beyond(change: float, limit: float = tol) -> bool:
-        return {
-            "increase": change > limit,
-            "decrease": change < -limit,
-            "either": abs(change) > limit,
-        }[direction]
-
-    def shown_within(low: float, high: float) -> bool:
-        return {
-            "increase": high <= tol,
-            "decrease": low >= -tol,
-            "either": -tol <= low and high <= tol,
-        }[direction]
-
     effect = _effect_measure(spec, b)
     significant = p_value < location_alpha
-    location_fails = significant and beyond(rel if effect == "shift" else mean.estimate)
+    location_fails = significant and beyond(
+        direction, rel if effect == "shift" else mean.estimate, tol
+    )
     tails = _tail_tests(
         spec, b, c, alpha * _TAIL_SHARE / max(1, len(quantiles)), evidence, quantiles
     )
@@ -355,8 +344,8 @@ def _judge(
     leaning = [t.name for t in tails if t.leaning and not t.failed]
     measured = failed or (
         mde <= tol
-        and shown_within(mean.low, mean.high)
-        and (shift_blind or shown_within(rel_low, rel_high))
+        and shown_within(direction, mean.low, mean.high, tol)
+        and (shift_blind or shown_within(direction, rel_low, rel_high, tol))
         and not leaning
     )
     if failed_tail is not None and not location_fails:
@@ -368,7 +357,9 @@ def _judge(
         "tail": _display(direction, failed_tail.comparison.relative_change) if failed_tail else 0,
     }[effect]
     critical = spec.critical and (
-        spec.critical_change is None or not failed or beyond(decisive, spec.critical_change)
+        spec.critical_change is None
+        or not failed
+        or beyond(direction, decisive, spec.critical_change)
     )
     if failed:
         state = {"tail": "tail", "mean": "mean", "shift": "fail"}[effect]
@@ -558,14 +549,14 @@ def _tail_tests(
         if test.tail_samples < MIN_TAIL_SAMPLES or test.variance <= 0.0:
             continue
         tau = TAIL_TAU * (1.0 - q)
-        log_e = auc_log_e(test.effect, test.variance, tau, one_sided=True)
         if spec.test == "sequential" and evidence is not None:
             mixture = evidence.tails.get(q)
             if mixture is None:
                 mixture = evidence.tails[q] = AucMixture(tau=tau)
-            mixture.observe(test.effect, test.variance, one_sided=True)
+            log_e = mixture.observe(test.effect, test.variance, one_sided=True)
             p_value = mixture.p_value
         else:
+            log_e = auc_log_e(test.effect, test.variance, tau, one_sided=True)
             p_value = float(special.ndtr(-test.z))
         name = _quantile_name(spec.direction, q)
         out.append(_Tail(name, changes[q], p_value, p_value < alpha, leaning=log_e > 0.0))
