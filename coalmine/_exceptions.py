@@ -55,3 +55,11 @@ class ConfigError(CoalmineError):
 
 class TransportError(CoalmineError):
     """A broker could not be reached, or refused an operation."""
+
+
+class TransactionAbortedError(TransportError):
+    """A Kafka transaction was aborted: what it published is gone.
+
+    The offsets it was to commit are not committed either; the daemon resumes from the
+    last committed transaction.
+    """

@@ -149,5 +149,12 @@ class Partitioned(Protocol):
     def misplaced(self) -> dict[str, int]:
         """Keyed records of co-partitioned topics on a partition another partitioner chose."""
 
+    def handled(self) -> dict[TopicPartition, int]:
+        """How far the group handled each partition gained at the last assignment.
+
+        Records re-read below that position only rebuild open deployments: their verdicts
+        and dead letters are already published.
+        """
+
     def follow(self, topics: Sequence[str]) -> AsyncIterator[list[Record]]:
         """Every record of ``topics`` from their beginning on, outside the group."""

@@ -101,6 +101,14 @@ class CombinedTransport:
                     counts[topic] = counts.get(topic, 0) + count
         return counts
 
+    def handled(self) -> dict[TopicPartition, int]:
+        """How far the partitioned buses' groups handled the partitions just gained."""
+        positions: dict[TopicPartition, int] = {}
+        for transport in self.consumers:
+            if isinstance(transport, Partitioned):
+                positions.update(transport.handled())
+        return positions
+
     def lag(self) -> dict[str, int]:
         """Consumer lag of the partitioned buses, per topic."""
         lag: dict[str, int] = {}

@@ -10,6 +10,12 @@ within ``metadata_max_age`` once it is created.
 
 A record batch the client cannot unpack (a codec it lacks, a corrupt batch) stops only its
 own partition: see :meth:`KafkaTransport.fetch`.
+
+With ``transactional_id`` set, what is published between two commits is one Kafka
+transaction, and :meth:`KafkaTransport.commit` adds the consumer offsets to it and commits
+it: a ``read_committed`` reader sees a verdict only once the input records that made it
+are committed too, so a restart never shows it twice. A transaction that fails is aborted
+and reported as :class:`~coalmine._exceptions.TransactionAbortedError`.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from aiokafka.errors import (
 )
 from aiokafka.helpers import create_ssl_context
 
-from coalmine._exceptions import CoalmineError, TransportError
+from coalmine._exceptions import CoalmineError, TransactionAbortedError, TransportError
 from coalmine.bus.base import Outgoing, Record, make_record
 from coalmine.bus.placement import KeyPlacement
 
@@ -202,10 +208,12 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._transport = transport
 
     async def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:
-        await self._transport._on_revoked(list(revoked))  # noqa: SLF001 - its own listener
+        async with self._transport._moving():  # noqa: SLF001 - its own listener
+            await self._transport._on_revoked(list(revoked))  # noqa: SLF001
 
     async def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
-        await self._transport._on_assigned(list(assigned))  # noqa: SLF001
+        async with self._transport._moving():  # noqa: SLF001
+            await self._transport._on_assigned(list(assigned))  # noqa: SLF001
 
 
 class KafkaTransport:
@@ -261,7 +269,10 @@ class KafkaTransport:
         self._started = False
         self.copartitioned = tuple(copartitioned)
         self._fetched: dict[TopicPartitionKey, int] = {}
-        self._committed: dict[TopicPartitionKey, int] = {}
+        self._committed: dict[TopicPartitionKey, tuple[int, int]] = {}
+        """Per partition: the committed offset, and the position handled up to (its
+        metadata; beyond the offset while open deployments hold the offset back)."""
+        self._handled: dict[TopicPartitionKey, int] = {}
         self._owned: frozenset[TopicPartitionKey] = frozenset()
         self._fatal: CoalmineError | None = None
         self._before_revoke: BeforeRevoke | None = None
@@ -273,6 +284,31 @@ class KafkaTransport:
         self._failures: dict[Any, int] = {}
         """Unpacking failures in a row per partition (the pause doubles with each)."""
         self._placement = KeyPlacement()
+        self._in_transaction = False
+        self._settled = asyncio.Event()
+        """Set while no partition move is being handled (see :meth:`fetch`)."""
+        self._settled.set()
+        self._moves = 0
+
+    @asynccontextmanager
+    async def _moving(self) -> AsyncIterator[None]:
+        """Mark a partition move in progress for the duration of its callback."""
+        self._moves += 1
+        self._settled.clear()
+        try:
+            yield
+        finally:
+            self._settled.set()
+
+    @property
+    def transactional(self) -> bool:
+        """Whether publishes and commits go through Kafka transactions."""
+        return self.settings.transactional_id is not None
+
+    def _reader_options(self) -> dict[str, Any]:
+        """Options of a consumer outside the group (``read_committed`` in transactions)."""
+        isolation = "read_committed" if self.transactional else "read_uncommitted"
+        return {**_client_options(self.settings), "isolation_level": isolation}
 
     def listen(
         self,
@@ -310,6 +346,7 @@ class KafkaTransport:
                 **_client_options(settings),
                 acks="all",
                 enable_idempotence=settings.idempotent_producer,
+                transactional_id=settings.transactional_id,
                 max_request_size=settings.max_request_bytes,
             )
             async with _bounded(timeout, "cannot start the Kafka producer"):
@@ -357,6 +394,8 @@ class KafkaTransport:
         await self._close_clients()
 
     async def _close_clients(self) -> None:
+        if self._in_transaction:
+            await self._abort("stopping")
         # The consumer first (it leaves the group), then flush the producer.
         for attribute in ("_consumer", "_producer", "_admin"):
             client = getattr(self, attribute)
@@ -392,7 +431,16 @@ class KafkaTransport:
         if self._consumer is None:
             await asyncio.sleep(timeout)
             return []
+        # aiokafka fetches for a new assignment while its callback still runs; records
+        # handed out then would be handled before the daemon learned what the move means
+        # (the published verdicts, how far the partitions were handled). So a fetch waits
+        # for a move to finish, and a batch that overlapped one is put back.
+        await self._settled.wait()
+        moves = self._moves
         batches = await self._getmany(timeout)
+        if moves != self._moves or not self._settled.is_set():
+            await self._put_back(batches)
+            return []
         if self._fatal is not None:
             raise self._fatal
         records: list[Record] = []
@@ -408,6 +456,17 @@ class KafkaTransport:
         if self._catch_up:
             await self._check_caught_up()
         return records
+
+    async def _put_back(self, batches: dict[Any, list[Any]]) -> None:
+        """Seek each partition of ``batches`` back to its first record, once the move is done."""
+        await self._settled.wait()
+        consumer = self._consumer
+        if consumer is None:
+            return
+        owned = consumer.assignment()
+        for tp, messages in batches.items():
+            if messages and tp in owned:
+                consumer.seek(tp, messages[0].offset)
 
     def _check_placement(self, tp: Any, messages: list[Any]) -> None:
         """Count the keyed records a producer put where murmur2 would not have."""
@@ -557,6 +616,20 @@ class KafkaTransport:
             raise TransportError("the kafka transport is not started")
         if not messages:
             return
+        if self.transactional and not self._in_transaction:
+            # Nothing is lost if this fails: the caller retries the same messages.
+            async with _bounded(self.settings.request_timeout, "begin a Kafka transaction"):
+                await self._producer.begin_transaction()
+            self._in_transaction = True
+        try:
+            await self._send_all(messages)
+        except TransportError as err:
+            if self._in_transaction:
+                await self._abort(str(err))
+                raise TransactionAbortedError(str(err)) from err
+            raise
+
+    async def _send_all(self, messages: Sequence[Outgoing]) -> None:
         futures: list[Any] = []
         outcomes: list[Any] = []
         # aiokafka expires undelivered batches after request_timeout; this is the backstop.
@@ -587,31 +660,84 @@ class KafkaTransport:
         Only partitions whose committed offset changes are sent.
         """
         if self._consumer is None or not self._fetched:
+            if self._in_transaction:
+                await self._commit_transaction({})
             return
         floors = floors or {}
         assigned = self._consumer.assignment()
-        wanted: dict[TopicPartitionKey, int] = {}
+        wanted: dict[TopicPartitionKey, tuple[int, int]] = {}
         for key, position in self._fetched.items():
             offset = min(position, floors.get(key, position))
-            if self._committed.get(key) != offset:
-                wanted[key] = offset
+            if self._committed.get(key) != (offset, position):
+                wanted[key] = (offset, position)
         offsets = {
-            tp: offset
-            for (topic, partition), offset in wanted.items()
+            tp: committed
+            for (topic, partition), committed in wanted.items()
             if (tp := TopicPartition(topic, partition)) in assigned
         }
+        if self.transactional:
+            if offsets or self._in_transaction:
+                await self._commit_transaction(offsets)
+            return
         if not offsets:
             return
         async with _bounded(self.settings.request_timeout, "commit offsets to Kafka"):
             try:
-                await self._consumer.commit(offsets)
+                await self._consumer.commit(_with_metadata(offsets))
             except CommitFailedError as err:
                 # The group rebalanced under us: the new owner of these partitions (possibly
                 # us again) reads them from the last commit: at-least-once.
                 _log.warning("commit skipped, the group rebalanced: %s", _describe(err))
                 return
-        for tp, offset in offsets.items():
-            self._committed[tp.topic, tp.partition] = offset
+        for tp, committed in offsets.items():
+            self._committed[tp.topic, tp.partition] = committed
+
+    async def _commit_transaction(self, offsets: dict[Any, tuple[int, int]]) -> None:
+        """Add ``offsets`` to the open transaction (begun if none is) and commit it.
+
+        Raises:
+            TransactionAbortedError: the broker refused or did not answer, and the aborted
+                transaction held published messages.
+            TransportError: the same, for a transaction of offsets only (nothing is lost:
+                they are committed with the next one).
+        """
+        producer = self._producer
+        published = self._in_transaction
+        try:
+            async with _bounded(self.settings.request_timeout, "commit a Kafka transaction"):
+                if not self._in_transaction:
+                    await producer.begin_transaction()
+                    self._in_transaction = True
+                if offsets:
+                    await producer.send_offsets_to_transaction(
+                        _with_metadata(offsets), self.group_id
+                    )
+                await producer.commit_transaction()
+        except TransportError as err:
+            await self._abort(str(err))
+            if published:
+                raise TransactionAbortedError(str(err)) from err
+            raise
+        self._in_transaction = False
+        for tp, committed in offsets.items():
+            self._committed[tp.topic, tp.partition] = committed
+
+    async def _abort(self, why: str) -> None:
+        """Abort the open transaction, best effort.
+
+        A broker that does not answer aborts it itself when the transaction times out, or
+        when this transactional id starts again.
+
+        Positions fetched since the last commit are forgotten: the records behind them
+        made what the transaction held, so they must be read again, never committed.
+        """
+        self._in_transaction = False
+        self._fetched = {key: handled for key, (_, handled) in self._committed.items()}
+        try:
+            async with _bounded(self.settings.request_timeout, "abort a Kafka transaction"):
+                await self._producer.abort_transaction()
+        except (TransportError, KafkaError) as err:
+            _log.debug("aborting the transaction (%s) failed: %s", why, _describe(err))
 
     async def ready(self) -> bool:
         """True when the broker answers and every consumed and produced topic exists."""
@@ -666,7 +792,7 @@ class KafkaTransport:
         if not self._started:
             raise TransportError("the kafka transport is not started")
         reader = AIOKafkaConsumer(
-            **_client_options(self.settings),
+            **self._reader_options(),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -711,7 +837,7 @@ class KafkaTransport:
             TransportError: the broker cannot be reached.
         """
         reader = AIOKafkaConsumer(
-            **_client_options(self.settings),
+            **self._reader_options(),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -791,6 +917,7 @@ class KafkaTransport:
             elif position is not None and consumer is not None:
                 consumer.seek(tp, position)
         self._check_assignment_copartitioned()
+        await self._read_handled(gained)
         if self._after_assign is not None:
             ends: dict[TopicPartitionKey, int] = dict.fromkeys(gained, -1)
             if gained and consumer is not None:
@@ -801,6 +928,37 @@ class KafkaTransport:
                     _log.warning("cannot read end offsets: %s", _describe(err))
             await self._after_assign(lost, ends)
         await self._catch_up_first(assigned)
+
+    async def _read_handled(self, gained: frozenset[TopicPartitionKey]) -> None:
+        """Learn how far the group handled each gained partition (the commit's metadata)."""
+        self._handled = {}
+        if not gained or self._admin is None:
+            return
+        tps = [TopicPartition(*key) for key in gained]
+        try:
+            async with _bounded(self.settings.request_timeout, "read committed offsets"):
+                committed = await self._admin.list_consumer_group_offsets(
+                    self.group_id, partitions=tps
+                )
+        except TransportError as err:
+            _log.warning(
+                "cannot read how far partitions were handled (%s): invalid records re-read"
+                " to rebuild deployments may be dead-lettered again",
+                err,
+            )
+            return
+        for tp, offset_and_metadata in committed.items():
+            match = _HANDLED.fullmatch(offset_and_metadata.metadata or "")
+            if match is not None and int(match[1]) > offset_and_metadata.offset >= 0:
+                self._handled[tp.topic, tp.partition] = int(match[1])
+
+    def handled(self) -> dict[TopicPartitionKey, int]:
+        """Per partition gained at the last assignment, the position the group handled it to.
+
+        Records between the committed offset and that position are read again only to
+        rebuild open deployments: their verdicts and dead letters are already published.
+        """
+        return dict(self._handled)
 
     def _check_assignment_copartitioned(self) -> None:
         consumer = self._consumer
@@ -851,6 +1009,17 @@ class KafkaTransport:
         if not self._catch_up and consumer.paused():
             consumer.resume(*(consumer.paused() - self._set_aside.keys()))
             _log.info("caught up on %s; reading every topic", ", ".join(sorted(self.first)))
+
+
+_HANDLED = re.compile(r"coalmine handled=(\d+)")
+"""The metadata committed beside an offset: the position records were handled up to."""
+
+
+def _with_metadata(offsets: Mapping[Any, tuple[int, int]]) -> dict[Any, tuple[int, str]]:
+    """``{tp: (offset, handled)}`` as aiokafka commits it: the handled position as metadata."""
+    return {
+        tp: (offset, f"coalmine handled={handled}") for tp, (offset, handled) in offsets.items()
+    }
 
 
 def _undecodable(error: Exception) -> bool:

@@ -51,6 +51,7 @@ class MemoryBroker:
         self.default_partitions = default_partitions
         self._topics: dict[str, list[_Partition]] = {}
         self._committed: dict[str, dict[TopicPartition, int]] = {}
+        self._handled: dict[str, dict[TopicPartition, int]] = {}
         self._seq = 0
         self._waiters: set[asyncio.Future[None]] = set()
         self._publish_failures = 0
@@ -125,6 +126,14 @@ class MemoryBroker:
         self._publish_failures += count
 
     # -- the consumer side, used by MemoryTransport ---------------------------------------
+
+    def handled(self, group: str) -> dict[TopicPartition, int]:
+        """How far ``group`` handled each partition (committed beside its positions)."""
+        return dict(self._handled.get(group, {}))
+
+    def commit_handled(self, group: str, positions: dict[TopicPartition, int]) -> None:
+        """Store how far ``group`` handled each partition."""
+        self._handled.setdefault(group, {}).update(positions)
 
     def commit_positions(self, group: str, positions: dict[TopicPartition, int]) -> None:
         """Store ``positions`` (next offset to read) as ``group``'s committed ones."""
@@ -207,6 +216,7 @@ class MemoryTransport:
         self.max_records = max_records
         self._positions: dict[TopicPartition, int] = {}
         self._fetched: dict[TopicPartition, int] = {}
+        self._handled: dict[TopicPartition, int] = {}
         self._started = False
         self._after_assign: AfterAssign | None = None
 
@@ -233,6 +243,10 @@ class MemoryTransport:
         """None: the memory broker places every keyed record itself (``partition_for``)."""
         return {}
 
+    def handled(self) -> dict[TopicPartition, int]:
+        """How far the group handled each partition before this transport started."""
+        return dict(self._handled)
+
     def lag(self) -> dict[str, int]:
         """Records not yet fetched, per consumed topic."""
         lag: dict[str, int] = {}
@@ -250,6 +264,8 @@ class MemoryTransport:
         else:
             self._positions = {}
         self._positions.update(committed)
+        handled = self.broker.handled(self.group)
+        self._handled = {tp: n for tp, n in handled.items() if n > committed.get(tp, 0)}
         self._fetched = {}
         self._started = True
         if self._after_assign is not None:
@@ -298,6 +314,7 @@ class MemoryTransport:
                 for tp, position in self._fetched.items()
             }
             self.broker.commit_positions(self.group, positions)
+            self.broker.commit_handled(self.group, self._fetched)
             self._fetched = {}
 
     async def ready(self) -> bool:

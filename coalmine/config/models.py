@@ -46,6 +46,10 @@ class KafkaSettings(_Section):
     """Client id the brokers see (in their logs and quotas)."""
     idempotent_producer: bool = True
     """Use the idempotent producer; ``false`` for brokers without InitProducerId (tansu)."""
+    transactional_id: str | None = Field(default=None, min_length=1)
+    """Publish verdicts and dead letters in Kafka transactions that also commit the offsets
+    they settle, so ``read_committed`` consumers see each verdict exactly once. Unique per
+    daemon instance and stable across its restarts (like ``group_instance_id``)."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     """How to talk to the brokers; ``SASL_*`` also needs the three ``sasl_*`` keys."""
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
@@ -95,6 +99,13 @@ class KafkaSettings(_Section):
             if missing:
                 msg = f"security_protocol {self.security_protocol} needs {', '.join(missing)}"
                 raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _transactions_are_idempotent(self) -> Self:
+        if self.transactional_id is not None and not self.idempotent_producer:
+            msg = "transactional_id needs idempotent_producer = true (transactions build on it)"
+            raise ValueError(msg)
         return self
 
 

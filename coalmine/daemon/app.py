@@ -27,7 +27,12 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
-from coalmine._exceptions import CoalmineError, ConfigError, TransportError
+from coalmine._exceptions import (
+    CoalmineError,
+    ConfigError,
+    TransactionAbortedError,
+    TransportError,
+)
 from coalmine.bus.base import Partitioned
 from coalmine.daemon.directory import Directory
 from coalmine.daemon.http import HttpServer, build_app
@@ -39,6 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from coalmine.bus.base import Record, TopicPartition, Transport
+    from coalmine.config.models import Profile
     from coalmine.config.settings import Settings
     from coalmine.daemon.router import Effects
 
@@ -103,13 +109,7 @@ class Daemon:
         self._misplaced: dict[str, int] = {}
         """Misplaced records already counted in telemetry, per topic."""
         self._reload = reload
-        self.router = Router(
-            settings.profiles,
-            settings.topics,
-            settings.limits,
-            self.telemetry,
-            inputs=settings.inputs,
-        )
+        self.router = self._new_router(settings.profiles)
         self.directory = Directory(settings.topics)
         self.http: HttpServer | None = None
         self._follower: asyncio.Task[None] | None = None
@@ -119,6 +119,8 @@ class Daemon:
         self._started = False
         self._last_beat = time.monotonic()
         self._fetch_failing = False
+        self._aborted = False
+        """A commit's transaction was aborted: resume from the last committed one."""
         # Held while a batch is handled, while committing, and while partitions move.
         self._busy = asyncio.Lock()
         self.publisher = Publisher(
@@ -133,6 +135,12 @@ class Daemon:
         )
         if isinstance(transport, Partitioned):
             transport.listen(before_revoke=self._before_revoke, after_assign=self._after_assign)
+
+    def _new_router(self, profiles: Mapping[str, Profile]) -> Router:
+        settings = self.settings
+        return Router(
+            profiles, settings.topics, settings.limits, self.telemetry, inputs=settings.inputs
+        )
 
     def reload(self) -> bool:
         """Re-read the configuration (SIGHUP): new profiles for deployments started later.
@@ -277,6 +285,9 @@ class Daemon:
                     return  # stopping while the broker refuses: leave the rest uncommitted
                 uncommitted = False
                 next_commit = time.monotonic() + self._commit_every
+            if self._aborted or self.publisher.aborted:
+                await self._resume_from_committed()
+                uncommitted = False
         # Stopping: publish what is queued, then commit everything handled.
         if uncommitted:
             await self._settle_and_commit()
@@ -313,13 +324,17 @@ class Daemon:
         """Wait for every queued effect to be acknowledged, then commit; False if not."""
         async with self._busy:
             if not await self.publisher.settle():
-                return False
+                return self.publisher.aborted  # aborted: the loop resumes, not stops
             await self._commit()
             return True
 
     async def _before_revoke(self, partitions: frozenset[TopicPartition]) -> None:
         """Partitions are about to move: finish the batch in hand and commit the floors."""
         async with self._busy:
+            if self._aborted or self.publisher.aborted:
+                # Positions fetched since the aborted transaction must be read again.
+                log.info("giving up %d partition(s) after an aborted transaction", len(partitions))
+                return
             log.info("giving up %d partition(s): committing", len(partitions))
             if await self.publisher.settle():
                 await self._commit()
@@ -340,6 +355,7 @@ class Daemon:
                 )
             if not gained or not isinstance(self.transport, Partitioned):
                 return
+            self.router.handled_before.update(self.transport.handled())
             deployments = self.settings.topics.deployments
             assigned_ms = int(self._wall_clock() * 1000)
             self.router.rebuilding = {
@@ -384,9 +400,33 @@ class Daemon:
                     self.telemetry.misplaced_records.labels(topic).inc(count - counted)
                     self._misplaced[topic] = count
 
+    async def _resume_from_committed(self) -> None:
+        """A transaction was aborted: start again from the last committed one.
+
+        What the daemon judged since that commit is dropped (queued effects, open
+        deployments, the ledger) and the transport reconnects: it rejoins the group at the
+        committed offsets, reads the committed verdicts, and the deployments are rebuilt
+        from the log, making the aborted verdicts again.
+        """
+        log.error(
+            "a Kafka transaction was aborted: resuming from the last committed one"
+            " (open deployments are rebuilt from the log)"
+        )
+        # Stop while still marked aborted: giving up the partitions must not commit.
+        with contextlib.suppress(CoalmineError):
+            await self.transport.stop()
+        self._aborted = False
+        await self.publisher.reset()
+        self.router = self._new_router(self.router.profiles)
+        if await self._connect():
+            self.publisher.start()
+
     async def _commit(self) -> None:
         try:
             await self.transport.commit(self.router.floors())
+        except TransactionAbortedError as exc:
+            log.error("commit failed and its transaction was aborted: %s", exc)
+            self._aborted = True
         except TransportError as exc:
             # Not fatal: the records are redelivered and their verdicts are idempotent.
             log.warning("commit failed (%s); records will be redelivered", exc)

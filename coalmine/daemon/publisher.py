@@ -21,7 +21,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from coalmine._exceptions import TransportError
+from coalmine._exceptions import TransactionAbortedError, TransportError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -63,6 +63,9 @@ class Publisher:
         self._task: asyncio.Task[None] | None = None
         self.gave_up = False
         """A publish failed while stopping: what is queued was not published."""
+        self.aborted = False
+        """A Kafka transaction was aborted: what was acknowledged since the last commit is
+        gone too, and the daemon must resume from the last committed transaction."""
 
     @property
     def pending(self) -> int:
@@ -81,6 +84,14 @@ class Publisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+    async def reset(self) -> None:
+        """Stop, and forget everything queued (the daemon re-makes it from the log)."""
+        await self.stop()
+        self._queue.clear()
+        self._queued_messages = 0
+        self.gave_up = self.aborted = False
+        self._settled.set()
 
     def put(self, effects: Effects) -> None:
         """Queue ``effects`` for publishing after everything queued before them."""
@@ -133,6 +144,10 @@ class Publisher:
             begun = time.perf_counter()
             try:
                 await self._transport.publish(messages)
+            except TransactionAbortedError as exc:
+                log.error("publish failed and its transaction was aborted: %s", exc)
+                self.aborted = True
+                return False
             except TransportError as exc:
                 self._telemetry.publish_failures.inc()
                 if self._stopping.is_set():

@@ -157,6 +157,9 @@ class Router:
         self._positions: dict[TopicPartition, int] = {}
         self._batch_floors: dict[TopicPartition, int] = {}
         self._record: Record | None = None
+        self.handled_before: dict[TopicPartition, int] = {}
+        """Per partition, the position a previous owner handled it to: an invalid record
+        below it was dead-lettered then, and is re-read only to rebuild deployments."""
         self.rebuilding: dict[TopicPartition, tuple[int, int]] = {}
         """Per deploy partition being re-read: its end offset and the wall time (ms) when
         it was assigned; a deployment started before either is being rebuilt."""
@@ -260,7 +263,7 @@ class Router:
         try:
             verdicts = self._apply(record, events, now)
         except ContractError as exc:
-            effects.dead_letters.append(self._dead_letter(record, exc))
+            self._reject(record, exc, effects)
             return False
         finally:
             self._record = None
@@ -278,7 +281,7 @@ class Router:
             try:
                 decoded.append((record, self._decode(record)))
             except ContractError as exc:
-                effects.dead_letters.append(self._dead_letter(record, exc))
+                self._reject(record, exc, effects)
         return decoded
 
     def _deciding_first(self, decoded: list[_Work]) -> tuple[list[_Work], list[_Work]]:
@@ -388,6 +391,7 @@ class Router:
         self._unrouted.release(gone)
         for source in gone:
             self._positions.pop(source, None)
+            self.handled_before.pop(source, None)
         for origin in self._origins.values():
             for source in gone:
                 origin.floors.pop(source, None)
@@ -716,6 +720,12 @@ class Router:
             if self.on_finished is not None:
                 self.on_finished(dep_id, outcome)
         self.telemetry.active_deployments.set(len(self.deployments))
+
+    def _reject(self, record: Record, error: ContractError, effects: Effects) -> None:
+        """Dead-letter an invalid record, unless a previous owner of its partition did."""
+        if record.offset < self.handled_before.get((record.topic, record.partition), 0):
+            return
+        effects.dead_letters.append(self._dead_letter(record, error))
 
     def _dead_letter(self, record: Record, error: ContractError) -> Outgoing:
         self.telemetry.invalid_events.labels(error.reason).inc()

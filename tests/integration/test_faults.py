@@ -113,8 +113,15 @@ class DaemonProcess:
 
 
 def write_config(
-    path: Path, kafka: KafkaSettings, group: str, topics: TopicsSettings, port: int
+    path: Path,
+    kafka: KafkaSettings,
+    group: str,
+    topics: TopicsSettings,
+    port: int,
+    *,
+    kafka_extra: str = "",
 ) -> Path:
+    """A daemon's configuration file; ``kafka_extra`` adds lines to its ``[kafka]`` table."""
     path.write_text(
         f"""
 log_level = "INFO"
@@ -125,7 +132,7 @@ group_id = "{group}"
 idempotent_producer = {str(kafka.idempotent_producer).lower()}
 session_timeout = "{SESSION_TIMEOUT}s"
 request_timeout = "10s"
-
+{kafka_extra}
 [topics]
 deployments = "{topics.deployments}"
 metrics = "{topics.metrics}"
@@ -195,7 +202,9 @@ async def produce(
         await producer.stop()
 
 
-async def read_all(bootstrap: str, topic: str) -> list[Any]:
+async def read_all(
+    bootstrap: str, topic: str, isolation_level: str = "read_uncommitted"
+) -> list[Any]:
     """Every record now on ``topic`` (outside any group)."""
     # The admin client's count: a consumer outside a group may have no metadata yet.
     count = (await partition_counts(KafkaSettings(bootstrap_servers=bootstrap), [topic])).get(
@@ -207,7 +216,10 @@ async def read_all(bootstrap: str, topic: str) -> list[Any]:
     # "earliest" as the default reset too: aiokafka lets the reset of a new assignment
     # (in flight during end_offsets) overwrite the seek to the beginning with its answer.
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level=isolation_level,
     )
     await consumer.start()
     try:
@@ -232,17 +244,45 @@ async def read_all(bootstrap: str, topic: str) -> list[Any]:
 
 
 async def wait_for_finals(
-    bootstrap: str, topic: str, expected: Iterable[str], timeout: float, why: str
+    bootstrap: str,
+    topic: str,
+    expected: Iterable[str],
+    timeout: float,
+    why: str,
+    isolation_level: str = "read_uncommitted",
 ) -> list[dict[str, Any]]:
     wanted = set(expected)
     deadline = time.monotonic() + timeout
     while True:
-        verdicts = [orjson.loads(r.value) for r in await read_all(bootstrap, topic)]
+        records = await read_all(bootstrap, topic, isolation_level)
+        verdicts = [orjson.loads(r.value) for r in records]
         finals = {v["deployment_id"] for v in verdicts if v["final"]}
         if wanted <= finals:
             return verdicts
         assert time.monotonic() < deadline, f"{why}: no final verdict for {wanted - finals}"
         await asyncio.sleep(1.0)
+
+
+async def kill_at_random_moments(daemon: DaemonProcess, rng: random.Random) -> str:
+    """``kill -9`` the daemon three times in its first 12 s, restarting it at once each
+    time; returns the moments, with the seed, for failure messages."""
+    kills = sorted(rng.uniform(0.5, 12.0) for _ in range(3))
+    begun = time.monotonic()
+    for moment in kills:
+        await asyncio.sleep(max(0.0, begun + moment - time.monotonic()))
+        daemon.kill()
+        daemon.start()
+    return f"seed {SEED}, kills at {[round(k, 1) for k in kills]}s"
+
+
+async def finals_or_log(
+    daemon: DaemonProcess, bootstrap: str, topic: str, why: str, **options: Any
+) -> list[dict[str, Any]]:
+    """:func:`wait_for_finals` of the staggered scenario; its failure shows the daemon log."""
+    try:
+        return await wait_for_finals(bootstrap, topic, STAGGERED_EXPECTED, why=why, **options)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- daemon log ---\n{daemon.output()[-6000:]}") from None
 
 
 def check_guarantees(verdicts: list[dict[str, Any]], expected: dict[str, str], why: str) -> None:
@@ -273,20 +313,9 @@ async def test_kill_9_at_random_moments_then_restart_gives_one_final_each(
     daemon = make_daemon(kafka_settings, kafka_settings.group_id, topics, "daemon").start()
     messages = staggered_messages()
     feeding = asyncio.create_task(produce(bootstrap, topics, messages, per_second=30.0))
-    kills = sorted(rng.uniform(0.5, 12.0) for _ in range(3))
-    begun = time.monotonic()
-    for moment in kills:
-        await asyncio.sleep(max(0.0, begun + moment - time.monotonic()))
-        daemon.kill()
-        daemon.start()
+    why = await kill_at_random_moments(daemon, rng)
     await feeding
-    why = f"seed {SEED}, kills at {[round(k, 1) for k in kills]}s"
-    try:
-        verdicts = await wait_for_finals(
-            bootstrap, topics.verdicts, STAGGERED_EXPECTED, timeout=90.0, why=why
-        )
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n--- daemon log ---\n{daemon.output()[-6000:]}") from None
+    verdicts = await finals_or_log(daemon, bootstrap, topics.verdicts, why, timeout=90.0)
     check_guarantees(verdicts, STAGGERED_EXPECTED, why)
     assert daemon.alive
     assert "rebuilding" in daemon.output(), why

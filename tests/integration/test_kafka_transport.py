@@ -139,6 +139,30 @@ async def test_commit_and_resume_in_the_same_group(
     await second.commit()  # nothing new: a no-op
 
 
+async def test_a_commit_held_back_by_a_floor_says_how_far_records_were_handled(
+    kafka_settings: KafkaSettings,
+    topic_name: Callable[[str], str],
+    transports: Callable[..., Any],
+) -> None:
+    """The next member re-reads from the floor, and learns where the re-reading ends."""
+    topic = topic_name("metrics")
+    await ensure_topics(kafka_settings, {topic: 1})
+    producer: KafkaTransport = await transports([], produce=[topic])
+    await producer.publish([Outgoing(topic, f"m{i}".encode(), b"svc") for i in range(6)])
+
+    first: KafkaTransport = await transports([topic])
+    await fetch_n(first, 6)
+    assert first.handled() == {}  # the group never committed
+    await first.commit({(topic, 0): 2})  # an open deployment still needs offset 2 on
+    assert await committed_offsets(kafka_settings, topic) == {0: 2}
+    await first.stop()
+
+    second: KafkaTransport = await transports([topic])
+    redelivered = await fetch_n(second, 4)  # the group assigns partitions on the first fetch
+    assert [r.offset for r in redelivered] == [2, 3, 4, 5]
+    assert second.handled() == {(topic, 0): 6}
+
+
 async def committed_offsets(
     settings: KafkaSettings, topic: str, partitions: int = 1
 ) -> dict[int, int]:

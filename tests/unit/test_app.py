@@ -5,7 +5,9 @@ from collections import Counter
 
 import aiohttp
 import orjson
+import pytest
 
+from coalmine._exceptions import TransactionAbortedError
 from coalmine.bus.memory import MemoryBroker, MemoryTransport
 from coalmine.config.models import HttpSettings, TopicsSettings
 from coalmine.config.settings import Settings
@@ -162,6 +164,108 @@ async def test_a_restarted_daemon_resumes_after_the_committed_position():
     second.request_stop()
     await asyncio.wait_for(task, 10)
     assert len(broker.records(TOPICS.verdicts)) == published
+
+
+async def test_a_rebuild_does_not_dead_letter_again_what_was_handled_before():
+    broker = make_broker()
+    topic = {"deployments": TOPICS.deployments, "metrics": TOPICS.metrics}
+    # Five minutes of three deployments: all still open, so commits are held back.
+    for message in simulate(three_deployments(), start=T0, duration=300.0, step=10.0, seed=3):
+        broker.append(topic[message.topic], message.value, key=message.key)
+    broker.append(TOPICS.metrics, b"not json", key=b"checkout")
+    first = daemon_for(broker)
+    task = asyncio.create_task(first.run())
+    await wait_for(lambda: broker.records(TOPICS.dead_letter))
+    first.request_stop()
+    await asyncio.wait_for(task, 10)
+    ends = broker.end_positions([TOPICS.metrics])
+    committed = broker.committed("coalmine")
+    assert any(committed[tp] < end for tp, end in ends.items())  # re-read on restart
+    second = daemon_for(broker)
+    task = asyncio.create_task(second.run())
+    await wait_for(lambda: second.router.deployments)  # rebuilt from the log
+    await asyncio.sleep(0.3)
+    second.request_stop()
+    await asyncio.wait_for(task, 10)
+    assert len(broker.records(TOPICS.dead_letter)) == 1
+
+
+class TransactionalMemoryTransport(MemoryTransport):
+    """Kafka transactions in memory: what is published reaches the broker at the commit.
+
+    ``abort`` names the calls (``"publish"`` or ``"commit"``) whose next one aborts the
+    transaction: its messages are dropped and its offsets not committed.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pending = []
+        self.abort: list[str] = []
+        self.starts = 0
+
+    async def start(self):
+        self.pending = []
+        self.starts += 1
+        await super().start()
+
+    def _aborted(self, where):
+        if where not in self.abort:
+            return False
+        self.abort.remove(where)
+        self.pending = []
+        self._fetched = {}
+        return True
+
+    async def publish(self, messages):
+        if self._aborted("publish"):
+            raise TransactionAbortedError("publish: injected abort")
+        self.pending.extend(messages)
+
+    async def commit(self, floors=None):
+        if self.pending and self._aborted("commit"):
+            raise TransactionAbortedError("commit: injected abort")
+        pending, self.pending = self.pending, []
+        await super().publish(pending)
+        await super().commit(floors)
+
+
+@pytest.mark.parametrize("where", ["publish", "commit"])
+async def test_an_aborted_transaction_is_made_again_from_the_last_commit(where, caplog):
+    broker = make_broker()
+    fill(broker)
+    settings = Settings(profiles={"default": PROFILE}, http=HttpSettings(enabled=False))
+    transport = TransactionalMemoryTransport(
+        broker, [TOPICS.deployments, TOPICS.metrics], "coalmine"
+    )
+    transport.max_records = 200  # several commits, so the abort falls mid-stream
+    transport.abort = [where, where]
+    daemon = Daemon(settings, transport, commit_every=0.0)
+    task = asyncio.create_task(daemon.run())
+    await wait_for(lambda: len(finals(broker)) == 3 and broker.records(TOPICS.dead_letter))
+    daemon.request_stop()
+    await asyncio.wait_for(task, 10)
+    assert transport.abort == []
+    assert transport.starts == 3  # two resumptions from the last commit
+    assert caplog.text.count("resuming from the last committed one") == 2
+    assert finals(broker) == {
+        "checkout-v42": "promote",
+        "search-v7": "rollback",
+        "payments-v3": "rollback",
+    }
+    # What the aborted transactions held was made again, once: no id twice, none missing
+    # against a daemon that never aborted.
+    ids = [orjson.loads(r.value)["verdict_id"] for r in broker.records(TOPICS.verdicts)]
+    assert len(ids) == len(set(ids))
+    clean = make_broker()
+    fill(clean)
+    reference = daemon_for(clean)
+    task = asyncio.create_task(reference.run())
+    await wait_for(lambda: len(finals(clean)) == 3 and clean.records(TOPICS.dead_letter))
+    reference.request_stop()
+    await asyncio.wait_for(task, 10)
+    expected = {orjson.loads(r.value)["verdict_id"] for r in clean.records(TOPICS.verdicts)}
+    assert set(ids) == expected
+    assert len(broker.records(TOPICS.dead_letter)) == 1
 
 
 async def test_http_probes_and_metrics():
