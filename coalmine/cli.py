@@ -133,6 +133,7 @@ def build_transport(settings: Settings) -> Transport:
             produce=[topics.verdicts, topics.dead_letter] if writes else [],
             first=[topics.deployments] if reads else [],
             copartitioned=[topics.deployments, topics.metrics] if reads else [],
+            merged=[i.topic for i in settings.inputs] if reads else [],
         )
     if "mqtt" in consume or "mqtt" in publish:
         from coalmine.bus.mqtt import MqttTransport  # noqa: PLC0415 - aiomqtt only if used

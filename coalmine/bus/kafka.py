@@ -40,6 +40,7 @@ from aiokafka.helpers import create_ssl_context
 
 from coalmine._exceptions import CoalmineError, TransactionAbortedError, TransportError
 from coalmine.bus.base import Outgoing, Record, make_record
+from coalmine.bus.merge import PartitionMerge
 from coalmine.bus.placement import KeyPlacement
 
 if TYPE_CHECKING:
@@ -65,6 +66,9 @@ _SET_ASIDE_FIRST = 5.0
 """Seconds a partition whose records cannot be unpacked is paused before it is retried."""
 _SET_ASIDE_MAX = 300.0
 """Upper bound of that pause (it doubles with each failure in a row)."""
+_MERGE_WAIT = 2.0
+"""Longest a partition that stays behind holds back the other partitions of a merged
+topic (see :class:`~coalmine.bus.merge.PartitionMerge`)."""
 
 TopicPartitionKey = tuple[str, int]
 """``(topic, partition)``."""
@@ -233,6 +237,9 @@ class KafkaTransport:
         copartitioned: topics that must have equal partition counts (the deployments and
             metrics topics, both keyed by service); checked at start and on every
             assignment, raising :class:`PartitioningError` when they differ.
+        merged: topics whose records are handed out in timestamp order across their
+            partitions (:class:`~coalmine.bus.merge.PartitionMerge`): inputs whose
+            producers do not key them by service, such as the OpenTelemetry Collector.
 
     Partition moves are reported through :meth:`listen`: before partitions are given up
     (after the daemon finished its batch in hand and committed), and after the new
@@ -252,6 +259,7 @@ class KafkaTransport:
         first: Sequence[str] = (),
         session_timeout: float | None = None,
         copartitioned: Sequence[str] = (),
+        merged: Sequence[str] = (),
     ) -> None:
         self.settings = settings
         self.consume = tuple(consume)
@@ -284,6 +292,7 @@ class KafkaTransport:
         self._failures: dict[Any, int] = {}
         """Unpacking failures in a row per partition (the pause doubles with each)."""
         self._placement = KeyPlacement()
+        self._merge = PartitionMerge(merged, _MERGE_WAIT) if merged else None
         self._in_transaction = False
         self._settled = asyncio.Event()
         """Set while no partition move is being handled (see :meth:`fetch`)."""
@@ -409,6 +418,8 @@ class KafkaTransport:
                 _log.warning("closing the kafka %s: %s", attribute[1:], _describe(err))
         self._fetched.clear()
         self._committed.clear()
+        if self._merge is not None:
+            self._merge.drop()
         self._owned = frozenset()
         self._ready_until = 0.0
 
@@ -416,6 +427,9 @@ class KafkaTransport:
 
     async def fetch(self, timeout: float) -> list[Record]:  # noqa: ASYNC109 - the protocol's poll timeout
         """Up to ``max_poll_records`` records, in order per partition; ``[]`` on timeout.
+
+        Records of ``merged`` topics come after the others, in timestamp order across
+        their partitions (some may be held for a later fetch: :class:`PartitionMerge`).
 
         A partition whose next record batch cannot be unpacked (compressed with a codec
         the client lacks, corrupt) is logged with its topic, partition and offset and
@@ -443,19 +457,44 @@ class KafkaTransport:
             return []
         if self._fatal is not None:
             raise self._fatal
-        records: list[Record] = []
-        for tp, messages in batches.items():
-            if not messages:
-                continue
-            records.extend(map(_record, messages))
-            self._fetched[tp.topic, tp.partition] = messages[-1].offset + 1
-            self._failures.pop(tp, None)
-            if tp.topic in self.copartitioned:
-                self._check_placement(tp, messages)
+        records = await self._hand_out(batches)
         await self._check_truncated()
         if self._catch_up:
             await self._check_caught_up()
         return records
+
+    async def _hand_out(self, batches: dict[Any, list[Any]]) -> list[Record]:
+        """A fetch's records as handed out: per partition, then merged topics' in time order."""
+        records: list[Record] = []
+        merge = self._merge
+        for tp, messages in batches.items():
+            if not messages:
+                continue
+            self._failures.pop(tp, None)
+            if merge is not None and tp.topic in merge.topics:
+                merge.hold(tp, messages)
+                continue
+            records.extend(map(_record, messages))
+            self._fetched[tp.topic, tp.partition] = messages[-1].offset + 1
+            if tp.topic in self.copartitioned:
+                self._check_placement(tp, messages)
+        if merge is not None and len(merge):
+            records.extend(await self._release_merged(merge))
+        return records
+
+    async def _release_merged(self, merge: PartitionMerge) -> list[Record]:
+        """The held records of merged topics that can go now, in timestamp order."""
+        consumer = self._consumer
+        owned = consumer.assignment()
+        drained = set()
+        for tp in owned:
+            end = consumer.highwater(tp)
+            if tp.topic in merge.topics and end is not None and await consumer.position(tp) >= end:
+                drained.add(tp)
+        released = merge.release(owned, drained.__contains__, time.monotonic())
+        for tp, message in released:
+            self._fetched[tp.topic, tp.partition] = message.offset + 1
+        return [_record(message) for _, message in released]
 
     async def _put_back(self, batches: dict[Any, list[Any]]) -> None:
         """Seek each partition of ``batches`` back to its first record, once the move is done."""
@@ -540,6 +579,8 @@ class KafkaTransport:
         with none, to its beginning when ``auto_offset_reset`` is ``earliest``).
         """
         consumer = self._consumer
+        if self._merge is not None:
+            self._merge.drop()  # held records lie beyond what was handed out
         for tp in consumer.assignment():
             position = self._fetched.get((tp.topic, tp.partition))
             if position is None:
@@ -605,6 +646,8 @@ class KafkaTransport:
             await consumer.seek_to_beginning(tp)
             self._fetched[key] = 0
             self._committed.pop(key, None)
+            if self._merge is not None:
+                self._merge.drop([tp])
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Send every message at once and return when the broker acknowledged them all.
@@ -903,6 +946,8 @@ class KafkaTransport:
         gained = now_owned - self._owned
         self._owned = now_owned
         self._set_aside.clear()  # a new assignment is not paused: they are tried again
+        if self._merge is not None:
+            self._merge.drop()  # kept partitions are sought back to what was handed out
         self._failures = {tp: n for tp, n in self._failures.items() if tp in assigned}
         for key in lost:
             self._fetched.pop(key, None)

@@ -15,7 +15,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from coalmine.bus.kafka import KafkaTransport, ensure_topics, partition_counts
+from coalmine.bus.kafka import ensure_topics, partition_counts
+from coalmine.cli import build_transport
 from coalmine.config.models import (
     HttpSettings,
     KafkaSettings,
@@ -121,14 +122,7 @@ def three_finals(records: list[ConsumerRecord]) -> bool:
 
 
 async def run_daemon(settings: Settings) -> tuple[Daemon, asyncio.Task[None]]:
-    topics = settings.topics
-    transport = KafkaTransport(
-        settings.kafka,
-        [topics.deployments, topics.metrics, *(i.topic for i in settings.inputs)],
-        produce=[topics.verdicts, topics.dead_letter],
-        first=[topics.deployments],
-    )
-    daemon = Daemon(settings, transport)
+    daemon = Daemon(settings, build_transport(settings))  # as `coalmine run` builds it
     task = asyncio.create_task(daemon.run())
     return daemon, task
 

@@ -9,6 +9,7 @@ Collector's kafka exporter or prometheus-kafka-adapter would write it.
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 
+from coalmine.bus.kafka import ensure_topics
 from coalmine.contract import format_time, parse_time
 from coalmine.formats.mapping import InputSettings
 from coalmine.simulator import simulate, three_deployments
@@ -194,25 +196,8 @@ async def cloudevents_and_otlp(
 ) -> Any:
     """CloudEvents deploy events, OTLP metrics in ``encoding``; returns the telemetry."""
     otlp_topic = topic_name("otlp_metrics")
-    source = InputSettings.model_validate(
-        {
-            "topic": otlp_topic,
-            "format": encoding,
-            "metrics": [
-                {"metric": "latency_ms", "kind": "distribution", "series": "http.server.duration"},
-                {
-                    "metric": "requests",
-                    "kind": "ratio",
-                    "total": {"series": "http.server.requests"},
-                    "bad": {"series": "http.server.requests", "labels": {"code": "5.."}},
-                },
-            ],
-        }
-    )
-    settings = settings.model_copy(update={"inputs": (source,)})
+    settings = settings.model_copy(update={"inputs": (otlp_input(otlp_topic, encoding),)})
     await create_topics(settings.kafka, settings.topics)
-    from coalmine.bus.kafka import ensure_topics  # noqa: PLC0415
-
     await ensure_topics(settings.kafka, {otlp_topic: 3})
     out = []
     for index, (kind, key, value) in enumerate(native_messages()):
@@ -241,6 +226,75 @@ async def cloudevents_and_otlp(
     assert telemetry.ignored_events.labels("duplicate_cloudevent")._value.get() == 3
     assert telemetry.ignored_events.labels("duplicate_started")._value.get() == 0
     return telemetry
+
+
+def otlp_input(topic: str, encoding: str) -> InputSettings:
+    """The scenario's two metrics from the Collector's OTLP, ``encoding`` on ``topic``."""
+    return InputSettings.model_validate(
+        {
+            "topic": topic,
+            "format": encoding,
+            "metrics": [
+                {"metric": "latency_ms", "kind": "distribution", "series": "http.server.duration"},
+                {
+                    "metric": "requests",
+                    "kind": "ratio",
+                    "total": {"series": "http.server.requests"},
+                    "bad": {"series": "http.server.requests", "labels": {"code": "5.."}},
+                },
+            ],
+        }
+    )
+
+
+@pytest.mark.parametrize("encoding", ["otlp_json", "otlp_proto"])
+async def test_unkeyed_otlp_over_three_partitions_is_judged_as_in_order(
+    kafka_settings: KafkaSettings, topic_name: Callable[[str], str], encoding: str
+) -> None:
+    """The Collector's exporter does not key its messages: a series lands on every
+    partition. Read from a backlog, the points are put back in time order across the
+    partitions: none is skipped, and the verdicts are those of the same messages on one
+    partition."""
+    judged = {}
+    for partitions in (1, 3):
+        settings = make_settings(kafka_settings, topic_name)
+        otlp_topic = topic_name(f"otlp_{partitions}")
+        settings = settings.model_copy(update={"inputs": (otlp_input(otlp_topic, encoding),)})
+        await create_topics(settings.kafka, settings.topics)
+        await ensure_topics(settings.kafka, {otlp_topic: partitions})
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
+        await producer.start()
+        spread = random.Random(7)  # noqa: S311 - partitions, not secrets
+        try:
+            for kind, key, value in native_messages():
+                if kind == "deployments":
+                    await producer.send(settings.topics.deployments, value, key=key)
+                    continue
+                service, time, cohorts = cohorts_of(value)
+                message = otlp_message(service, time, cohorts)
+                if encoding == "otlp_proto":  # opentelemetry-proto's own serialisation
+                    message = json_format.Parse(
+                        message, ExportMetricsServiceRequest()
+                    ).SerializeToString()
+                # No key: a random partition each, as an unkeyed producer spreads them.
+                await producer.send(otlp_topic, message, partition=spread.randrange(partitions))
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+        daemon, task = await run_daemon(settings)
+        try:
+            records = await read_topic(settings.kafka, settings.topics.verdicts, three_finals, 90.0)
+        finally:
+            daemon.request_stop()
+            await asyncio.wait_for(task, 30)
+        skipped = daemon.telemetry.input_points_skipped
+        assert skipped.labels(otlp_topic, "stale")._value.get() == 0, partitions
+        judged[partitions] = sorted(
+            (v["verdict_id"], v["decision"], v["final"], v["summary"]) for v in verdicts_of(records)
+        )
+    assert judged[3] == judged[1]
+    assert {v[0].split("/")[0]: v[1] for v in judged[3] if v[2]} == EXPECTED
 
 
 def prometheus_messages(value: bytes, totals: dict[tuple[str, str, str], int]) -> list[bytes]:
@@ -299,8 +353,6 @@ async def test_prometheus_kafka_adapter(
     )
     settings = settings.model_copy(update={"inputs": (source,)})
     await create_topics(settings.kafka, settings.topics)
-    from coalmine.bus.kafka import ensure_topics  # noqa: PLC0415
-
     await ensure_topics(settings.kafka, {prom_topic: 3})
     totals: dict[tuple[str, str, str], int] = {}
     out = []
