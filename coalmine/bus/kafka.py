@@ -66,6 +66,14 @@ _SET_ASIDE_FIRST = 5.0
 """Seconds a partition whose records cannot be unpacked is paused before it is retried."""
 _SET_ASIDE_MAX = 300.0
 """Upper bound of that pause (it doubles with each failure in a row)."""
+_TRUNCATION_GRACE = 30.0
+"""Seconds a partition's high watermark must stay below what was already read before the
+records are taken for lost. A newly elected leader (a leader killed or stopped, a cluster
+restarted from its checkpoints) answers with its own high watermark, which lags the old
+leader's until its followers have fetched from it: up to ``replica.lag.time.max.ms``
+(30 s by default) while a follower of the ISR is down."""
+_METADATA_RETRY_PAUSE = 0.5
+"""Seconds between the consumer's metadata updates while no broker answers them."""
 _MERGE_WAIT = 2.0
 """Longest a partition that stays behind holds back the other partitions of a merged
 topic (see :class:`~coalmine.bus.merge.PartitionMerge`)."""
@@ -292,6 +300,11 @@ class KafkaTransport:
         self._failures: dict[Any, int] = {}
         """Unpacking failures in a row per partition (the pause doubles with each)."""
         self._placement = KeyPlacement()
+        self._short_since: dict[TopicPartitionKey, float] = {}
+        """Partitions whose high watermark is below what was read: since when."""
+        self._forgotten: set[TopicPartitionKey] = set()
+        """Partitions kept across a rebalance whose committed offset the group no longer
+        has: the broker lost its state, so a log shorter than what was read is lost."""
         self._merge = PartitionMerge(merged, _MERGE_WAIT) if merged else None
         self._in_transaction = False
         self._settled = asyncio.Event()
@@ -376,6 +389,7 @@ class KafkaTransport:
                     # (equal counts): a service's deploy events and metrics stay together.
                     partition_assignment_strategy=(RangePartitionAssignor,),
                 )
+                _pace_failed_metadata_updates(self._consumer._client)  # noqa: SLF001
                 await self._check_copartitioned()
                 pattern = "^(?:" + "|".join(re.escape(t) for t in self.consume) + ")$"
                 self._consumer.subscribe(pattern=pattern, listener=_Rebalance(self))
@@ -421,6 +435,8 @@ class KafkaTransport:
         if self._merge is not None:
             self._merge.drop()
         self._owned = frozenset()
+        self._short_since.clear()
+        self._forgotten.clear()
         self._ready_until = 0.0
 
     # -- the Transport protocol ----------------------------------------------------------
@@ -628,12 +644,19 @@ class KafkaTransport:
         forever: read the partition again from its beginning instead.
         """
         consumer = self._consumer
+        now = time.monotonic()
         for tp in consumer.assignment():
             key = (tp.topic, tp.partition)
             fetched = self._fetched.get(key)
             end = consumer.highwater(tp)
             if fetched is None or end is None or end >= fetched:
+                self._short_since.pop(key, None)
                 continue
+            since = self._short_since.setdefault(key, now)
+            if key not in self._forgotten and now - since < _TRUNCATION_GRACE:
+                continue  # a new leader's high watermark catches up within that
+            del self._short_since[key]
+            self._forgotten.discard(key)
             _log.error(
                 "%s/%d ends at offset %d, before the %d already read: the broker lost records"
                 " (restarted without its data?); reading it again from its beginning; open"
@@ -721,8 +744,17 @@ class KafkaTransport:
         if self.transactional:
             if offsets or self._in_transaction:
                 await self._commit_transaction(offsets)
-            return
-        if not offsets:
+        elif offsets:
+            await self._commit_offsets(offsets)
+
+    async def _commit_offsets(self, offsets: dict[Any, tuple[int, int]]) -> None:
+        """Commit ``{tp: (offset, handled)}`` as a member of the group."""
+        if self._consumer._coordinator.generation < 0:  # noqa: SLF001 - no public accessor
+            # Out of the group (its coordinator forgot it, or it is rejoining): aiokafka
+            # would send this as a standalone commit, which a broker that lost its data
+            # accepts into logs recreated since; the next owner re-reads from the last
+            # commit instead.
+            _log.info("commit skipped: not a member of group %r right now", self.group_id)
             return
         async with _bounded(self.settings.request_timeout, "commit offsets to Kafka"):
             try:
@@ -952,6 +984,7 @@ class KafkaTransport:
         for key in lost:
             self._fetched.pop(key, None)
             self._committed.pop(key, None)
+            self._short_since.pop(key, None)
         consumer = self._consumer
         for tp in assigned:
             key = (tp.topic, tp.partition)
@@ -975,11 +1008,15 @@ class KafkaTransport:
         await self._catch_up_first(assigned)
 
     async def _read_handled(self, gained: frozenset[TopicPartitionKey]) -> None:
-        """Learn how far the group handled each gained partition (the commit's metadata)."""
+        """Learn how far the group handled each gained partition, from the commit's metadata.
+
+        Kept partitions whose commit the group no longer has are noted as forgotten.
+        """
         self._handled = {}
-        if not gained or self._admin is None:
+        kept = [key for key in self._owned - gained if key in self._committed]
+        if not (gained or kept) or self._admin is None:
             return
-        tps = [TopicPartition(*key) for key in gained]
+        tps = [TopicPartition(*key) for key in (*gained, *kept)]
         try:
             async with _bounded(self.settings.request_timeout, "read committed offsets"):
                 committed = await self._admin.list_consumer_group_offsets(
@@ -992,7 +1029,20 @@ class KafkaTransport:
                 err,
             )
             return
+        for key in kept:
+            answer = committed.get(TopicPartition(*key))
+            if answer is None or answer.offset < 0:
+                self._forgotten.add(key)
+        if self._forgotten:
+            _log.warning(
+                "group %r no longer has the offsets it committed on %s: the broker lost its"
+                " state (restarted without its data?)",
+                self.group_id,
+                ", ".join(sorted(f"{t}/{p}" for t, p in self._forgotten)),
+            )
         for tp, offset_and_metadata in committed.items():
+            if (tp.topic, tp.partition) not in gained:
+                continue
             match = _HANDLED.fullmatch(offset_and_metadata.metadata or "")
             if match is not None and int(match[1]) > offset_and_metadata.offset >= 0:
                 self._handled[tp.topic, tp.partition] = int(match[1])
@@ -1054,6 +1104,25 @@ class KafkaTransport:
         if not self._catch_up and consumer.paused():
             consumer.resume(*(consumer.paused() - self._set_aside.keys()))
             _log.info("caught up on %s; reading every topic", ", ".join(sorted(self.first)))
+
+
+def _pace_failed_metadata_updates(client: Any, pause: float = _METADATA_RETRY_PAUSE) -> None:
+    """Make a failed metadata update of ``client`` answer its waiters only after ``pause``.
+
+    aiokafka's fetcher asks for a metadata update whenever a partition has no known leader
+    and waits for it with no backoff; with every broker refusing connections the update
+    fails at once, so it spins (thousands of attempts a second, two log lines each, a
+    core busy) until a broker is back. Waiting here paces every caller of the update.
+    """
+    update = client._metadata_update  # noqa: SLF001 - aiokafka has no option for this
+
+    async def paced(cluster: Any, topics: Any) -> bool:
+        ok = bool(await update(cluster, topics))
+        if not ok:
+            await asyncio.sleep(pause)
+        return ok
+
+    client._metadata_update = paced  # noqa: SLF001
 
 
 _HANDLED = re.compile(r"coalmine handled=(\d+)")

@@ -1,3 +1,4 @@
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,31 @@ def test_help_lists_the_commands():
     )
     for command in ("run", "demo", "check"):
         assert command in result.stdout
+
+
+def test_the_kafka_clients_repeated_lines_are_let_through_once_a_minute() -> None:
+    """aiokafka logs each failed reconnection; the log gets one line a kind a minute."""
+    from coalmine.cli import _ClientRepeats  # noqa: PLC0415
+
+    repeats = _ClientRepeats(window=60.0)
+
+    def line(name: str, msg: str, args: tuple[object, ...], at: float) -> logging.LogRecord:
+        record = logging.LogRecord(name, logging.ERROR, __file__, 1, msg, args, None)
+        record.created = at
+        return record
+
+    refused = "Unable connect to node with id %s: %s"
+    passed = [
+        repeats.filter(line("aiokafka.conn", refused, (1, "refused"), 1000.0 + i / 10))
+        for i in range(300)
+    ]
+    assert passed == [True] + [False] * 299  # 30 s of 100 ms retries: one line
+    other_node = line("aiokafka.conn", refused, (2, "refused"), 1010.0)
+    assert repeats.filter(other_node)  # another node is another kind
+    later = line("aiokafka.conn", refused, (1, "refused"), 1061.0)
+    assert repeats.filter(later)
+    assert later.getMessage() == (
+        "Unable connect to node with id 1: refused (299 more like it in 60s)"
+    )
+    ours = [line("coalmine.daemon.app", "fetch failed", (), 1000.0) for _ in range(3)]
+    assert all(repeats.filter(record) for record in ours)  # coalmine's own lines untouched
