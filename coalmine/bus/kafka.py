@@ -34,7 +34,9 @@ from aiokafka.errors import (
     CommitFailedError,
     CorruptRecordException,
     KafkaError,
+    UnknownError,
     UnsupportedCodecError,
+    UnsupportedVersionError,
 )
 from aiokafka.helpers import create_ssl_context
 
@@ -371,8 +373,7 @@ class KafkaTransport:
                 transactional_id=settings.transactional_id,
                 max_request_size=settings.max_request_bytes,
             )
-            async with _bounded(timeout, "cannot start the Kafka producer"):
-                await self._producer.start()
+            await self._start_producer(timeout)
             if self.consume:
                 self._consumer = AIOKafkaConsumer(
                     **_client_options(settings),
@@ -410,6 +411,31 @@ class KafkaTransport:
             ",".join(self.consume) or "-",
             ",".join(self.produce) or "-",
         )
+
+    async def _start_producer(self, timeout: float) -> None:  # noqa: ASYNC109 - a bound, per request
+        """Start the producer; a broker that cannot give it a producer id is named as such."""
+        try:
+            async with _bounded(timeout, "cannot start the Kafka producer"):
+                await self._producer.start()
+        except TransportError as err:
+            cause = err.__cause__
+            idempotent = self.settings.idempotent_producer
+            refused = isinstance(cause, (UnknownError, UnsupportedVersionError))
+            if not (idempotent and refused):
+                raise
+            fix = (
+                ": transactions need a broker that has them; unset [kafka] transactional_id"
+                " and set [kafka] idempotent_producer = false"
+                if self.transactional
+                else ": set [kafka] idempotent_producer = false"
+            )
+            msg = (
+                f"the broker at {self.settings.bootstrap_servers} answers but refused a"
+                f" producer id ({_describe(cause)}): it has no idempotent producer"
+                f" (InitProducerId; tansu, for one){fix}"
+                " (COALMINE_KAFKA__IDEMPOTENT_PRODUCER=false)"
+            )
+            raise TransportError(msg) from err
 
     async def stop(self) -> None:
         """Flush the producer, leave the group and disconnect; safe to call twice."""

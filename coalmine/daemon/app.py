@@ -242,7 +242,7 @@ class Daemon:
             try:
                 await self.transport.start()
             except TransportError as exc:
-                log.warning("broker not reachable (%s); retrying in %.1fs", exc, backoff)
+                log.warning("cannot start on the bus (%s); retrying in %.1fs", exc, backoff)
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
