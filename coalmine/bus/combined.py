@@ -70,6 +70,12 @@ class CombinedTransport:
         """Every bus is ready."""
         return all([await transport.ready() for transport in self._all])
 
+    @property
+    def unready(self) -> str | None:
+        """Why a bus is not ready, as it says (None when none says)."""
+        reasons = [getattr(t, "unready", None) for t in self._all]
+        return "; ".join(r for r in reasons if r) or None
+
     def listen(self, *, before_revoke: BeforeRevoke, after_assign: AfterAssign) -> None:
         """Pass partition moves of the partitioned buses (Kafka) on."""
         for transport in self.consumers:

@@ -308,6 +308,8 @@ class KafkaTransport:
         """Partitions kept across a rebalance whose committed offset the group no longer
         has: the broker lost its state, so a log shorter than what was read is lost."""
         self._merge = PartitionMerge(merged, _MERGE_WAIT) if merged else None
+        self.unready: str | None = "not connected"
+        """Why :meth:`ready` last answered False (None: it answered True)."""
         self._in_transaction = False
         self._settled = asyncio.Event()
         """Set while no partition move is being handled (see :meth:`fetch`)."""
@@ -419,9 +421,8 @@ class KafkaTransport:
                 await self._producer.start()
         except TransportError as err:
             cause = err.__cause__
-            idempotent = self.settings.idempotent_producer
             refused = isinstance(cause, (UnknownError, UnsupportedVersionError))
-            if not (idempotent and refused):
+            if cause is None or not (self.settings.idempotent_producer and refused):
                 raise
             fix = (
                 ": transactions need a broker that has them; unset [kafka] transactional_id"
@@ -844,6 +845,7 @@ class KafkaTransport:
         """True when the broker answers and every consumed and produced topic exists."""
         admin = self._admin
         if not self._started or admin is None:
+            self.unready = "not connected"
             return False
         if time.monotonic() < self._ready_until:
             return True
@@ -854,12 +856,18 @@ class KafkaTransport:
                 async with asyncio.timeout(min(self.settings.request_timeout, _READY_TIMEOUT)):
                     existing = await _existing_topics(admin)
             except Exception as err:  # noqa: BLE001 - readiness must never raise
-                _log.debug("readiness check failed: %s", _describe(err))
+                self.unready = f"the brokers do not answer ({_describe(err)})"
                 return False
             missing = [t for t in (*self.consume, *self.produce) if t not in existing]
             if missing:
-                _log.debug("not ready, missing topics: %s", ", ".join(missing))
+                self.unready = f"missing topics: {', '.join(missing)} (create them)"
                 return False
+            was_missing = self.unready is not None and self.unready.startswith("missing topics")
+            if was_missing and self._consumer is not None:
+                # The consumer would see topics created since at its next metadata refresh,
+                # up to metadata_max_age later: refresh now, so they are read in seconds.
+                self._consumer._client.force_metadata_update()  # noqa: SLF001
+            self.unready = None
             self._ready_until = time.monotonic() + _READY_TTL
             return True
 

@@ -218,6 +218,8 @@ class MemoryTransport:
         self._fetched: dict[TopicPartition, int] = {}
         self._handled: dict[TopicPartition, int] = {}
         self._started = False
+        self.unready: str | None = "not started"
+        """Why :meth:`ready` last answered False (None: it answered True)."""
         self._after_assign: AfterAssign | None = None
 
     def listen(self, *, before_revoke: BeforeRevoke, after_assign: AfterAssign) -> None:
@@ -319,7 +321,15 @@ class MemoryTransport:
 
     async def ready(self) -> bool:
         """True once started and every consumed topic exists."""
-        return self._started and all(t in self.broker.topics() for t in self.consume)
+        missing = [t for t in self.consume if t not in self.broker.topics()]
+        self.unready = (
+            "not started"
+            if not self._started
+            else f"missing topics: {', '.join(missing)}"
+            if missing
+            else None
+        )
+        return self.unready is None
 
     def assignment(self) -> frozenset[TopicPartition]:
         """The partitions this transport reads (all of them: one member per group)."""

@@ -121,6 +121,8 @@ class Daemon:
         self._fetch_failing = False
         self._aborted = False
         """A commit's transaction was aborted: resume from the last committed one."""
+        self._unready: str | None = "starting"
+        """Why the daemon was last found not ready (None: ready), as logged."""
         # Held while a batch is handled, while committing, and while partitions move.
         self._busy = asyncio.Lock()
         self.publisher = Publisher(
@@ -206,6 +208,7 @@ class Daemon:
                 ready=self.ready,
                 directory=self.directory,
                 api_token=self.settings.http.api_token,
+                why_not_ready=self._why_not_ready,
             )
             self.http = HttpServer(app, self.settings.http.host, self.settings.http.port)
             await self.http.start()
@@ -247,7 +250,7 @@ class Daemon:
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
             self._started = True
-            log.info("connected; judging")
+            log.info("connected")
             return True
         return False
 
@@ -280,6 +283,7 @@ class Daemon:
                     self.publisher.put(self.router.expire_silent(self._wall_clock()))
                     next_expiry = time.monotonic() + _EXPIRY_CHECK_EVERY
                     self._report_lag()
+                    await self._say_readiness()
             if uncommitted and (not records or time.monotonic() >= next_commit):
                 if not await self._settle_and_commit():
                     return  # stopping while the broker refuses: leave the rest uncommitted
@@ -389,6 +393,27 @@ class Daemon:
                 log.warning("following %s for the API: %s", ", ".join(topics), exc)
             await self._sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    async def _say_readiness(self) -> None:
+        """Log once each time readiness changes, with the reason ``/readyz`` answers 503."""
+        reason = None if await self.ready() else self._why_not_ready()
+        if reason == self._unready:
+            return
+        if reason is None:
+            log.info("ready: judging")
+        else:
+            log.warning("not ready: %s", reason)
+        self._unready = reason
+
+    def _why_not_ready(self) -> str:
+        """Why :meth:`ready` answered False (call it after :meth:`ready`)."""
+        if not self._started:
+            return "connecting"
+        if self._stopping.is_set():
+            return "stopping"
+        if self._fetch_failing:
+            return "fetching fails"
+        return getattr(self.transport, "unready", None) or "the bus is not ready"
 
     def _report_lag(self) -> None:
         if isinstance(self.transport, Partitioned):

@@ -137,8 +137,12 @@ def build_app(
     ready: Probe,
     directory: Directory | None = None,
     api_token: SecretStr | None = None,
+    why_not_ready: Callable[[], str | None] = lambda: None,
 ) -> web.Application:
-    """An aiohttp application serving the metrics, the health probes and the API."""
+    """An aiohttp application serving the metrics, the health probes and the API.
+
+    ``/readyz`` answers 503 with ``not ready: <why_not_ready()>`` when ``ready`` is False.
+    """
 
     async def metrics(_: web.Request) -> web.Response:
         body = generate_latest(telemetry.registry)
@@ -149,8 +153,10 @@ def build_app(
         return web.Response(text="ok\n" if ok else "stalled\n", status=200 if ok else 503)
 
     async def readyz(_: web.Request) -> web.Response:
-        ok = await ready()
-        return web.Response(text="ready\n" if ok else "not ready\n", status=200 if ok else 503)
+        if await ready():
+            return web.Response(text="ready\n")
+        why = why_not_ready()
+        return web.Response(text=f"not ready: {why}\n" if why else "not ready\n", status=503)
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
