@@ -364,6 +364,10 @@ class Profile(_Section):
     """Event time since ``started`` before a canary can be promoted."""
     max_duration: Duration = Field(default=1800.0, gt=0, validate_default=True)
     """A final verdict by then at the latest; not below min_duration."""
+    final_grace: Duration = Field(default=60.0, ge=0)
+    """Stream time past ``max_duration`` (or the pipeline's ``completed``) after which a
+    deployment whose own events stopped gets its final verdict: once coalmine has read any
+    event that much later, as Kafka Streams closes a window on stream time plus a grace."""
     pass_score: float = Field(default=95.0, ge=0, le=100)
     """Score (0-100) a canary needs to be promoted."""
     marginal_score: float = Field(default=75.0, ge=0, le=100, validate_default=True)

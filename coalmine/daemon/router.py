@@ -7,7 +7,9 @@ socket; the shell publishes what it returns and commits only after that is ackno
 
 from __future__ import annotations
 
+import heapq
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -157,6 +159,10 @@ class Router:
         self._positions: dict[TopicPartition, int] = {}
         self._batch_floors: dict[TopicPartition, int] = {}
         self._record: Record | None = None
+        self.stream_time = -math.inf
+        """The latest event time of the metric events read: the stream's time."""
+        self._closing: list[tuple[float, str]] = []
+        """Heap of (stream time at which to close, deployment id), see :meth:`_close_due`."""
         self.handled_before: dict[TopicPartition, int] = {}
         """Per partition, the position a previous owner handled it to: an invalid record
         below it was dead-lettered then, and is re-read only to rebuild deployments."""
@@ -233,6 +239,10 @@ class Router:
                 yield
                 taken, since = 0, time.perf_counter()
         self._close_batch(spans, counts)
+        closed = self._close_due()
+        if closed:
+            effects.verdicts.extend(closed)
+            effects.received.extend(now for _ in closed)
         return effects
 
     def _close_batch(
@@ -498,6 +508,8 @@ class Router:
         else:
             deployment.end(event)
             self._forget_if_ended(deployment)
+            if deployment.is_open and deployment.ends_at is not None:
+                self._close_at(deployment, deployment.ends_at)
         return []
 
     def _start(self, event: DeployEvent, now: float) -> list[Verdict]:
@@ -516,6 +528,7 @@ class Router:
             event, profile, profile_name=event.profile, limits=self._analysis_limits
         )
         self.deployments[event.deployment_id] = deployment
+        self._close_at(deployment, deployment.end_time)
         self._by_service.setdefault(event.service, []).append(event.deployment_id)
         self._last_seen[event.deployment_id] = now
         self.telemetry.active_deployments.set(len(self.deployments))
@@ -564,7 +577,33 @@ class Router:
                 self.telemetry.dropped("held_event_invalid", item.event.size)
         return verdicts
 
+    def _close_at(self, deployment: Deployment, end: float) -> None:
+        """Close ``deployment`` once stream time passes ``end`` plus its grace."""
+        heapq.heappush(
+            self._closing, (end + deployment.profile.final_grace, deployment.deployment_id)
+        )
+
+    def _close_due(self) -> list[Verdict]:
+        """Final verdicts of open deployments whose end the stream has passed, with grace.
+
+        A deployment whose own events stop (the canary torn down at ``max_duration``, its
+        exporter gone) is judged up to its end and closed once any event read is
+        ``final_grace`` past it: on event time, so a replay closes it alike.
+        """
+        verdicts: list[Verdict] = []
+        closing = self._closing
+        while closing and closing[0][0] <= self.stream_time:
+            _, dep_id = heapq.heappop(closing)
+            deployment = self.deployments.get(dep_id)
+            if deployment is None or not deployment.is_open:
+                continue
+            verdicts.extend(deployment.advance(self.stream_time))
+            self._forget_if_ended(deployment)
+        return self._settle(verdicts) if verdicts else verdicts
+
     def _on_metrics(self, events: list[MetricEvent], now: float) -> list[Verdict]:
+        latest = max(event.time for event in events) if events else -math.inf
+        self.stream_time = max(self.stream_time, latest)
         verdicts: list[Verdict] = []
         for deployment, event, cohort in self._route_all(events):
             if not deployment.is_open:
