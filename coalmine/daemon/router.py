@@ -26,6 +26,7 @@ from coalmine.contract import (
     decode_deploy_event,
     decode_metric_events,
     encode_verdict,
+    format_time,
 )
 from coalmine.daemon.deployment import AnalysisLimits, Deployment
 from coalmine.daemon.finished import FinishedDeployments
@@ -66,6 +67,8 @@ _SLICE = 200
 """Records taken between two pauses of :meth:`Router.steps` (a few milliseconds)."""
 _PAUSE_AFTER = 0.01
 """Seconds of judging after which :meth:`Router.steps` pauses sooner (large judgements)."""
+_MAX_EXPLAINED = 10_000
+"""(reason, deployment or service) pairs remembered as explained; then they start over."""
 
 _Work = tuple[Record, "list[MetricEvent] | None"]
 """A record to take: a deploy record (None), or a metric record with its decoded events."""
@@ -159,6 +162,8 @@ class Router:
         self._positions: dict[TopicPartition, int] = {}
         self._batch_floors: dict[TopicPartition, int] = {}
         self._record: Record | None = None
+        self._explained: set[tuple[str, str]] = set()
+        """(reason, deployment or service) whose dropped samples were explained in the log."""
         self.stream_time = -math.inf
         """The latest event time of the metric events read: the stream's time."""
         self._closing: list[tuple[float, str]] = []
@@ -663,7 +668,7 @@ class Router:
             self._hold(event)
             return None
         if event.time < deployment.started:
-            self.telemetry.dropped("before_started", event.size)
+            self._drop("before_started", event, deployment)
             return None
         cohort = deployment.cohort_of(event)
         if cohort is None:
@@ -674,7 +679,7 @@ class Router:
             )
         spec = deployment.profile.metric(event.metric)
         if spec is None:
-            self.telemetry.dropped("metric_not_in_profile", event.size)
+            self._drop("metric_not_in_profile", event, deployment)
             return None
         if (spec.kind == "ratio") != event.is_ratio:
             wanted = "'good' and 'total'" if spec.kind == "ratio" else "'value' or 'values'"
@@ -683,17 +688,56 @@ class Router:
             )
         return deployment, event, cohort
 
+    def _drop(self, reason: str, event: MetricEvent, deployment: Deployment | None) -> None:
+        """Count samples not analysed; say why once per reason and deployment (or service)."""
+        self.telemetry.dropped(reason, event.size)
+        subject = deployment.deployment_id if deployment is not None else event.service
+        if (reason, subject) in self._explained:
+            return
+        if len(self._explained) >= _MAX_EXPLAINED:
+            self._explained.clear()
+        self._explained.add((reason, subject))
+        if reason == "before_started" and deployment is not None:
+            log.warning(
+                "deployment %s: samples timed before its started event (%s < %s) are not"
+                " analysed (counted as before_started); the producer's event times or the"
+                " started event's time are off: give `started` the time the canary began"
+                " serving, and metrics the time they were measured",
+                subject,
+                format_time(event.time),
+                format_time(deployment.started),
+            )
+        elif reason == "metric_not_in_profile" and deployment is not None:
+            log.warning(
+                "deployment %s: metric %r is not in its profile %r and is not analysed"
+                " (counted as metric_not_in_profile): add it to the profile's metrics, or"
+                " stop sending it",
+                subject,
+                event.metric,
+                deployment.profile_name,
+            )
+        elif reason == "no_open_deployment":
+            log.warning(
+                "service %s: samples for no open deployment are not analysed (counted as"
+                " no_open_deployment): no started event for it was read (sent to %s, with"
+                " this service?), or its deployment already ended; with several daemons,"
+                " deploy events and metrics must be keyed by service with the same"
+                " partitioner (docs/inputs.md, Keys and partitioners)",
+                subject,
+                self.topics.deployments,
+            )
+
     def _hold(self, event: MetricEvent) -> None:
         """Keep an event with no open deployment a while: its ``started`` may be late."""
         record = self._record
         if record is None or (
             event.deployment_id is not None and event.deployment_id in self.finished
         ):
-            self.telemetry.dropped("no_open_deployment", event.size)
+            self._drop("no_open_deployment", event, None)
             return
         source = (record.topic, record.partition)
         for item in self._unrouted.add(UnroutedEvent(source, record.offset, event)):
-            self.telemetry.dropped("no_open_deployment", item.event.size)
+            self._drop("no_open_deployment", item.event, None)
 
     def _deployment_for(self, event: MetricEvent) -> Deployment | None:
         """The deployment an event belongs to.
