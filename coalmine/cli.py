@@ -485,6 +485,37 @@ _deployment_option = click.option(
 _service_option = click.option("--service", required=True, help="The service deployed.")
 
 
+def _event_time(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    """``--time``: RFC 3339 (``2026-11-26T10:00:00Z``) or Unix seconds; None: now."""
+    if value is None:
+        return None
+    from coalmine._exceptions import ContractError  # noqa: PLC0415
+    from coalmine.contract import parse_time  # noqa: PLC0415
+
+    try:
+        return parse_time(float(value) if _is_number(value) else value)
+    except ContractError as exc:
+        raise click.BadParameter(f"{value!r}: {exc.message}") from None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+_time_option = click.option(
+    "--time",
+    "at",
+    default=None,
+    callback=_event_time,
+    help="The event's time: RFC 3339 ('2026-11-26T10:00:00Z') or Unix seconds (default:"
+    " now). Use the time the change took effect when your metrics carry their own times.",
+)
+
+
 @main.command()
 @_config_option
 @_deployment_option
@@ -504,6 +535,7 @@ _service_option = click.option("--service", required=True, help="The service dep
     default=None,
     help="Deployment strategy (default: canary).",
 )
+@_time_option
 def start(  # noqa: PLR0913 - one parameter per option
     config_path: Path | None,
     deployment_id: str,
@@ -513,13 +545,15 @@ def start(  # noqa: PLR0913 - one parameter per option
     profile: str | None,
     traffic_weight: float | None,
     strategy: str | None,
+    at: float | None,
 ) -> None:
-    """Announce a deployment: publish its `started` event (time = now)."""
+    """Announce a deployment: publish its `started` event (time: --time, or now)."""
     settings = _load(config_path)
     value = _deploy_event(
         event="started",
         deployment_id=deployment_id,
         service=service,
+        at=at,
         baseline=baseline,
         canary=canary,
         profile=profile,
@@ -547,10 +581,13 @@ def start(  # noqa: PLR0913 - one parameter per option
     required=True,
     help="How the pipeline ended the deployment.",
 )
-def finish(config_path: Path | None, deployment_id: str, service: str, kind: str) -> None:
-    """End a deployment from the pipeline: publish `completed` or `aborted` (time = now)."""
+@_time_option
+def finish(
+    config_path: Path | None, deployment_id: str, service: str, kind: str, at: float | None
+) -> None:
+    """End a deployment from the pipeline: publish `completed` or `aborted` (--time, or now)."""
     settings = _load(config_path)
-    value = _deploy_event(event=kind, deployment_id=deployment_id, service=service)
+    value = _deploy_event(event=kind, deployment_id=deployment_id, service=service, at=at)
     where = _announce(settings, value, service)
     click.echo(f"{kind} {deployment_id} on {where}")
 
