@@ -572,6 +572,37 @@ def start(  # noqa: PLR0913 - one parameter per option
 
 @main.command()
 @_config_option
+@click.argument("source", type=click.File("r"), default="-")
+def send(config_path: Path | None, source: Any) -> None:
+    """Send deploy events and metric messages from JSON Lines (a file, or - for stdin).
+
+    Every line is checked against the contract first; one that does not fit stops the
+    command before anything is sent (exit 2, every problem listed). Then each is published,
+    in order and keyed by its service, where the daemon reads it: the deployments or the
+    metrics topic on Kafka (murmur2, as coalmine expects), else MQTT.
+    """
+    from coalmine._exceptions import ContractError  # noqa: PLC0415
+    from coalmine.pipeline import prepare_events, send_events  # noqa: PLC0415
+
+    settings = _load(config_path)
+    try:
+        events = prepare_events(source)
+    except ContractError as exc:
+        problems = exc.message.split("; ")
+        click.echo("nothing sent:" + "\n  ".join(["", *problems]), err=True)
+        sys.exit(EXIT_USAGE)
+    try:
+        where = asyncio.run(send_events(settings, events))
+    except CoalmineError as exc:
+        _runtime_error(exc)
+    deploys = sum(1 for e in events if e.kind == "deployments")
+    click.echo(
+        f"sent {deploys} deploy event(s) and {len(events) - deploys} metric message(s) to {where}"
+    )
+
+
+@main.command()
+@_config_option
 @_deployment_option
 @_service_option
 @click.option(

@@ -24,7 +24,7 @@ import ssl
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
@@ -33,22 +33,26 @@ from coalmine.contract import decode_deploy_event, format_time
 from coalmine.contract import look_of as _look_of_id
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable, Sequence
 
     import aiomqtt
 
+    from coalmine.bus.base import Outgoing
     from coalmine.config.models import KafkaSettings, MqttSettings
     from coalmine.config.settings import Settings
 
 __all__ = [
     "EXIT_CODES",
     "EXIT_TIMEOUT",
+    "Prepared",
     "WaitResult",
     "announce",
     "deploy_event",
     "describe",
     "exit_code",
     "look_of",
+    "prepare_events",
+    "send_events",
     "wait_for_verdict",
 ]
 
@@ -136,18 +140,108 @@ async def announce(settings: Settings, value: bytes, service: str) -> str:
     return f"MQTT topic {mqtt_topic}"
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One event (or metric message) checked against the contract, ready to send."""
+
+    kind: Literal["deployments", "metrics"]
+    service: str
+    value: bytes
+
+
+def prepare_events(lines: Iterable[str]) -> list[Prepared]:
+    """JSON Lines of deploy events and metric messages, each checked against the contract.
+
+    A line with an ``event`` key is a deploy event; any other is a metric message (one
+    event or an array of them, all of one service: it is keyed by service). Blank lines
+    are skipped.
+
+    Raises:
+        ContractError: with every problem, by line number; nothing is sent.
+    """
+    from coalmine._exceptions import ContractError  # noqa: PLC0415
+    from coalmine.contract import decode_metric_events  # noqa: PLC0415
+
+    prepared: list[Prepared] = []
+    problems: list[str] = []
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text:
+            continue
+        value = text.encode()
+        try:
+            obj = orjson.loads(value)
+            if isinstance(obj, dict) and "event" in obj:
+                service = decode_deploy_event(value).service
+                prepared.append(Prepared("deployments", service, value))
+                continue
+            services = {event.service for event in decode_metric_events(value)}
+        except orjson.JSONDecodeError as exc:
+            problems.append(f"line {number}: not JSON: {exc}")
+            continue
+        except ContractError as exc:
+            problems.append(f"line {number}: {exc}")
+            continue
+        if len(services) != 1:
+            names = ", ".join(sorted(services))
+            problems.append(f"line {number}: events of {names}: one service per message")
+            continue
+        prepared.append(Prepared("metrics", services.pop(), value))
+    if problems:
+        raise ContractError("invalid_input", "; ".join(problems))
+    return prepared
+
+
+async def send_events(settings: Settings, events: Sequence[Prepared]) -> str:
+    """Publish ``events`` in order, keyed by service, where the daemon reads them.
+
+    Kafka (when ``[bus] consume`` names it): the deployments and metrics topics, with the
+    murmur2 partitioner the daemon expects; else MQTT, ``<prefix>/<kind>/<service>``.
+    Returns where they went.
+
+    Raises:
+        TransportError: the broker cannot be reached or refused them, or (Kafka) a topic
+            does not exist.
+    """
+    topics = {"deployments": settings.topics.deployments, "metrics": settings.topics.metrics}
+    if "kafka" in settings.bus.consume:
+        from coalmine.bus.base import Outgoing  # noqa: PLC0415
+
+        await _publish_kafka_all(
+            settings.kafka,
+            [Outgoing(topics[e.kind], e.value, e.service.encode()) for e in events],
+        )
+        return f"Kafka topics {topics['deployments']}, {topics['metrics']}"
+    from coalmine.bus.mqtt import topic_level  # noqa: PLC0415 - aiomqtt only if used
+
+    prefix = settings.mqtt.topic_prefix
+    async with _MqttSession(settings.mqtt, "send") as client:
+        for event in events:
+            topic = f"{prefix}/{event.kind}/{topic_level(event.service)}"
+            await client.publish(topic, event.value, qos=1, timeout=settings.mqtt.timeout)
+    return f"MQTT topics {prefix}/deployments/..., {prefix}/metrics/..."
+
+
 async def _publish_kafka(kafka: KafkaSettings, topic: str, value: bytes, key: bytes) -> None:
     from coalmine.bus.base import Outgoing  # noqa: PLC0415
+
+    await _publish_kafka_all(kafka, [Outgoing(topic, value, key)])
+
+
+async def _publish_kafka_all(kafka: KafkaSettings, messages: Sequence[Outgoing]) -> None:
     from coalmine.bus.kafka import KafkaTransport, partition_counts  # noqa: PLC0415
 
-    # Never let the producer's metadata request create the topic with a broker default
-    # partition count: it must be co-partitioned with the metrics topic.
-    if topic not in await partition_counts(kafka, [topic]):
-        raise TransportError(f"topic {topic} does not exist: create it first (see README)")
-    transport = KafkaTransport(kafka, [], produce=[topic])
+    # Never let the producer's metadata request create a topic with a broker default
+    # partition count: deployments and metrics must be co-partitioned.
+    wanted = sorted({message.topic for message in messages})
+    existing = await partition_counts(kafka, wanted)
+    for topic in wanted:
+        if topic not in existing:
+            raise TransportError(f"topic {topic} does not exist: create it first (see README)")
+    transport = KafkaTransport(kafka, [], produce=wanted)
     await transport.start()
     try:
-        await transport.publish([Outgoing(topic, value, key)])
+        await transport.publish(messages)
     finally:
         await transport.stop()
 
