@@ -192,12 +192,35 @@ def build_transport(settings: Settings) -> Transport:
     help="How many times faster than real time event time runs.",
 )
 @click.option("--seed", type=int, default=7, show_default=True, help="Simulator seed.")
-def demo(speed: float, seed: int) -> None:
-    """Run coalmine on the in-memory bus with a built-in traffic simulator (no broker)."""
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Play the demo on the Kafka this configuration names (its topics must exist)"
+    " instead of the in-memory bus.",
+)
+def demo(speed: float, seed: int, config_path: Path | None) -> None:
+    """Run coalmine with a built-in traffic simulator; --config: on your Kafka.
+
+    Without --config, on the in-memory bus: no broker needed.
+    """
     from coalmine.demo import run_demo  # noqa: PLC0415 - keeps `coalmine --help` fast
 
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(run_demo(speed=speed, seed=seed))
+    if config_path is None:
+        asyncio.run(run_demo(speed=speed, seed=seed))
+        return
+    settings = _load(config_path)
+    if "kafka" not in settings.bus.consume or "kafka" not in settings.bus.publish:
+        raise click.UsageError(
+            "demo --config plays onto Kafka, and this configuration's [bus] does not both"
+            " consume and publish on it; on MQTT, use `coalmine run` with `coalmine send`"
+        )
+    try:
+        asyncio.run(run_demo(speed=speed, seed=seed, settings=settings))
+    except CoalmineError as exc:
+        _runtime_error(exc)
 
 
 @main.command()
