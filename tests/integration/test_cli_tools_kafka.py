@@ -12,7 +12,7 @@ separate processes.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import contextlib
 import os
 import sys
 import time
@@ -28,6 +28,7 @@ from coalmine.config.models import HttpSettings, KafkaSettings, TopicsSettings
 from coalmine.config.settings import Settings
 from coalmine.daemon.app import Daemon
 from coalmine.simulator import Scenario, simulate, three_deployments
+from tests.polling import eventually
 from tests.scenario import PROFILE, PROFILE_TOML, T0
 
 if TYPE_CHECKING:
@@ -240,16 +241,15 @@ async def test_record_and_replay_give_the_live_daemons_verdicts(
         assert final_id in row
 
     # The HTML report of one deployment, from the topics themselves.
-    if importlib.util.find_spec("coalmine.report") is not None:
-        page = tmp_path / "search.html"
-        code, _, err = await coalmine(
-            "report", "search-v7", "--config", str(config), "--from-kafka", "--output", str(page)
-        )
-        assert code == 0, err.decode()
-        assert "search-v7" in page.read_text()
-        published = [v for v in live if v["deployment_id"] == "search-v7"]
-        assert f"{len(judged(published))} verdicts".encode() in err
-        assert b"samples of 1 distribution metric" in err
+    page = tmp_path / "search.html"
+    code, _, err = await coalmine(
+        "report", "search-v7", "--config", str(config), "--from-kafka", "--output", str(page)
+    )
+    assert code == 0, err.decode()
+    assert "search-v7" in page.read_text()
+    published = [v for v in live if v["deployment_id"] == "search-v7"]
+    assert f"{len(judged(published))} verdicts".encode() in err
+    assert b"samples of 1 distribution metric" in err
 
 
 async def test_start_and_wait_exit_with_the_decision(
@@ -351,6 +351,21 @@ async def test_wait_times_out_with_exit_4(
     assert took < 15, took  # interpreter start + 2 s, not a Kafka timeout
 
 
+async def retained_final(port: int, topic: str) -> bool:
+    """Whether the MQTT broker holds a final verdict retained on ``topic``."""
+    import aiomqtt  # noqa: PLC0415
+
+    reader = aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5)
+    async with reader:
+        await reader.subscribe(topic, qos=1)
+        # A retained message comes at once on subscribing; none within 0.5 s: none yet.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                async for received in reader.messages:
+                    return received.retain and orjson.loads(received.payload)["final"]
+    return False
+
+
 async def test_start_and_wait_over_mqtt(mqtt_broker: Mosquitto, tmp_path: Path) -> None:
     """With `[bus]` naming MQTT only, `start` and `wait` use MQTT (verdicts retained)."""
     import aiomqtt  # noqa: PLC0415
@@ -406,8 +421,14 @@ client_id = "{prefix}-daemon"
             for message in simulate([broken], start=before + 20, duration=300.0, seed=5):
                 if message.topic == "metrics":
                     await client.publish(f"{prefix}/metrics/payments", message.value, qos=1)
-        # Subscribing after the verdict was published: it is retained.
-        await asyncio.sleep(1.0)
+        # `wait` subscribes once the final verdict was published: it gets the retained one.
+        verdicts = f"{prefix}/verdicts/payments/{broken.deployment_id}"
+        await eventually(
+            lambda: retained_final(mqtt_broker.port, verdicts),
+            f"a final verdict retained on {verdicts}",
+            within=60.0,
+            every=0.2,
+        )
         code, out, err = await coalmine(
             "wait",
             "--config",

@@ -29,6 +29,7 @@ from tests.integration.test_daemon_kafka import (
     three_finals,
     verdicts_of,
 )
+from tests.metrics import sample_value
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -201,7 +202,9 @@ async def test_the_daemon_judges_compressed_deploy_events_and_metrics(
         await asyncio.wait_for(task, 30)
     finals = {v["deployment_id"]: v["decision"] for v in verdicts_of(records) if v["final"]}
     assert finals == EXPECTED
-    assert daemon.telemetry.invalid_events.labels("invalid_json")._value.get() == 0
+    assert (
+        sample_value(daemon.telemetry, "coalmine_invalid_events_total", reason="invalid_json") == 0
+    )
 
     # Every record was read and committed.
     consumer = AIOKafkaConsumer(

@@ -27,6 +27,7 @@ from coalmine.contract import parse_time
 from coalmine.daemon.app import Daemon
 from coalmine.simulator import simulate, three_deployments
 from tests.brokers import free_port
+from tests.metrics import sample_value
 from tests.scenario import EXPECTED, PROFILE, PROFILE_TOML, T0
 
 if TYPE_CHECKING:
@@ -189,7 +190,9 @@ async def test_three_deployments_through_kafka(settings: Settings) -> None:
         assert topic == settings.topics.metrics
         assert int(partition) >= 0
         assert int(offset) >= 0
-    assert daemon.telemetry.invalid_events.labels("invalid_json")._value.get() == 1
+    assert (
+        sample_value(daemon.telemetry, "coalmine_invalid_events_total", reason="invalid_json") == 1
+    )
 
     # Everything consumed was committed, after its verdicts were acknowledged.
     consumer = AIOKafkaConsumer(

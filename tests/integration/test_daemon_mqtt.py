@@ -14,6 +14,7 @@ from coalmine.config.models import BusSettings, HttpSettings, MqttSettings
 from coalmine.config.settings import Settings
 from coalmine.daemon.app import Daemon
 from coalmine.simulator import simulate, three_deployments
+from tests.metrics import sample_value
 from tests.scenario import EXPECTED, PROFILE, T0
 
 if TYPE_CHECKING:
@@ -66,7 +67,10 @@ async def test_three_deployments_over_mqtt_with_retained_verdicts(mqtt_broker: M
                     except TimeoutError:
                         pass
         assert finals == EXPECTED
-        assert daemon.telemetry.invalid_events.labels("invalid_json")._value.get() == 1
+        invalid = sample_value(
+            daemon.telemetry, "coalmine_invalid_events_total", reason="invalid_json"
+        )
+        assert invalid == 1
     finally:
         daemon.request_stop()
         await asyncio.wait_for(task, 20)

@@ -35,6 +35,7 @@ from tests.integration.test_daemon_kafka import (
     three_finals,
     verdicts_of,
 )
+from tests.metrics import sample_value
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -152,6 +153,16 @@ async def send(kafka: KafkaSettings, messages: list[tuple[str, bytes, bytes, lis
         await producer.stop()
 
 
+def invalid_events(telemetry: Any, reason: str) -> float:
+    """Messages the daemon dead-lettered, for ``reason``."""
+    return sample_value(telemetry, "coalmine_invalid_events_total", reason=reason)
+
+
+def ignored_events(telemetry: Any, reason: str) -> float:
+    """Deploy events the daemon ignored, for ``reason``."""
+    return sample_value(telemetry, "coalmine_ignored_events_total", reason=reason)
+
+
 async def judge(
     settings: Settings, settled: Callable[[Any], bool] = lambda _: True
 ) -> tuple[dict[str, str], Any]:
@@ -181,7 +192,7 @@ async def test_cloudevents_and_otlp_proto(
 ) -> None:
     """The Collector kafka exporter's default encoding; a message that is not protobuf."""
     telemetry = await cloudevents_and_otlp(settings, topic_name, "otlp_proto", (b"\xff\xff",))
-    assert telemetry.invalid_events.labels("invalid_protobuf")._value.get() == 1
+    assert invalid_events(telemetry, "invalid_protobuf") == 1
     letters = await read_topic(settings.kafka, settings.topics.dead_letter, lambda r: len(r) >= 1)
     assert [r.value for r in letters] == [b"\xff\xff"]
     error = dict(letters[0].headers)["coalmine-error"].decode()
@@ -216,15 +227,15 @@ async def cloudevents_and_otlp(
     await send(settings.kafka, out)
 
     def settled(t: Any) -> bool:
-        return t.ignored_events.labels("duplicate_cloudevent")._value.get() >= 3 and (
-            not invalid or t.invalid_events.labels("invalid_protobuf")._value.get() >= 1
+        return ignored_events(t, "duplicate_cloudevent") >= 3 and (
+            not invalid or invalid_events(t, "invalid_protobuf") >= 1
         )
 
     finals, telemetry = await judge(settings, settled)
     assert finals == EXPECTED
     # Each started CloudEvent was sent twice (a retry): the copy was recognised and ignored.
-    assert telemetry.ignored_events.labels("duplicate_cloudevent")._value.get() == 3
-    assert telemetry.ignored_events.labels("duplicate_started")._value.get() == 0
+    assert ignored_events(telemetry, "duplicate_cloudevent") == 3
+    assert ignored_events(telemetry, "duplicate_started") == 0
     return telemetry
 
 
@@ -288,8 +299,9 @@ async def test_unkeyed_otlp_over_three_partitions_is_judged_as_in_order(
         finally:
             daemon.request_stop()
             await asyncio.wait_for(task, 30)
-        skipped = daemon.telemetry.input_points_skipped
-        assert skipped.labels(otlp_topic, "stale")._value.get() == 0, partitions
+        skipped = "coalmine_input_points_skipped_total"
+        stale = sample_value(daemon.telemetry, skipped, topic=otlp_topic, reason="stale")
+        assert stale == 0, partitions
         judged[partitions] = sorted(
             (v["verdict_id"], v["decision"], v["final"], v["summary"]) for v in verdicts_of(records)
         )
@@ -377,7 +389,7 @@ async def test_prometheus_kafka_adapter(
     out.append((prom_topic, b"x", b'{"timestamp": "soon", "value": "1"}', []))
     await send(settings.kafka, out)
     finals, telemetry = await judge(
-        settings, lambda t: t.invalid_events.labels("prometheus_invalid")._value.get() >= 1
+        settings, lambda t: invalid_events(t, "prometheus_invalid") >= 1
     )
     assert finals == EXPECTED
-    assert telemetry.invalid_events.labels("prometheus_invalid")._value.get() == 1
+    assert invalid_events(telemetry, "prometheus_invalid") == 1

@@ -13,6 +13,8 @@ from coalmine.config.models import HttpSettings, TopicsSettings
 from coalmine.config.settings import Settings
 from coalmine.daemon.app import Daemon, install_signal_handlers
 from coalmine.simulator import simulate, three_deployments
+from tests.metrics import sample_value
+from tests.polling import eventually
 from tests.scenario import PROFILE, T0
 
 TOPICS = TopicsSettings()
@@ -98,7 +100,7 @@ async def test_failed_publishes_are_retried_and_nothing_is_committed_before():
     await wait_for(lambda: len(finals(broker)) == 3)
     daemon.request_stop()
     await asyncio.wait_for(task, 10)
-    assert daemon.telemetry.publish_failures._value.get() == 3
+    assert sample_value(daemon.telemetry, "coalmine_publish_failures_total") == 3
     assert broker.committed("coalmine") == broker.end_positions(
         [TOPICS.deployments, TOPICS.metrics]
     )
@@ -158,12 +160,23 @@ async def test_a_restarted_daemon_resumes_after_the_committed_position():
     first.request_stop()
     await asyncio.wait_for(task, 10)
     published = len(broker.records(TOPICS.verdicts))
+    ends = broker.end_positions([TOPICS.deployments, TOPICS.metrics])
+    assert broker.committed("coalmine") == ends
     second = daemon_for(broker)
     task = asyncio.create_task(second.run())
-    await asyncio.sleep(0.5)
+    # Started (before that, the transport's lag is the whole log) and fetched to the end
+    # of the log: at once from the committed positions, later from anywhere before them.
+    await eventually(
+        lambda: not any(second.transport.lag().values()),
+        "the restarted daemon fetched to the end of the log",
+    )
     second.request_stop()
-    await asyncio.wait_for(task, 10)
+    await asyncio.wait_for(task, 10)  # handles the batch in hand before it returns
+    # No record before a committed position is handled (let alone judged) again.
+    for topic in (TOPICS.deployments, TOPICS.metrics):
+        assert sample_value(second.telemetry, "coalmine_events_consumed_total", topic=topic) == 0
     assert len(broker.records(TOPICS.verdicts)) == published
+    assert broker.committed("coalmine") == ends
 
 
 async def test_a_rebuild_does_not_dead_letter_again_what_was_handled_before():
@@ -184,7 +197,12 @@ async def test_a_rebuild_does_not_dead_letter_again_what_was_handled_before():
     second = daemon_for(broker)
     task = asyncio.create_task(second.run())
     await wait_for(lambda: second.router.deployments)  # rebuilt from the log
-    await asyncio.sleep(0.3)
+    # The records past the committed positions, the malformed one among them, are read
+    # again: fetched to the end of the log, and handled before run() returns.
+    await eventually(
+        lambda: not any(second.transport.lag().values()),
+        "the rebuilt daemon fetched to the end of the log",
+    )
     second.request_stop()
     await asyncio.wait_for(task, 10)
     assert len(broker.records(TOPICS.dead_letter)) == 1
@@ -298,7 +316,7 @@ async def test_sigterm_stops_the_daemon_gracefully():
     broker = make_broker()
     daemon = daemon_for(broker)
     task = asyncio.create_task(daemon.run())
-    await asyncio.sleep(0.1)
+    await eventually(daemon.ready, "the daemon is ready")
     install_signal_handlers(daemon)
     try:
         signal.raise_signal(signal.SIGTERM)

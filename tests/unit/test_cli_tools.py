@@ -190,9 +190,6 @@ def test_parse_moment_takes_durations_ago_and_rfc3339():
 
 
 def test_cli_report_writes_html_from_a_recording(tmp_path: Path):
-    pytest.importorskip(
-        "coalmine.report", reason="coalmine.report (render_report) is not in this tree yet"
-    )
     recording = tmp_path / "stream.jsonl"
     with recording.open("wb") as out:
         for message in simulate(three_deployments(), start=T0, duration=900.0, step=10.0, seed=3):
@@ -249,6 +246,7 @@ def test_cli_wait_on_an_unreachable_broker_times_out_with_exit_4_not_1():
 def test_wait_follows_nothing_when_given_no_time(monkeypatch):
     # A zero timeout ends the wait at once, as a timeout (exit 4), without a broker.
     async def never(settings, deployment_id, take):
+        # A follow that never sees a verdict: the zero timeout, not this, ends the wait.
         await __import__("asyncio").sleep(60)
 
     monkeypatch.setattr(coalmine.pipeline, "_follow_kafka", never)

@@ -117,3 +117,23 @@ def test_must_have_data_counts_as_failing_only_after_min_duration():
     assert late.score == pytest.approx(87.5)
     assert late.decision == "continue"
     assert "saturation" in late.summary
+
+
+def test_a_score_exactly_at_marginal_does_not_roll_back():
+    # latency_ms fails (weight 1), cpu passes (weight 3), requests has no data: 75, the
+    # default marginal_score. Only a score *below* it rolls back.
+    results = [result("latency_ms", "fail"), result("cpu"), result("requests", "nodata")]
+    assert PROFILE.marginal_score == 75.0
+    judgement = judge(PROFILE, results, elapsed=600, at_end=False)
+    assert judgement.score == 75.0
+    assert (judgement.decision, judgement.final) == ("continue", False)
+    final = judge(PROFILE, results, elapsed=1800, at_end=True)
+    assert (final.decision, final.score) == ("inconclusive", 75.0)
+
+
+def test_a_score_exactly_at_pass_score_promotes():
+    # Every metric passing scores 100, so the one score at pass_score with nothing
+    # blocking is pass_score = 100: reaching it is enough.
+    strict = Profile(min_duration=300, max_duration=1800, pass_score=100, metrics=PROFILE.metrics)
+    judgement = judge(strict, healthy(), elapsed=300, at_end=False)
+    assert (judgement.decision, judgement.final, judgement.score) == ("promote", True, 100.0)

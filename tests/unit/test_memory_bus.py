@@ -9,12 +9,30 @@ import pytest
 
 from coalmine._exceptions import TransportError
 from coalmine.bus import MemoryBroker, MemoryTransport, Outgoing, Transport, partition_for
+from tests.polling import eventually
 
 
 async def started(broker: MemoryBroker, consume: list[str], group: str) -> MemoryTransport:
     transport = MemoryTransport(broker, consume, group)
     await transport.start()
     return transport
+
+
+def waits_on(broker: MemoryBroker) -> list[float]:
+    """The timeouts of the waits for a change on ``broker``, each noted as it begins.
+
+    A wait noted here is already parked on the broker by the time another task sees it:
+    the noting and the parking happen in one step of the waiting task.
+    """
+    waits: list[float] = []
+    wait = broker.wait_for_change
+
+    async def noted(seconds: float) -> bool:
+        waits.append(seconds)
+        return await wait(seconds)
+
+    broker.wait_for_change = noted  # type: ignore[method-assign]
+    return waits
 
 
 def test_is_a_transport() -> None:
@@ -106,8 +124,9 @@ async def test_waiting_fetch_wakes_on_publish() -> None:
     broker.create_topic("t")
     consumer = await started(broker, ["t"], "g")
     producer = await started(broker, [], "p")
+    waits = waits_on(broker)
     waiting = asyncio.create_task(consumer.fetch(10))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: waits, "the fetch waits for a change")
     assert not waiting.done()
     loop = asyncio.get_running_loop()
     began = loop.time()
@@ -122,8 +141,9 @@ async def test_waiting_fetch_ignores_other_topics() -> None:
     broker.create_topic("t")
     broker.create_topic("other")
     consumer = await started(broker, ["t"], "g")
+    waits = waits_on(broker)
     waiting = asyncio.create_task(consumer.fetch(0.2))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: waits, "the fetch waits for a change")
     broker.append("other", b"x")
     assert await waiting == []
 
@@ -132,8 +152,9 @@ async def test_stop_wakes_a_waiting_fetch() -> None:
     broker = MemoryBroker()
     broker.create_topic("t")
     consumer = await started(broker, ["t"], "g")
+    waits = waits_on(broker)
     waiting = asyncio.create_task(consumer.fetch(10))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: waits, "the fetch waits for a change")
     await consumer.stop()
     assert await asyncio.wait_for(waiting, 1) == []
     await consumer.stop()  # twice is fine

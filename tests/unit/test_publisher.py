@@ -11,6 +11,8 @@ from coalmine.daemon.publisher import Publisher
 from coalmine.daemon.router import Effects
 from coalmine.daemon.telemetry import Telemetry
 from coalmine.simulator import simulate, three_deployments
+from tests.metrics import sample_value
+from tests.polling import eventually
 from tests.scenario import PROFILE, T0
 
 TOPICS = TopicsSettings()
@@ -62,13 +64,16 @@ async def test_effects_are_published_in_order_coalescing_what_waited():
     publisher.start()
     transport.gate.clear()
     publisher.put(letters(b"1"))
-    await asyncio.sleep(0.01)  # the first publish is in flight, waiting for its ack
+    await eventually(
+        lambda: transport.calls == [[b"1"]], "the first publish is in flight, waiting for its ack"
+    )
     publisher.put(letters(b"2", b"3"))
     publisher.put(letters(b"4"))
     assert publisher.pending == 4
     settling = asyncio.create_task(publisher.settle())
+    # Time passing is the test here: with nothing acknowledged, settle() must not return.
     await asyncio.sleep(0.05)
-    assert not settling.done()  # nothing acknowledged yet
+    assert not settling.done()
     transport.gate.set()
     assert await asyncio.wait_for(settling, 5)
     assert published(broker) == [b"1", b"2", b"3", b"4"]
@@ -98,7 +103,7 @@ async def test_a_failed_publish_is_retried_before_anything_later():
         publisher.put(letters(value))
     assert await asyncio.wait_for(publisher.settle(), 10)
     assert published(broker) == [b"a", b"b", b"c"]
-    assert telemetry.publish_failures._value.get() == 2
+    assert sample_value(telemetry, "coalmine_publish_failures_total") == 2
     assert len(acknowledged) == 3
     await publisher.stop()
 
@@ -132,7 +137,7 @@ async def test_verdict_lag_is_observed_at_the_acknowledgement():
     effects.received.append(100.0)
     publisher.put(effects)
     assert await publisher.settle()
-    assert telemetry.verdict_lag._sum.get() == 0.25
+    assert sample_value(telemetry, "coalmine_verdict_lag_seconds_sum") == 0.25
     await publisher.stop()
 
 
@@ -150,10 +155,9 @@ async def test_each_successful_publish_is_timed_and_failed_ones_are_not():
     assert await asyncio.wait_for(publisher.settle(), 5)
     publisher.put(letters(b"b"))
     assert await asyncio.wait_for(publisher.settle(), 5)
-    assert telemetry.publish_failures._value.get() == 1
-    durations = telemetry.publish_duration
-    assert durations._sum.get() >= 0.0
-    assert sum(b.get() for b in durations._buckets) == 2
+    assert sample_value(telemetry, "coalmine_publish_failures_total") == 1
+    assert sample_value(telemetry, "coalmine_publish_duration_seconds_sum") >= 0.0
+    assert sample_value(telemetry, "coalmine_publish_duration_seconds_count") == 2
     await publisher.stop()
 
 
@@ -169,13 +173,14 @@ async def test_the_daemon_judges_on_while_a_publish_waits_and_commits_nothing_pa
     ends = broker.end_positions([TOPICS.deployments, TOPICS.metrics])
     total = sum(ends.values())
 
-    def handled() -> int:
-        return int(daemon.telemetry.events_consumed.labels(TOPICS.metrics)._value.get()) + int(
-            daemon.telemetry.events_consumed.labels(TOPICS.deployments)._value.get()
+    def handled() -> float:
+        return sum(
+            sample_value(daemon.telemetry, "coalmine_events_consumed_total", topic=topic)
+            for topic in (TOPICS.metrics, TOPICS.deployments)
         )
 
-    def judged() -> bool:  # the worker thread handed the whole fetch back
-        return sum(b.get() for b in daemon.telemetry.analysis_duration._buckets) > 0
+    def judged() -> bool:  # a whole fetch was judged (timed once it is)
+        return sample_value(daemon.telemetry, "coalmine_analysis_duration_seconds_count") > 0
 
     async with asyncio.timeout(20):
         while handled() < total or not judged() or not transport.calls:

@@ -9,6 +9,7 @@ from coalmine.config.models import LimitSettings, TopicsSettings
 from coalmine.daemon.router import Router
 from coalmine.formats import InputSettings
 from coalmine.simulator import Scenario, simulate, started_event, three_deployments
+from tests.metrics import sample_value
 from tests.scenario import EXPECTED, PROFILE, T0
 
 TOPICS = TopicsSettings()
@@ -37,6 +38,11 @@ def start(r: Router, scenario: Scenario = CHECKOUT) -> None:
 def sample(**fields):
     base = {"service": "checkout", "metric": "latency_ms", "time": T0 + 1, "values": [1.0, 2.0]}
     return base | fields
+
+
+def dropped(r: Router, reason: str) -> float:
+    """Valid observations the router did not analyse, for ``reason``."""
+    return sample_value(r.telemetry, "coalmine_dropped_samples_total", reason=reason)
 
 
 def seen(r: Router) -> dict[str, tuple[int, int]]:
@@ -81,7 +87,7 @@ def test_dead_letter_keeps_the_original_and_says_why_and_where():
     assert headers["trace"] == b"1"
     assert headers["coalmine-error"].startswith(b"invalid_json")
     assert headers["coalmine-source"] == b"coalmine.metrics/3/41"
-    assert r.telemetry.invalid_events.labels("invalid_json")._value.get() == 1
+    assert sample_value(r.telemetry, "coalmine_invalid_events_total", reason="invalid_json") == 1
 
 
 @pytest.mark.parametrize(
@@ -121,13 +127,12 @@ def test_samples_for_no_deployment_or_unanalysed_metrics_are_dropped_and_counted
         now=1.0,
     )
     assert not effects
-    dropped = r.telemetry.dropped_samples
-    assert dropped.labels("metric_not_in_profile")._value.get() == 2
+    assert dropped(r, "metric_not_in_profile") == 2
     # No deployment yet: held for the grace period (its `started` may be late), then dropped.
-    assert dropped.labels("no_open_deployment")._value.get() == 0
+    assert dropped(r, "no_open_deployment") == 0
     assert r.floors()[TOPICS.metrics, 2] == 0
     r.handle([metric(sample(service="other", cohort="canary", time=T0 + 302), offset=1)], now=2.0)
-    assert dropped.labels("no_open_deployment")._value.get() == 2
+    assert dropped(r, "no_open_deployment") == 2
     assert r.floors()[TOPICS.metrics, 2] == 1  # the newer one is held now
 
 
@@ -137,7 +142,9 @@ def test_second_started_is_ignored_not_a_reset():
     r.handle([metric(sample(cohort="canary"))], now=1.0)
     r.handle([deploy(started_event(Scenario("checkout-v42", "checkout"), T0 + 5))], now=2.0)
     assert seen(r) == {"latency_ms": (0, 2)}
-    assert r.telemetry.ignored_events.labels("duplicate_started")._value.get() == 1
+    assert (
+        sample_value(r.telemetry, "coalmine_ignored_events_total", reason="duplicate_started") == 1
+    )
 
 
 def test_unknown_profile_and_too_many_deployments_are_dead_lettered():
@@ -178,7 +185,7 @@ def test_completed_stops_verdicts_for_the_deployment():
     effects = r.handle([metric(sample(cohort="canary", time=T0 + 600))], now=2.0)
     assert not effects
     assert "checkout-v42" in r.finished
-    assert r.telemetry.active_deployments._value.get() == 0
+    assert sample_value(r.telemetry, "coalmine_active_deployments") == 0
 
 
 def test_silent_deployments_close_inconclusive_on_wall_time():
@@ -232,7 +239,7 @@ def test_samples_from_before_started_are_ignored():
     start(r)
     r.handle([metric(sample(cohort="canary", time=T0 - 1))], now=1.0)
     assert seen(r) == {}
-    assert r.telemetry.dropped_samples.labels("before_started")._value.get() == 2
+    assert dropped(r, "before_started") == 2
 
 
 def test_deploy_events_read_first_give_the_same_verdicts_as_interleaved():
@@ -389,7 +396,10 @@ def test_structured_cloudevents_without_a_content_type_are_recognised_and_dedupl
     effects = r.handle([deploy(orjson.dumps(envelope)), deploy(orjson.dumps(envelope), 1)], now=0.0)
     assert not effects
     assert list(r.deployments) == ["checkout-v42"]
-    assert r.telemetry.ignored_events.labels("duplicate_cloudevent")._value.get() == 1
+    ignored = sample_value(
+        r.telemetry, "coalmine_ignored_events_total", reason="duplicate_cloudevent"
+    )
+    assert ignored == 1
     broken = orjson.dumps({**envelope, "specversion": "0.3", "id": "evt-2"})
     (letter,) = r.handle([deploy(broken, 2)], now=0.0).dead_letters
     assert dict(letter.headers)["coalmine-error"].startswith(b"cloudevent_invalid")
@@ -419,9 +429,9 @@ def test_batch_positions_floors_and_counts_do_not_depend_on_record_order():
         # The deployment started in this batch may use any of its records: floors at the
         # batch's first offsets (of its own metrics partition: co-partitioned by service).
         assert r.floors() == {(TOPICS.deployments, 2): 4, (TOPICS.metrics, 2): 5}
-        consumed = r.telemetry.events_consumed
-        assert consumed.labels(TOPICS.metrics)._value.get() == 5
-        assert consumed.labels(TOPICS.deployments)._value.get() == 1
+        consumed = "coalmine_events_consumed_total"
+        assert sample_value(r.telemetry, consumed, topic=TOPICS.metrics) == 5
+        assert sample_value(r.telemetry, consumed, topic=TOPICS.deployments) == 1
         assert seen(r) == {"latency_ms": (0, 10)}
 
 
@@ -450,11 +460,19 @@ def test_what_an_input_decoder_skips_is_counted_in_telemetry():
         {"key": "service.name", "value": {"stringValue": "checkout"}}
     ]
     value = orjson.dumps(body)
-    skipped = r.telemetry.input_points_skipped.labels("otlp_metrics", "no_version")
+
+    def skipped() -> float:
+        return sample_value(
+            r.telemetry,
+            "coalmine_input_points_skipped_total",
+            topic="otlp_metrics",
+            reason="no_version",
+        )
+
     r.handle([Record("otlp_metrics", value, b"checkout", (), 0, 0)], 0.0)
-    assert skipped._value.get() == 2
+    assert skipped() == 2
     r.handle([Record("otlp_metrics", value, b"checkout", (), 0, 1)], 0.0)
-    assert skipped._value.get() == 4  # each batch adds only what is new
+    assert skipped() == 4  # each batch adds only what is new
 
 
 def test_steps_pause_after_the_deciding_records_and_every_slice():
