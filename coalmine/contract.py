@@ -1,8 +1,10 @@
 """The wire contract: decode and validate deploy and metric events, encode verdicts.
 
 Decoding is strict (a message that does not fit is rejected whole with a short reason,
-and goes to the dead-letter topic unchanged) and cheap: one ``orjson`` parse per message,
-sample values go straight into a numpy array.
+and goes to the dead-letter topic unchanged) and cheap: a metric message of the common
+shape is parsed and type-checked in one ``msgspec`` pass against a typed schema, anything
+else by one ``orjson`` parse and the validating code; sample values go straight into a
+numpy array.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
+import msgspec
 import numpy as np
 import orjson
 
@@ -290,6 +293,19 @@ def _weight(obj: Mapping[str, Any]) -> float | None:
 
 def decode_metric_events(value: bytes) -> list[MetricEvent]:
     """Decode a metric message: one object or an array of objects, all valid or rejected."""
+    try:
+        typed = _decode_typed(value)
+    except msgspec.MsgspecError:
+        pass  # not of the common shape, or not valid: the validating path decides
+    else:
+        events = _typed_events(typed)
+        if events is not None:
+            return events
+    return _decode_validated(value)
+
+
+def _decode_validated(value: bytes) -> list[MetricEvent]:
+    """``decode_metric_events`` by one ``orjson`` parse and the validating code."""
     obj = _loads(value)
     if isinstance(obj, dict):
         event = _plain_metric_event(obj, "values" in obj and _may_hold_bools(value))
@@ -481,6 +497,95 @@ def _plain_metric_event(obj: dict[str, Any], bools: bool) -> MetricEvent | None:
 
 _EXACT_INT = 2**53
 """Integers up to this size convert to float64 exactly (as numpy would convert them)."""
+
+_Text = Annotated[str, msgspec.Meta(min_length=1)]
+_Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+"""orjson parses integers beyond 2**64 - 1 as ``float``, so a count that large would not be
+the same number on the validating path; msgspec bounds an ``int`` within int64."""
+
+
+class _TypedMetricEvent(msgspec.Struct, forbid_unknown_fields=True):
+    """A metric event of the common shape, as ``msgspec`` checks it while it parses.
+
+    The fast path of :func:`decode_metric_events`. What it accepts, together with
+    :func:`_typed_event`, is a subset of what the validating path accepts, and the event
+    built from it is the same: a message that fails here (any ``msgspec`` error) is decoded
+    again by ``orjson`` and the validating path, which names the reason if it is invalid.
+    Unknown fields fail here: ``msgspec`` skips their contents without the checks ``orjson``
+    makes (it would take ``1e400`` in an unknown field, which ``orjson`` refuses). A JSON
+    ``float`` field takes integers too (as ``float``, rounded to nearest as numpy and
+    Python round them); never booleans; an out-of-range number is an error, as in orjson.
+    """
+
+    service: _Text
+    metric: _Text
+    time: str | float
+    cohort: Literal["baseline", "canary"] | None = None
+    version: _Text | None = None
+    deployment_id: _Text | None = None
+    instance: _Text | None = None
+    labels: dict[str, str] | None = None
+    value: float | msgspec.UnsetType = msgspec.UNSET
+    values: Annotated[list[float], msgspec.Meta(min_length=1)] | msgspec.UnsetType = msgspec.UNSET
+    good: _Count | msgspec.UnsetType = msgspec.UNSET
+    total: _Count | msgspec.UnsetType = msgspec.UNSET
+
+
+_decode_typed = msgspec.json.Decoder(_TypedMetricEvent | list[_TypedMetricEvent]).decode
+_UNSET = msgspec.UNSET
+
+
+def _typed_events(
+    typed: _TypedMetricEvent | list[_TypedMetricEvent],
+) -> list[MetricEvent] | None:
+    """The events of a message ``msgspec`` parsed, or None if one is not plainly valid."""
+    if type(typed) is not list:
+        event = _typed_event(typed)  # type: ignore[arg-type]
+        return None if event is None else [event]
+    events = []
+    for item in typed:
+        event = _typed_event(item)
+        if event is None:
+            return None
+        events.append(event)
+    return events or None
+
+
+def _typed_event(typed: _TypedMetricEvent) -> MetricEvent | None:
+    """The event of a parsed message, or None where the validating path must decide.
+
+    ``msgspec`` has checked the types; this adds the rules that span fields, as
+    :func:`_plain_metric_event` does.
+    """
+    when = typed.time
+    time = _plain_time(when) if isinstance(when, str) else when if when >= 0 else None
+    if time is None or (typed.cohort is None and typed.version is None):
+        return None  # msgspec's floats are finite; a negative one is the validator's
+    value, values, good, total = typed.value, typed.values, typed.good, typed.total
+    if good is not _UNSET or total is not _UNSET:
+        counts = good is not _UNSET and total is not _UNSET and good <= total
+        if not counts or value is not _UNSET or values is not _UNSET:
+            return None
+        return _metric_event(
+            typed.service, typed.metric, time, _EMPTY, good, total, True,  # type: ignore[arg-type]
+            typed.deployment_id, typed.cohort, typed.version, typed.instance,
+        )  # fmt: skip
+    samples = _typed_samples(value, values)
+    if samples is None:
+        return None
+    return _metric_event(
+        typed.service, typed.metric, time, samples, 0, 0, False,
+        typed.deployment_id, typed.cohort, typed.version, typed.instance,
+    )  # fmt: skip
+
+
+def _typed_samples(
+    value: float | msgspec.UnsetType, values: list[float] | msgspec.UnsetType
+) -> NDArray[np.float64] | None:
+    """Exactly one of ``value`` and ``values``, as samples; None otherwise."""
+    if value is not _UNSET:
+        return None if values is not _UNSET else np.array((value,), dtype=np.float64)
+    return None if values is _UNSET else np.array(values, dtype=np.float64)
 
 
 def metric_event_from_mapping(obj: Mapping[str, Any]) -> MetricEvent:

@@ -12,6 +12,12 @@ if TYPE_CHECKING:
 
 _FIRST_SIZE = 256
 
+# The ufuncs themselves: ``ndarray.sum()`` and ``.all()`` reach them through Python wrappers
+# (numpy's ``_methods``), which on a message's few samples cost more than the reduction.
+_add_reduce = np.add.reduce
+_minimum_reduce = np.minimum.reduce
+_log = np.log
+
 
 class SampleReservoir:
     """Samples of one cohort of one distribution metric, with a cap on memory.
@@ -59,9 +65,16 @@ class SampleReservoir:
     def extend(self, values: NDArray[np.float64]) -> None:
         """Add a batch of samples."""
         count = len(values)
-        if count == 0:
+        size = self._size
+        end = size + count
+        if end <= len(self._data):
+            # They fit the array as it is (never longer than the capacity), so none is
+            # sampled away yet: the common case, one copy.
+            self._data[size:end] = values
+            self._size = end
+            self.seen += count
             return
-        room = self._capacity - self._size
+        room = self._capacity - size
         if room > 0:
             take = min(room, count)
             self._reserve(self._size + take)
@@ -139,11 +152,14 @@ class InstanceTally:
             slot = self._index[instance] = len(self._stats)
             self._stats.append([0.0, 0.0, 0.0])
         stats = self._stats[slot]
-        stats[0] += len(values)
-        stats[1] += float(values.sum())
+        count = len(values)
+        if count == 0:
+            return
+        stats[0] += count
+        stats[1] += float(_add_reduce(values))
         if self.log:
-            if (values > 0).all():
-                stats[2] += float(np.log(values).sum())
+            if _minimum_reduce(values) > 0:  # every sample positive (False for a NaN)
+                stats[2] += float(_add_reduce(_log(values)))
             else:
                 self.log = False
 
