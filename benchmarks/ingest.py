@@ -4,7 +4,8 @@ Run from the repository root: ``python benchmarks/ingest.py [--messages N]
 [--samples-per-message K [K ...]] [--formats F [F ...]] [--deployments D] [--partitions P]
 [--runs R]``.
 
-A private tansu broker (``tests/brokers.py``) is started; each pass gets topics of its own,
+A private broker is started (``--broker``: one Apache Kafka node, ``tests/kafka_broker.py``,
+by default; or tansu, ``tests/brokers.py``); each pass gets topics of its own,
 filled, before anything is timed, with ``started`` events for D deployments (baseline
 ``v1``, canary ``v2``) and N metric messages keyed by service, round robin over the
 services in event-time order (cohort alternating baseline / canary, the canary repeating
@@ -36,14 +37,14 @@ overtakes its ``started`` event. Then, interleaved, R times each:
   costs, for reference;
 * **coalmine**: the daemon itself (``coalmine.daemon.app.Daemon``, HTTP off) on a
   ``KafkaTransport`` in its own group, reading the deployments, metrics and input topics:
-  fetch, ``Router.handle`` (decode, route, buffer, judge) in a worker thread, publish the
+  fetch, the router (decode, route, buffer, judge) on the event loop, publish the
   verdicts and wait for the broker's acknowledgement, commit; every batch, as in
   production. Each run publishes to a verdict topic of its own (the daemon reads the
   verdict topic when it is assigned partitions and would suppress the verdicts of an
   earlier run as already published).
 
 The clock (``time.perf_counter``) and the process CPU clock (``time.process_time``, all
-threads of this process; tansu is a separate process, its CPU is shown apart) start once
+threads of this process; the broker is a separate process, its CPU is shown apart) start once
 the first batch is fully handled and stop when the last metric message is; the first
 batch's messages are not counted. So the group join and the first fetch are left out on
 both sides. The profile judges every 60 s of event time and only ends at 1 h, so no
@@ -75,6 +76,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.brokers, t
 
 from typing import TYPE_CHECKING
 
+from benchmarks.broker import (
+    BrokerKind,
+    add_broker_option,
+    describe,
+    kafka_settings,
+    machine_busy,
+    start_broker,
+)
 from coalmine.bus.base import Record
 from coalmine.bus.kafka import KafkaTransport, ensure_topics
 from coalmine.config.models import HttpSettings, KafkaSettings, MetricSpec, Profile, TopicsSettings
@@ -82,7 +91,6 @@ from coalmine.config.settings import Settings
 from coalmine.contract import decode_metric_events, format_time
 from coalmine.daemon.app import Daemon
 from coalmine.formats import InputSettings, metric_decoder
-from tests.brokers import Tansu
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -114,8 +122,9 @@ OTLP_OBSERVATIONS = 100
 """Observations per OTLP histogram point: the daemon derives one sample from each."""
 ERROR_RATE = 0.005
 """Share of the OTLP requests counted with status code 500."""
-SESSION_TIMEOUT = 1.0
-"""tansu delays a group join by half the session timeout: keep it short."""
+SESSION_TIMEOUT = {"tansu": 1.0, "kafka": 10.0}
+"""Consumer session timeout, s, per broker: tansu delays a group join by half of it, so keep
+it short there; Apache Kafka joins at once, and keeps coalmine's default."""
 RUN_TIMEOUT = 300.0
 """Give up on a run that has not seen every message by then."""
 TARGET_BATCH_RATIO = 0.60
@@ -134,6 +143,7 @@ class Workload:
     topics: TopicsSettings
     source: str
     """The topic of the metric messages: ``topics.metrics``, or a foreign input's."""
+    broker: BrokerKind = "kafka"
 
     @property
     def name(self) -> str:
@@ -179,6 +189,9 @@ class Measurement:
     cpu: float
     broker_cpu: float | None
     verdicts: int | None = None
+    others_cpu: float | None = None
+    """CPU seconds of other work on the machine over the window (not this process, not
+    the broker)."""
 
     @property
     def rate(self) -> float:
@@ -190,12 +203,12 @@ class _Clock:
 
     def __init__(self) -> None:
         self.counted_from = 0
-        self.started: tuple[float, float, float | None] | None = None
-        self.stopped: tuple[float, float, float | None] | None = None
+        self.started: tuple[float, float, float | None, float] | None = None
+        self.stopped: tuple[float, float, float | None, float] | None = None
 
     @staticmethod
-    def _now() -> tuple[float, float, float | None]:
-        return time.perf_counter(), time.process_time(), _children_cpu()
+    def _now() -> tuple[float, float, float | None, float]:
+        return time.perf_counter(), time.process_time(), _children_cpu(), machine_busy()
 
     def start(self, handled: int) -> None:
         self.counted_from = handled
@@ -207,16 +220,20 @@ class _Clock:
     def measurement(self, side: str, run: int, total: int, verdicts: int | None) -> Measurement:
         assert self.started is not None
         assert self.stopped is not None
-        (wall0, cpu0, broker0), (wall1, cpu1, broker1) = self.started, self.stopped
+        (wall0, cpu0, broker0, machine0), (wall1, cpu1, broker1, machine1) = (
+            self.started,
+            self.stopped,
+        )
         broker = None if broker0 is None or broker1 is None else broker1 - broker0
+        others = max(0.0, machine1 - machine0 - (cpu1 - cpu0) - (broker or 0.0))
         counted = total - self.counted_from
         if counted <= 0:
             raise SystemExit(f"{side}: the first batch held every message; raise --messages")
-        return Measurement(side, run, counted, wall1 - wall0, cpu1 - cpu0, broker, verdicts)
+        return Measurement(side, run, counted, wall1 - wall0, cpu1 - cpu0, broker, verdicts, others)
 
 
 def _children_cpu() -> float | None:
-    """User + system CPU seconds of this process's live children (tansu), from /proc."""
+    """User + system CPU seconds of this process's live children (the broker), from /proc."""
     me = str(os.getpid())
     ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     total = 0
@@ -485,7 +502,7 @@ def _decode_all(work: Workload, values: list[bytes]) -> _Decoded:
 
 async def _fill(bootstrap: str, work: Workload, metrics: list[tuple[bytes, bytes]]) -> None:
     """Create the topics and produce everything (not timed)."""
-    kafka = KafkaSettings(bootstrap_servers=bootstrap, idempotent_producer=False)
+    kafka = KafkaSettings(bootstrap_servers=bootstrap, **kafka_settings(work.broker))
     topics = work.topics
     await ensure_topics(
         kafka,
@@ -525,8 +542,8 @@ async def _bare(
         group_id=f"bench-bare-{uuid.uuid4().hex[:8]}",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        session_timeout_ms=round(SESSION_TIMEOUT * 1000),
-        heartbeat_interval_ms=round(SESSION_TIMEOUT * 1000 / 3),
+        session_timeout_ms=round(SESSION_TIMEOUT[work.broker] * 1000),
+        heartbeat_interval_ms=round(SESSION_TIMEOUT[work.broker] * 1000 / 3),
     )
     clock = _Clock()
     await consumer.start()
@@ -556,7 +573,8 @@ class _TimedTransport(KafkaTransport):
         self.work = work
         self.done = done
         self.clock = _Clock()
-        self.handled = 0
+        self.metrics_handled = 0
+        """Metric messages handled (``handled()`` is the transport's own)."""
         self._metrics_fetched = 0
         self.publisher: Publisher | None = None
 
@@ -564,10 +582,10 @@ class _TimedTransport(KafkaTransport):
         # The daemon fetches again once it has handled the batch before (its verdicts are
         # queued for publishing by then; the last batch's are awaited before the clock
         # stops).
-        self.handled = self._metrics_fetched
-        if self.clock.started is None and self.handled:
-            self.clock.start(self.handled)
-        if self.handled >= self.work.messages and not self.done.is_set():
+        self.metrics_handled = self._metrics_fetched
+        if self.clock.started is None and self.metrics_handled:
+            self.clock.start(self.metrics_handled)
+        if self.metrics_handled >= self.work.messages and not self.done.is_set():
             assert self.publisher is not None
             await self.publisher.settle()
             self.clock.stop()
@@ -605,17 +623,16 @@ def _problems(daemon: Daemon, work: Workload, verdicts: int) -> dict[str, int]:
 async def _coalmine(bootstrap: str, work: Workload, run: int, max_records: int) -> Measurement:
     kafka = KafkaSettings(
         bootstrap_servers=bootstrap,
-        idempotent_producer=False,  # tansu has no InitProducerId
         group_id=f"bench-coalmine-{uuid.uuid4().hex[:8]}",
         max_poll_records=max_records,
-        fetch_max_wait=0.01,  # tansu holds a fetch for all of it
+        **kafka_settings(work.broker),  # tansu: no InitProducerId, a fetch held for its wait
     )
     # Its own verdict topic per run: the daemon reads the verdict topic when it is assigned
     # its partitions, and would suppress, as already published, every verdict of a run
     # before it (no publishing at all: a flattering figure).
     topics = work.topics.model_copy(update={"verdicts": f"{work.topics.verdicts}.{run}"})
     await ensure_topics(
-        KafkaSettings(bootstrap_servers=bootstrap, idempotent_producer=False),
+        KafkaSettings(bootstrap_servers=bootstrap, **kafka_settings(work.broker)),
         {topics.verdicts: work.partitions},
     )
     settings = Settings(
@@ -633,7 +650,7 @@ async def _coalmine(bootstrap: str, work: Workload, run: int, max_records: int) 
         kafka,
         tuple(consumed),
         produce=(topics.verdicts, topics.dead_letter),
-        session_timeout=SESSION_TIMEOUT,
+        session_timeout=SESSION_TIMEOUT[work.broker],
         work=work,
         done=done,
     )
@@ -664,7 +681,7 @@ async def _coalmine(bootstrap: str, work: Workload, run: int, max_records: int) 
     for what, count in _problems(daemon, work, verdicts).items():
         if count:
             print(f"  WARNING coalmine run {run}: {count:,} {what}; the figures are suspect")
-    return transport.clock.measurement("coalmine", run, transport.handled, verdicts)
+    return transport.clock.measurement("coalmine", run, transport.metrics_handled, verdicts)
 
 
 # -- reporting ------------------------------------------------------------------------------
@@ -673,10 +690,12 @@ async def _coalmine(bootstrap: str, work: Workload, run: int, max_records: int) 
 def _row(m: Measurement, samples: float, label: str) -> str:
     per_million = m.cpu / (m.messages * samples) * 1e6
     broker = "n/a" if m.broker_cpu is None else f"{m.broker_cpu:.1f}"
+    others = "n/a" if m.others_cpu is None else f"{m.others_cpu:.1f}"
     verdicts = "-" if m.verdicts is None else f"{m.verdicts:,}"
     return (
         f"{m.side:<9} {label:>6} {m.rate:>12,.0f} {m.rate * samples:>12,.0f} "
-        f"{per_million:>14.2f} {m.seconds:>8.2f} {m.cpu:>7.2f} {broker:>9} {verdicts:>9}"
+        f"{per_million:>14.2f} {m.seconds:>8.2f} {m.cpu:>7.2f} {broker:>10} {others:>10} "
+        f"{verdicts:>9}"
     )
 
 
@@ -684,7 +703,8 @@ def _report(work: Workload, runs: list[Measurement], payload: int, samples: floa
     """``samples``: per message, as the daemon derives them (native: K)."""
     header = (
         f"{'side':<9} {'run':>6} {'messages/s':>12} {'samples/s':>12} "
-        f"{'CPU s/1M smp':>14} {'wall s':>8} {'CPU s':>7} {'tansu CPU':>9} {'verdicts':>9}"
+        f"{'CPU s/1M smp':>14} {'wall s':>8} {'CPU s':>7} {'broker CPU':>10} {'others CPU':>10} "
+        f"{'verdicts':>9}"
     )
     print(header)
     print("-" * len(header))
@@ -776,6 +796,7 @@ def _workloads(args: argparse.Namespace) -> list[Workload]:
                 args.event_minutes,
                 topics,
                 source,
+                args.broker,
             )
         )
     return out
@@ -786,9 +807,10 @@ async def _main(args: argparse.Namespace) -> None:
     print(f"coalmine ingest benchmark, {cores} CPU(s), python {sys.version.split()[0]}")
     print(
         f"each side runs {args.runs}x, interleaved; 'best' is the faster run of each side; "
-        "tansu (the broker) is a separate process on the same machine\n"
+        "the broker is a separate process on the same machine, its CPU shown apart"
     )
-    async with Tansu() as broker:
+    print(f"broker: {describe(args.broker)}\n")
+    async with start_broker(args.broker) as broker:
         for work in _workloads(args):
             await _pass(broker.bootstrap, work, args)
 
@@ -829,6 +851,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="runs of each side (best is shown)")
     parser.add_argument("--max-poll-records", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=7)
+    add_broker_option(parser)
     args = parser.parse_args()
     if min(args.samples_per_message) < 1 or args.deployments < 1 or args.runs < 1:
         parser.error("K, --deployments and --runs must be at least 1")

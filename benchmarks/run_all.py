@@ -4,7 +4,8 @@ Run from the repository root, alone on the machine (the figures are times):
 ``python benchmarks/run_all.py [--quick] [--only NAME ...] [--out DIR]``.
 
 Runs ``judge_cost.py``, ``ingest.py``, ``verdict_latency.py``, ``memory.py`` and
-``recovery.py`` as subprocesses (each starts its own tansu broker where it needs one), keeps
+``recovery.py`` as subprocesses (each starts its own broker where it needs one: Apache Kafka,
+or tansu with ``--broker tansu``; ``memory.py`` always tansu), keeps
 each one's output in ``--out`` (a new temporary folder by default), and prints a table:
 figure, measured, baseline, ratio, target, met. ``--quick`` runs smaller sizes (a few
 minutes in all instead of about fifteen): fine for checking that everything works, but the
@@ -50,6 +51,8 @@ QUICK = {
 }
 SCRIPT = {"recovery_static": "recovery"}
 """Entries that run another entry's script with other options."""
+ON_A_BROKER = {"ingest", "verdict_latency", "recovery", "recovery_static"}
+"""Entries whose script takes ``--broker``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +258,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, a few minutes")
     parser.add_argument("--only", nargs="+", choices=list(FULL), help="run only these")
     parser.add_argument("--out", type=Path, help="folder for each script's output")
+    parser.add_argument(
+        "--broker",
+        choices=("kafka", "tansu"),
+        default="kafka",
+        help="the broker of the scripts that start one (memory.py always uses tansu)",
+    )
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="coalmine-bench-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -263,7 +272,8 @@ def main() -> None:
     failed = []
     began = time.monotonic()
     for name in args.only or list(FULL):
-        found, _, code = run(name, sizes[name], out)
+        extra = [*sizes[name], *(["--broker", args.broker] if name in ON_A_BROKER else [])]
+        found, _, code = run(name, extra, out)
         rows += found
         if code:
             failed.append(name)
