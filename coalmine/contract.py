@@ -641,6 +641,14 @@ def _samples(raw: object, single: bool) -> NDArray[np.float64]:
         raw = [raw]
     elif not isinstance(raw, list) or not raw:
         raise ContractError("wrong_type", "'values' must be a non-empty array of numbers")
+    else:
+        for index, item in enumerate(raw):
+            # Only JSON numbers: numpy would read "2" as 2.0 and null as NaN.
+            if type(item) is not int and type(item) is not float:
+                what = "null" if item is None else _json_type(item)
+                raise ContractError(
+                    "wrong_type", f"'values' must hold numbers only: item {index} is {what}"
+                )
     try:
         values = np.asarray(raw, dtype=np.float64)
     except (TypeError, ValueError):
@@ -650,6 +658,19 @@ def _samples(raw: object, single: bool) -> NDArray[np.float64]:
     if not np.isfinite(values).all():
         raise ContractError("non_finite", f"'{key}' must be finite (no NaN or infinity)")
     return values
+
+
+def _json_type(value: object) -> str:
+    """How JSON calls the type of a parsed value (for messages)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "a number"
 
 
 def _sequence(raw: object) -> Sequence[object]:

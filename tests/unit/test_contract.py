@@ -208,10 +208,10 @@ def test_unhashable_names_are_contract_errors_not_a_crash(decode, payload, reaso
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
-        # A null or a numeric string would become NaN in a float64 array.
-        (dumps(VALUES | {"values": [1.5, None]}), "non_finite"),
-        (dumps(VALUES | {"values": [1.5, "nan"]}), "non_finite"),
-        (dumps(VALUES | {"values": ["inf"]}), "non_finite"),
+        # numpy would make NaN of a null and a number of a numeric string: neither is one.
+        (dumps(VALUES | {"values": [1.5, None]}), "wrong_type"),
+        (dumps(VALUES | {"values": [1.5, "nan"]}), "wrong_type"),
+        (dumps(VALUES | {"values": ["inf"]}), "wrong_type"),
         (dumps(VALUES | {"values": [True, False]}), "wrong_type"),
         (dumps(VALUES | {"values": [2.5, False]}), "wrong_type"),
         (dumps({**METRIC, "value": None}), "wrong_type"),
@@ -327,3 +327,24 @@ def test_verdict_encodes_the_contract_fields():
     assert metric["detail"] == {"burn_canary": 21.0}
     assert (metric["n_baseline"], metric["n_canary"]) == (41000, 2100)
     assert not math.isnan(decoded["score"])
+
+
+@pytest.mark.parametrize(
+    ("values", "item"),
+    [
+        (["2"], "item 0 is a string"),
+        ([1, "2"], "item 1 is a string"),
+        ([" 2.5 "], "item 0 is a string"),
+        ([1, None], "item 1 is null"),
+        ([1.5, True], "item 1 is a boolean"),
+        ([1, [2]], "item 1 is an array"),
+    ],
+)
+def test_values_hold_json_numbers_only_and_the_error_names_the_item(
+    values: list[object], item: str
+) -> None:
+    event = {"service": "s", "metric": "m", "time": 1, "cohort": "canary", "values": values}
+    with pytest.raises(ContractError) as raised:
+        decode_metric_events(orjson.dumps(event))
+    assert raised.value.reason == "wrong_type"
+    assert item in raised.value.message
