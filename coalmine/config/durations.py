@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 from pydantic import BeforeValidator, PlainSerializer
 
@@ -21,6 +21,8 @@ def parse_duration(value: object) -> float:
         seconds = float(value)
     elif isinstance(value, str):
         text = value.strip().replace(" ", "")
+        if text.startswith("-"):  # a negative duration: the same problem as -60
+            _negative(value)
         try:
             seconds = float(text)
         except ValueError:
@@ -36,8 +38,12 @@ def parse_duration(value: object) -> float:
     else:
         raise ValueError("a duration is a number of seconds or a string such as '90s', '5m'")  # noqa: TRY004
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"{value!r} is not a duration: it must be finite and not negative")
+        _negative(value)
     return seconds
+
+
+def _negative(value: object) -> NoReturn:
+    raise ValueError(f"{value!r} is not a duration: it must be finite and not negative")
 
 
 def format_duration(seconds: float) -> str:

@@ -80,3 +80,9 @@ def test_field_error_is_a_validation_error() -> None:
     (error,) = info.value.errors()
     assert error["loc"] == ("timeout",)
     assert "'soon' is not a duration" in error["msg"]
+
+
+@pytest.mark.parametrize("value", ["-60s", -60, "-1m30s", -0.5, " -5 "])
+def test_a_negative_duration_is_one_problem_however_it_is_written(value: object) -> None:
+    with pytest.raises(ValueError, match="is not a duration: it must be finite and not negative"):
+        parse_duration(value)
