@@ -131,12 +131,15 @@ class Daemon:
             self.telemetry,
             wall_clock=wall_clock,
             stopping=self._stopping,
-            acknowledged=lambda effects: self.directory.verdicts(
-                effects.verdicts, effects.encode()
-            ),
+            acknowledged=self._acknowledged,
         )
         if isinstance(transport, Partitioned):
             transport.listen(before_revoke=self._before_revoke, after_assign=self._after_assign)
+
+    def _acknowledged(self, effects: Effects) -> None:
+        """What the broker acknowledged goes into the directory (the HTTP API)."""
+        self.directory.verdicts(effects.verdicts, effects.encode())
+        self.directory.dead_letters(effects.dead_letters)
 
     def _new_router(self, profiles: Mapping[str, Profile]) -> Router:
         settings = self.settings
@@ -382,7 +385,11 @@ class Daemon:
 
     async def _follow(self, transport: Partitioned) -> None:
         """Keep the directory (the HTTP API) up to date with every daemon's deployments."""
-        topics = [self.settings.topics.deployments, self.settings.topics.verdicts]
+        topics = [
+            self.settings.topics.deployments,
+            self.settings.topics.verdicts,
+            self.settings.topics.dead_letter,
+        ]
         backoff = 1.0
         while not self._stopping.is_set():
             try:

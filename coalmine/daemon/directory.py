@@ -23,7 +23,7 @@ from coalmine.formats import decode_cloudevent, is_cloudevent
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from coalmine.bus.base import Record
+    from coalmine.bus.base import Headers, Outgoing, Record
     from coalmine.config.models import TopicsSettings
     from coalmine.contract import DeployEvent, Verdict
 
@@ -31,7 +31,7 @@ __all__ = ["Directory"]
 
 log = logging.getLogger(__name__)
 
-State = Literal["open", "final", "ended"]
+State = Literal["open", "final", "ended", "rejected"]
 _ID_HEAD = b'{"verdict_id":"'
 """How a verdict encoded by coalmine begins (``Verdict.to_dict`` puts the id first)."""
 
@@ -53,11 +53,15 @@ class _Entry:
     final: bool = False
     decision: str | None = None
     config_digest: str | None = None
+    rejected: str | None = None
+    """Why its ``started`` was dead-lettered (an unknown profile, too many open), if it was."""
 
     @property
     def state(self) -> State:
         if self.final:
             return "final"
+        if self.rejected is not None:
+            return "rejected"
         return "ended" if self.ended else "open"
 
     def view(self) -> dict[str, Any]:
@@ -75,6 +79,7 @@ class _Entry:
             "decision": self.decision,
             "final": self.final,
             "verdict": verdict,
+            "rejected": self.rejected,
         }
 
 
@@ -90,9 +95,11 @@ class Directory:
         return len(self._entries)
 
     def take(self, records: Iterable[Record]) -> None:
-        """Take records of the deployments and verdict topics; anything else is ignored."""
+        """Take records of the deployments, verdict and dead-letter topics; ignore others."""
         for record in records:
-            if record.topic == self.topics.deployments:
+            if record.topic == self.topics.dead_letter:
+                self._dead_letter(record.value, record.headers)
+            elif record.topic == self.topics.deployments:
                 event = _deploy_event(record)
                 if event is not None:
                     self.deploy_event(event)
@@ -105,6 +112,24 @@ class Directory:
                     continue
                 if isinstance(obj, dict):
                     self.verdict(obj, record.value)
+
+    def dead_letters(self, letters: Iterable[Outgoing]) -> None:
+        """Note dead letters this daemon published: a rejected ``started`` is shown so."""
+        for letter in letters:
+            self._dead_letter(letter.value, letter.headers)
+
+    def _dead_letter(self, value: bytes, headers: Headers) -> None:
+        """A dead-lettered ``started`` marks its deployment rejected, with the reason."""
+        found = dict(headers)
+        source = found.get("coalmine-source", b"").decode(errors="replace")
+        if not source.startswith(f"{self.topics.deployments}/"):
+            return
+        event = _deploy_event_of(value, headers)
+        if event is None or event.event != "started":
+            return
+        entry = self._entry(event.deployment_id, event.service)
+        if not entry.final:
+            entry.rejected = found.get("coalmine-error", b"rejected").decode(errors="replace")
 
     def deploy_event(self, event: DeployEvent) -> None:
         """Note a deploy event."""
@@ -225,13 +250,18 @@ class Directory:
 
 
 def _deploy_event(record: Record) -> DeployEvent | None:
-    headers: tuple[tuple[str, bytes | None], ...] = record.headers
+    return _deploy_event_of(record.value, record.headers)
+
+
+def _deploy_event_of(value: bytes, headers: Headers) -> DeployEvent | None:
+    """The deploy event of a record (native or CloudEvent), or None if it is not one."""
+    found: tuple[tuple[str, bytes | None], ...] = headers
     try:
-        if is_cloudevent(headers) or b'"specversion"' in record.value[:4096]:
-            if not is_cloudevent(headers):
-                headers = (*headers, ("content-type", b"application/cloudevents+json"))
-            event, _ = decode_cloudevent(record.value, headers)
+        if is_cloudevent(found) or b'"specversion"' in value[:4096]:
+            if not is_cloudevent(found):
+                found = (*found, ("content-type", b"application/cloudevents+json"))
+            event, _ = decode_cloudevent(value, found)
             return event
-        return decode_deploy_event(record.value)
+        return decode_deploy_event(value)
     except ContractError:
         return None

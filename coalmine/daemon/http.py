@@ -10,8 +10,9 @@ API (JSON; with ``[http] api_token`` set, ``Authorization: Bearer <token>`` is r
   Flagger cannot send headers: its payload may carry the token as ``metadata.token``.
 
 A view: ``deployment_id``, ``service``, ``profile``, ``config_digest``, ``state`` (open,
-final, ended), ``baseline_version``, ``canary_version``, ``strategy``, ``started``,
-``decision`` (latest, or null), ``final``, ``verdict`` (the latest verdict, or null).
+final, ended, or rejected: its ``started`` was dead-lettered), ``baseline_version``,
+``canary_version``, ``strategy``, ``started``, ``decision`` (latest, or null), ``final``,
+``verdict`` (the latest verdict, or null), ``rejected`` (why it was, or null).
 """
 
 from __future__ import annotations
