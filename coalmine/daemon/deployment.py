@@ -377,11 +377,17 @@ class Deployment:
             baseline_weight = 100.0 - canary_weight
         if canary_weight + baseline_weight <= 0:
             return {}
+        # A split is judged only once both cohorts have reported: a canary's counts not
+        # read yet (later in the same message, or the next one) are not a 0% share.
         if self._counts:
             base, canary = next(iter(self._counts.values()))
+            if not (base.reports and canary.reports):
+                return {}
             observed = (canary.total, base.total)
         else:
             base_s, canary_s = next(iter(self._samples.values()))
+            if not (base_s.seen and canary_s.seen):
+                return {}
             observed = (canary_s.seen, base_s.seen)
         expected = canary_weight / (canary_weight + baseline_weight)
         check = sample_ratio_check(*observed, expected, self.profile.sample_ratio_alpha)

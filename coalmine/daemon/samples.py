@@ -107,11 +107,13 @@ class SampleReservoir:
 class EventCounts:
     """Cumulative good/total counts of one cohort of one ratio metric."""
 
-    __slots__ = ("good", "total")
+    __slots__ = ("good", "reports", "total")
 
     def __init__(self) -> None:
         self.good = 0
         self.total = 0
+        self.reports = 0
+        """Intervals added, even empty ones: whether the cohort has reported at all."""
 
     def __len__(self) -> int:
         return self.total
@@ -120,6 +122,7 @@ class EventCounts:
         """Add one interval's counts."""
         self.good += good
         self.total += total
+        self.reports += 1
 
 
 class InstanceTally:
