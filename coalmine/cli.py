@@ -715,12 +715,22 @@ def report(
     from_kafka: bool,
     since: str | None,
 ) -> None:
-    """Write an HTML report of one deployment: its verdicts and its samples."""
-    if (input_path is None) == (not from_kafka):
-        raise click.UsageError("give either --input FILE or --from-kafka")
+    """Write an HTML report of one deployment: its verdicts and its samples.
+
+    From --input FILE (a recording), or from Kafka: with --from-kafka, or by default when
+    the configuration reads Kafka.
+    """
+    if input_path is not None and from_kafka:
+        raise click.UsageError("give either --input FILE or --from-kafka, not both")
+    settings = _load(config_path)
+    if input_path is None and not from_kafka:
+        if "kafka" not in settings.bus.consume:
+            raise click.UsageError(
+                "give --input FILE: this configuration reads no Kafka to report from"
+            )
+        from_kafka = True
     if since is not None and not from_kafka:
         raise click.UsageError("--since goes with --from-kafka")
-    settings = _load(config_path)
     begin = _moment(since, "--since")
     _quiet_router(settings)
     try:

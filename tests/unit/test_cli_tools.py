@@ -169,7 +169,7 @@ def test_cli_start_and_finish_exit_1_when_kafka_is_unreachable():
         ["record", "--output", "x.jsonl"],  # no --since
         ["record", "--output", "x.jsonl", "--since", "last tuesday"],
         ["report", "d"],  # no --output
-        ["report", "d", "--output", "r.html"],  # neither --input nor --from-kafka
+        ["report", "d", "--output", "r.html", "--input", __file__, "--from-kafka"],  # both
         ["wait"],  # no --deployment
     ],
 )
@@ -253,3 +253,17 @@ def test_wait_follows_nothing_when_given_no_time(monkeypatch):
     result = invoke("wait", "--deployment", "d", "--timeout", "0.2s")
     assert result.exit_code == EXIT_TIMEOUT
     assert io.StringIO(result.stderr).read().startswith("no final verdict")
+
+
+def test_report_without_input_reads_the_configured_kafka(tmp_path):
+    """Neither --input nor --from-kafka: the configured bus is read (here, unreachable)."""
+    config = tmp_path / "c.toml"
+    config.write_text('[kafka]\nbootstrap_servers = "127.0.0.1:1"\nrequest_timeout = "2s"\n')
+    result = invoke("report", "d", "--output", str(tmp_path / "r.html"), "--config", str(config))
+    assert result.exit_code == 1  # a runtime error reaching Kafka, not a usage error
+    assert "127.0.0.1:1" in result.output
+    mqtt = tmp_path / "m.toml"
+    mqtt.write_text('[bus]\nconsume = ["mqtt"]\npublish = ["mqtt"]\n')
+    result = invoke("report", "d", "--output", str(tmp_path / "r.html"), "--config", str(mqtt))
+    assert result.exit_code == 2
+    assert "give --input FILE" in result.output
