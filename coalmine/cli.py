@@ -191,7 +191,7 @@ def build_transport(settings: Settings) -> Transport:
     show_default=True,
     help="How many times faster than real time event time runs.",
 )
-@click.option("--seed", type=int, default=7, show_default=True, help="Simulator seed.")
+@click.option("--seed", type=int, default=11, show_default=True, help="Simulator seed.")
 @click.option(
     "--config",
     "config_path",

@@ -74,7 +74,7 @@ DEMO_PROFILE_NAME = "coalmine-demo"
 async def run_demo(
     *,
     speed: float = 10.0,
-    seed: int = 7,
+    seed: int = 11,
     console: Console | None = None,
     settings: Settings | None = None,
 ) -> DemoResult:

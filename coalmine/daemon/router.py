@@ -163,6 +163,8 @@ class Router:
         self._batch_floors: dict[TopicPartition, int] = {}
         self._record: Record | None = None
         self._explained: set[tuple[str, str]] = set()
+        self._ended_services: set[str] = set()
+        """Services a deployment of which ended here (their later metrics are expected)."""
         """(reason, deployment or service) whose dropped samples were explained in the log."""
         self.stream_time = -math.inf
         """The latest event time of the metric events read: the stream's time."""
@@ -694,6 +696,10 @@ class Router:
         subject = deployment.deployment_id if deployment is not None else event.service
         if (reason, subject) in self._explained:
             return
+        if reason == "no_open_deployment" and (
+            event.service in self._ended_services or event.deployment_id in self.finished
+        ):
+            return  # metrics still flowing after a deployment's end: expected, not a mistake
         if len(self._explained) >= _MAX_EXPLAINED:
             self._explained.clear()
         self._explained.add((reason, subject))
@@ -800,6 +806,9 @@ class Router:
             self._by_service.pop(deployment.service, None)
         if outcome is not None:
             self.finished.add(dep_id)
+            if len(self._ended_services) >= _MAX_EXPLAINED:
+                self._ended_services.clear()
+            self._ended_services.add(deployment.service)
             if self.on_finished is not None:
                 self.on_finished(dep_id, outcome)
         self.telemetry.active_deployments.set(len(self.deployments))
