@@ -1034,8 +1034,11 @@ def _estimate_plot(
             ticks, lambda v: ("+" if v > 0 else "") + fmt(v) + "%", "relative change of the canary"
         )
     x_axis = _Axis(_x_ticks(history, x_domain), history.x_format(), history.x_label())
+    # A ratio metric passes when the canary's error ratio is shown within its SLO budget,
+    # whatever its ratio to a tiny baseline: then the ratio's zone is not a regression zone.
+    budgeted = ratio and latest.get("within_budget") is True and points[-1].outcome == "pass"
     body = [
-        _tolerance_marks(frame, limits),
+        _tolerance_marks(frame, limits, shade=not budgeted),
         _axes(frame, x_axis, y_axis),
         _hline("zero", frame, reference),
         _interval_band(frame, points, ratio=ratio),
@@ -1053,6 +1056,11 @@ def _estimate_plot(
         f"{name}: {what} at each of {len(points)} verdicts with its interval; the allowed change"
         f" is {_limit(series[-1][1])}. Last: {_text(series[-1][1].get('reason')) or _DASH}"
     )
+    if budgeted:
+        description += (
+            " The canary's error ratio is shown within its error budget, which passes it"
+            " whatever the ratio to the baseline: the ratio's zone is not shaded."
+        )
     title = f"{name}: estimate and interval over time"
     scales = ("linear", "log" if ratio else "linear")
     return _svg("estimate", index, name, title, description, "".join(body), scales=scales)
@@ -1075,15 +1083,20 @@ def _x_ticks(history: _History, domain: tuple[float, float]) -> list[float]:
     return [t for t in ticks if step >= 1 or float(t).is_integer()]
 
 
-def _tolerance_marks(frame: _Frame, limits: Sequence[tuple[float, bool]]) -> str:
+def _tolerance_marks(
+    frame: _Frame, limits: Sequence[tuple[float, bool]], *, shade: bool = True
+) -> str:
     """The allowed change: a dashed line at each limit, the harmful side of it shaded."""
     out = []
     for limit, harm_above in limits:
         py = frame.y(limit)
         y0, y1 = (frame.top, py) if harm_above else (py, frame.bottom)
-        out.append(
+        band = (
             f'<rect class="tolerance-band" x="{frame.left:.1f}" y="{y0:.1f}"'
             f' width="{frame.right - frame.left:.1f}" height="{max(0.0, y1 - y0):.1f}"/>'
+        )
+        out.append(
+            (band if shade else "")
             + _hline("tolerance", frame, limit, f' data-value="{limit:.6g}"')
         )
     return "".join(out)

@@ -218,6 +218,7 @@ def analyze_ratio(  # noqa: PLR0913 - two cohorts' counts are the natural inputs
             _detectable_ratio(bad_c, canary_total, bad_b, baseline_total, budget, alpha)
         ),
         "bad_ratio_canary_upper": canary_upper,
+        "within_budget": canary_upper <= budget,
         "allowed_change": tol,
         "shared_outage": shared_outage,
         "p_absolute": min(rule.p_value for rule in rules),

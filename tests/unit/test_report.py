@@ -538,3 +538,25 @@ def test_headless_chromium_renders_the_plots(played: Played, tmp_path: Path) -> 
     white = near(pixels, (255, 255, 255), 6).mean()
     assert 0.3 < white < 0.97, "neither blank nor a solid fill"
     print(f"chromium: dump-dom and screenshot in {seconds:.1f}s")  # noqa: T201
+
+
+def test_a_ratio_passing_within_its_budget_is_not_drawn_in_a_regression_zone(
+    played: Played,
+) -> None:
+    """A tiny baseline error rate makes the canary's 3x a pass within the SLO budget."""
+    history = copy.deepcopy(played.verdicts["checkout-v42"])
+    for verdict in history:
+        for metric in verdict["metrics"]:
+            if metric["metric"] == "requests":
+                metric["outcome"] = "pass"
+                metric["detail"] |= {"rate_ratio": 3.0, "rate_ratio_upper": 4.0}
+                metric["detail"]["within_budget"] = True
+    dom = Dom(render_report("checkout-v42", history, None))
+    ratio = dom.plots()["estimate", "requests"]
+    assert [t.attrs["data-value"] for t in dom.marks(ratio, "line", "tolerance")] == ["1.5"]
+    assert not dom.inside(ratio, "rect", "tolerance-band")
+    page_text = render_report("checkout-v42", history, None)
+    assert "within its error budget, which passes it" in html.unescape(page_text)
+    # A failing ratio keeps its shaded zone.
+    failing = Dom(page(played, "payments-v3"))
+    assert failing.inside(failing.plots()["estimate", "requests"], "rect", "tolerance-band")
