@@ -1,11 +1,15 @@
 """Soak: the daemon under steady load for minutes; its memory, lag and throughput over time.
 
-Run from the repository root: ``python benchmarks/soak.py [--duration 600]
-[--deployments-open 200] [--rate N] [--png benchmarks/results/soak.png]``.
+Run from the repository root: ``python benchmarks/soak.py [--broker kafka|tansu]
+[--duration 600] [--deployments-open 200] [--rate N] [--png PATH]``.
 
-A private tansu broker (``tests/brokers.py``) gets the four topics (deployments and metrics
-with the same partition count), and the daemon runs as a **subprocess**
-(``python -m coalmine run --config ...``), so its resident memory is its own. This process
+A private broker (``--broker``: one Apache Kafka node, ``tests/kafka_broker.py``, by
+default; or tansu, ``tests/brokers.py``; ``benchmarks/broker.py``) gets the four topics
+(deployments and metrics with the same partition count), and the daemon runs as a
+**subprocess** (``python -m coalmine run --config ...``; on tansu with
+``idempotent_producer = false``), so its resident memory is its own. On both brokers the
+daemon fetches with coalmine's default ``fetch_max_wait`` of 100 ms (``--fetch-max-wait-ms``).
+The broker's RSS and CPU are sampled beside the daemon's (the JVM on Kafka). This process
 is the load: an ``AIOKafkaProducer`` keyed by service plays deployment pipelines and
 services for ``--duration`` seconds of wall time, on an event clock running ``--speed``
 times faster than the wall clock:
@@ -34,7 +38,9 @@ the daemon's counters once more, sends it SIGTERM and stops the broker.
 
 It prints a table (a row every ~30 s) and a summary (RSS start / peak / end and its slope
 over the second half, lag, rates, the consumed / produced ratio) and writes a PNG of RSS
-and lag over time (``--png``) and every sample as CSV next to it (same name, ``.csv``).
+and lag over time (``--png``; ``benchmarks/results/soak_kafka.png`` on Kafka,
+``benchmarks/results/soak.png`` on tansu) and every sample as CSV next to it (same name,
+``.csv``).
 ``--daemon-src`` runs the daemon from another source tree (a ``git archive`` of a commit).
 Exit status 1 if the daemon died (exited before it was told to, or not with 0 on SIGTERM),
 else 0, whatever the numbers.
@@ -67,6 +73,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.brokers, this coalmine
 
+from benchmarks.broker import (
+    DAEMON_FETCH_WAIT_MS,
+    BrokerKind,
+    add_broker_option,
+    describe,
+    idempotent_producer,
+    start_broker,
+)
 from benchmarks.verdict_latency import (
     Topics,
     bench_profile,
@@ -76,7 +90,7 @@ from benchmarks.verdict_latency import (
     rss_mb,
 )
 from coalmine.contract import format_time
-from tests.brokers import Tansu, free_port
+from tests.brokers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -453,7 +467,13 @@ class Sampler:
 
 
 def write_config(
-    path: Path, bootstrap: str, group: str, topics: Topics, http_port: int, fetch_max_wait_ms: int
+    path: Path,
+    bootstrap: str,
+    group: str,
+    topics: Topics,
+    http_port: int,
+    fetch_max_wait_ms: int,
+    broker: BrokerKind,
 ) -> None:
     path.write_text(
         daemon_config(
@@ -465,6 +485,7 @@ def write_config(
             session_timeout=10.0,
             client_id="coalmine-soak",
             fetch_max_wait_ms=fetch_max_wait_ms,
+            idempotent_producer=idempotent_producer(broker),
         )
     )
 
@@ -500,7 +521,8 @@ async def soak(args: argparse.Namespace) -> int:
     final_metrics: dict[str, float] = {}
     drained_after: float | None = None
 
-    async with Tansu() as broker:
+    print(f"broker: {describe(args.broker)}")
+    async with start_broker(args.broker) as broker:
         bootstrap = broker.bootstrap
         await create_topics(
             bootstrap,
@@ -511,7 +533,9 @@ async def soak(args: argparse.Namespace) -> int:
                 topics.dead_letter: 1,
             },
         )
-        write_config(config, bootstrap, group, topics, http_port, args.fetch_max_wait_ms)
+        write_config(
+            config, bootstrap, group, topics, http_port, args.fetch_max_wait_ms, args.broker
+        )
         with daemon_log.open("wb") as log:
             daemon = subprocess.Popen(
                 [sys.executable, "-m", "coalmine", "run", "--config", str(config)],
@@ -521,7 +545,8 @@ async def soak(args: argparse.Namespace) -> int:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        broker_pid = child_pid("tansu")
+        # The JVM is ApacheKafka's own process; tansu runs as a child of this one.
+        broker_pid = broker.pid if args.broker == "kafka" else child_pid("tansu")
         sampler = Sampler(bootstrap, group, topics, args.partitions, http_port)
         await sampler.start()
         verdict_task = asyncio.create_task(count_verdicts(bootstrap, topics.verdicts, stats))
@@ -755,7 +780,7 @@ def report(
     )
     print(
         f"daemon threads {first.threads} -> {last.threads}, open fds {first.fds} -> {last.fds}; "
-        f"tansu RSS {first.broker_rss:.0f} -> {last.broker_rss:.0f} MB (holds every message)"
+        f"{broker_rss_note(args.broker, first.broker_rss, last.broker_rss)}"
     )
     if lags:
         at_end = "?" if last_loaded.lag is None else f"{last_loaded.lag:,}"
@@ -800,7 +825,8 @@ def report(
             1, last_loaded.machine[1] - first.machine[1]
         )
         print(
-            f"CPU (share of one core): daemon {cpu:.0%}, tansu {broker:.0%}, this load "
+            f"CPU (share of one core): daemon {cpu:.0%}, {broker_name(args.broker)} {broker:.0%}, "
+            f"this load "
             f"{bench:.0%}; the machine ({os.cpu_count()} cores) was {busy:.0%} busy"
         )
     print(
@@ -815,6 +841,17 @@ def report(
             f"last {opens[-1]}; the load had {last_loaded.open_load} in progress at the end"
         )
     report_daemon(metrics, daemon_log)
+
+
+def broker_name(kind: BrokerKind) -> str:
+    return "Kafka (JVM)" if kind == "kafka" else "tansu"
+
+
+def broker_rss_note(kind: BrokerKind, first: float, last: float) -> str:
+    """The broker's RSS from the first sample of the load to the last sample."""
+    if kind == "kafka":
+        return f"Kafka JVM RSS {first:.0f} -> {last:.0f} MB (256 MB heap, log on disk)"
+    return f"tansu RSS {first:.0f} -> {last:.0f} MB (holds every message)"
 
 
 def report_daemon(metrics: dict[str, float], daemon_log: Path) -> None:
@@ -891,8 +928,9 @@ def plot(args: argparse.Namespace, samples: list[Sample], load_end: float | None
         if end is not None:
             axis.axvline(end, color="k", ls="--", lw=0.8)
     fig.suptitle(
-        f"coalmine soak: {args.deployments_open} open deployments, {args.rate:g} msgs/s, "
-        f"event time x{args.speed:g}, {args.duration:g} s ({os.cpu_count()} shared cores)"
+        f"coalmine soak on {broker_name(args.broker)}: {args.deployments_open} open "
+        f"deployments, {args.rate:g} msgs/s, event time x{args.speed:g}, {args.duration:g} s "
+        f"({os.cpu_count()} shared cores)"
     )
     fig.tight_layout()
     path = Path(args.png)
@@ -921,15 +959,21 @@ def main() -> None:
     parser.add_argument(
         "--fetch-max-wait-ms",
         type=int,
-        default=100,
-        help="[kafka] fetch_max_wait of the daemon (coalmine's default; tansu's in-memory "
-        "log costs it CPU per fetch in proportion to the log, so shorter waits starve it)",
+        default=DAEMON_FETCH_WAIT_MS,
+        help="[kafka] fetch_max_wait of the daemon on either broker (coalmine's default; "
+        "tansu's in-memory log costs it CPU per fetch in proportion to the log, so shorter "
+        "waits starve it)",
     )
     parser.add_argument("--sample-every", type=float, default=5.0)
     parser.add_argument(
         "--drain", type=float, default=60.0, help="seconds to wait for lag 0 after the load"
     )
-    parser.add_argument("--png", default=str(ROOT / "benchmarks" / "results" / "soak.png"))
+    add_broker_option(parser)
+    parser.add_argument(
+        "--png",
+        help="the plot; the CSV goes next to it (default: benchmarks/results/soak_kafka.png on "
+        "Kafka, benchmarks/results/soak.png on tansu)",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--daemon-src",
@@ -939,6 +983,9 @@ def main() -> None:
         "`git archive` of a commit, to soak a fixed version while the tree is being edited",
     )
     args = parser.parse_args()
+    if args.png is None:
+        name = "soak_kafka.png" if args.broker == "kafka" else "soak.png"
+        args.png = str(ROOT / "benchmarks" / "results" / name)
     if args.deployments_open < 1 or args.rate <= 0 or args.duration <= 0:
         parser.error("--deployments-open, --rate and --duration must be positive")
     sys.exit(asyncio.run(soak(args)))
