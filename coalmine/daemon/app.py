@@ -278,15 +278,13 @@ class Daemon:
                 log.info("fetching again")
                 self._fetch_failing = False
             backoff = 0.5
-            async with self._busy:
-                if records:
+            if records:
+                async with self._busy:
                     await self._handle(records)
-                    uncommitted = True
-                if time.monotonic() >= next_expiry:
-                    self.publisher.put(self.router.expire_silent(self._wall_clock()))
-                    next_expiry = time.monotonic() + _EXPIRY_CHECK_EVERY
-                    self._report_lag()
-                    await self._say_readiness()
+                uncommitted = True
+            if time.monotonic() >= next_expiry:
+                await self._every_second()
+                next_expiry = time.monotonic() + _EXPIRY_CHECK_EVERY
             if uncommitted and (not records or time.monotonic() >= next_commit):
                 if not await self._settle_and_commit():
                     return  # stopping while the broker refuses: leave the rest uncommitted
@@ -400,6 +398,16 @@ class Daemon:
                 log.warning("following %s for the API: %s", ", ".join(topics), exc)
             await self._sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    async def _every_second(self) -> None:
+        """Close silent deployments and report lag; then say readiness, outside the lock.
+
+        Readiness may ask the broker: partition moves must not wait for that round trip.
+        """
+        async with self._busy:
+            self.publisher.put(self.router.expire_silent(self._wall_clock()))
+            self._report_lag()
+        await self._say_readiness()
 
     async def _say_readiness(self) -> None:
         """Log once each time readiness changes, with the reason ``/readyz`` answers 503."""
