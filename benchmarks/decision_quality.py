@@ -7,7 +7,7 @@ Run from the repository root::
         [--regression-runs 300] [--kayenta-lifetime SECONDS] [--kayenta-latency requests|minutes]
         [--kayenta-tolerance 0.25] [--flagger-latency 500|x1.2]
 
-Each run simulates one canary at production cadence (``benchmarks/quality/simulator.py``):
+Each run simulates one canary at production cadence (``support/quality/simulator.py``):
 every 10 s of event time, per cohort and instance, a message with samples of the
 distribution metric ``latency_ms`` and a request-count message (good / total). By default
 the samples are request latencies (lognormal, median 100 ms, log-sd 0.5, whole
@@ -24,7 +24,7 @@ The judges, all on the same traffic, side by side in the table:
 
 - **coalmine**, through its real code path: ``coalmine.daemon.deployment.Deployment``
   fed ``MetricEvent`` objects in event-time order, until its first final verdict. The
-  profile (``build_profile`` in ``benchmarks/quality/runner.py``): interval 60 s,
+  profile (``build_profile`` in ``support/quality/runner.py``): interval 60 s,
   min_duration 10 min, max_duration 60 min; ``latency_ms`` (distribution, increase,
   allowed_change 0.10) and ``errors`` (ratio, objective 0.999, critical). Any field can be
   changed with ``--set``: ``--set latency_ms.test=fixed``, ``--set errors.null=tolerance``,
@@ -32,7 +32,7 @@ The judges, all on the same traffic, side by side in the table:
   strings otherwise; the configuration models reject unknown fields). A scenario may carry
   its own overrides (the ``-tol5`` scenarios and ``lat+10-fixed``:
   ``latency_ms.allowed_change=0.05``), applied after ``--set`` and shown in the table.
-- **Kayenta-style** (``benchmarks/quality/baselines.py``, no coalmine code): a look every
+- **Kayenta-style** (``support/quality/baselines.py``, no coalmine code): a look every
   60 s over the growing window, Mann-Whitney with a two-sided 98% Hodges-Lehmann interval,
   ``allowedIncrease`` 1.0; errors as per-minute error-rate points, latency as the request
   latencies (``--kayenta-latency minutes`` for per-minute mean points, Kayenta's own
@@ -83,9 +83,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.quality.report import as_json, format_table, scenario_stats
-from benchmarks.quality.runner import Options, build_profile, duration_text, run_all
-from benchmarks.quality.simulator import DEFAULT_SCENARIOS, SCENARIOS
+from support.quality.report import as_json, format_table, scenario_stats
+from support.quality.runner import Options, build_profile, duration_text, run_all
+from support.quality.simulator import DEFAULT_SCENARIOS, SCENARIOS
 
 AA_RUNS = 2000
 REGRESSION_RUNS = 300

@@ -4,8 +4,8 @@ Run from the repository root: ``python benchmarks/ingest.py [--messages N]
 [--samples-per-message K [K ...]] [--formats F [F ...]] [--deployments D] [--partitions P]
 [--runs R]``.
 
-A private broker is started (``--broker``: one Apache Kafka node, ``tests/kafka_broker.py``,
-by default; or tansu, ``tests/brokers.py``); each pass gets topics of its own,
+A private broker is started (``--broker``: one Apache Kafka node, ``support/kafka_broker.py``,
+by default; or tansu, ``support/brokers.py``); each pass gets topics of its own,
 filled, before anything is timed, with ``started`` events for D deployments (baseline
 ``v1``, canary ``v2``) and N metric messages keyed by service, round robin over the
 services in event-time order (cohort alternating baseline / canary, the canary repeating
@@ -72,7 +72,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.brokers, this coalmine
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # support.brokers, this coalmine
 
 from typing import TYPE_CHECKING
 

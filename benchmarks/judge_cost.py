@@ -42,10 +42,9 @@ import numpy as np
 from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # benchmarks.quality; coalmine if not installed
+sys.path.insert(0, str(ROOT))  # support.quality; coalmine if not installed
 
 import coalmine  # noqa: E402
-from benchmarks.quality.simulator import SCENARIOS, START, simulate  # noqa: E402
 from coalmine.analyzers.mann_whitney import (  # noqa: E402
     analyze_distribution,
     hodges_lehmann,
@@ -55,6 +54,7 @@ from coalmine.config.models import MetricSpec, Profile  # noqa: E402
 from coalmine.contract import DeployEvent, MetricEvent  # noqa: E402
 from coalmine.daemon import deployment as deployment_module  # noqa: E402
 from coalmine.daemon.deployment import Deployment  # noqa: E402
+from support.quality.simulator import SCENARIOS, START, simulate  # noqa: E402
 
 SIZES = (1_000, 10_000, 100_000)
 ALPHA = 0.05

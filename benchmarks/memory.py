@@ -61,7 +61,7 @@ from coalmine.bus.base import Record
 from coalmine.config.models import MetricSpec, Profile, TopicsSettings
 from coalmine.contract import format_time
 from coalmine.daemon.router import Router
-from tests.brokers import Tansu, free_port
+from support.brokers import Tansu, free_port
 
 TARGET_MB = 300.0
 DURATION = 3600

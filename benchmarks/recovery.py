@@ -3,8 +3,8 @@
 Run from the repository root: ``python benchmarks/recovery.py [--deployments 1000]
 [--minutes 5] [--session-timeout 10] [--json PATH]``.
 
-1. **The log.** On a private broker (``--broker``: Apache Kafka, ``tests/kafka_broker.py``,
-   by default; or tansu, ``tests/brokers.py``): ``started`` events for
+1. **The log.** On a private broker (``--broker``: Apache Kafka, ``support/kafka_broker.py``,
+   by default; or tansu, ``support/brokers.py``): ``started`` events for
    ``--deployments`` deployments, then ``--minutes`` of event time of their metrics (every
    ``--step`` event seconds, per deployment, ``latency_ms`` samples and ``requests`` counts
    of both cohorts: the workload of ``verdict_latency.py``; the canary repeats the
@@ -65,7 +65,7 @@ from benchmarks.verdict_latency import (
     total,
     write_json,
 )
-from tests.brokers import free_port
+from support.brokers import free_port
 
 TARGET_SECONDS = 30.0
 

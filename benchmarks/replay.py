@@ -7,14 +7,14 @@ Run from the repository root::
 
 What happens:
 
-1. **Generate (not timed).** ``coalmine.simulator`` plays ``--deployments`` canaries
+1. **Generate (not timed).** ``coalmine.tools.simulator`` plays ``--deployments`` canaries
    (services ``svc-0000``...), in waves of 100 starting one minute of event time apart,
    for 15 minutes of event time each, one metrics message per deployment every 10 s
    (both cohorts' latency samples, ~20 per cohort, and request counts): 70% healthy,
    15% with +50% latency, 15% whose critical error ratio jumps to 5% from minute 3. The
    waves are merged in event-time order and written as native JSON Lines (one deploy or
    metric event a line), the format ``coalmine replay --input`` reads.
-2. **Replay (timed).** ``coalmine.replay.replay_file`` with the profile of the tests
+2. **Replay (timed).** ``coalmine.tools.replay.replay_file`` with the profile of the tests
    (interval 60 s, min_duration 5 min, max_duration 15 min; ``latency_ms``
    distribution, ``requests`` ratio, critical): read and parse every line, route, buffer,
    judge, exactly the daemon's ``Router``. Wall time (``perf_counter``) and CPU time.
@@ -28,7 +28,7 @@ What happens:
 finishes in under a minute with the same final decisions and verdict ids as the live
 daemon gave on the same stream":
 
-4. **Live.** A private tansu (``tests.brokers.Tansu``) with the four topics (deployments
+4. **Live.** A private tansu (``support.brokers.Tansu``) with the four topics (deployments
    and metrics with ``--partitions`` partitions each, verdicts with as many, dead letters
    with one). The generated stream is produced in file order, keyed by service (one
    batching ``AIOKafkaProducer``, then a flush). The real daemon runs as a subprocess
@@ -70,10 +70,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from coalmine.bus.kafka import ensure_topics
 from coalmine.config.models import KafkaSettings
 from coalmine.config.settings import load_settings
-from coalmine.replay import replay_file
-from coalmine.simulator import Scenario, simulate
-from tests.brokers import Tansu
-from tests.scenario import PROFILE_TOML
+from coalmine.tools.replay import replay_file
+from coalmine.tools.simulator import Scenario, simulate
+from support.brokers import Tansu
+from support.scenario import PROFILE_TOML
 
 ROOT = Path(__file__).resolve().parents[1]
 

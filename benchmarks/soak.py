@@ -3,8 +3,8 @@
 Run from the repository root: ``python benchmarks/soak.py [--broker kafka|tansu]
 [--duration 600] [--deployments-open 200] [--rate N] [--png PATH]``.
 
-A private broker (``--broker``: one Apache Kafka node, ``tests/kafka_broker.py``, by
-default; or tansu, ``tests/brokers.py``; ``benchmarks/broker.py``) gets the four topics
+A private broker (``--broker``: one Apache Kafka node, ``support/kafka_broker.py``, by
+default; or tansu, ``support/brokers.py``; ``benchmarks/broker.py``) gets the four topics
 (deployments and metrics with the same partition count), and the daemon runs as a
 **subprocess** (``python -m coalmine run --config ...``; on tansu with
 ``idempotent_producer = false``), so its resident memory is its own. On both brokers the
@@ -71,7 +71,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.brokers, this coalmine
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # support.brokers, this coalmine
 
 from benchmarks.broker import (
     DAEMON_FETCH_WAIT_MS,
@@ -90,7 +90,7 @@ from benchmarks.verdict_latency import (
     rss_mb,
 )
 from coalmine.contract import format_time
-from tests.brokers import free_port
+from support.brokers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,8 +3,8 @@
 Run from the repository root: ``python benchmarks/verdict_latency.py [--rate N]
 [--deployments 1000] [--duration 60] [--critical 5] [--broker kafka|tansu] [--json PATH]``.
 
-A private broker (``--broker``: one Apache Kafka node, ``tests/kafka_broker.py``, by
-default; or tansu, ``tests/brokers.py``; see ``benchmarks/broker.py`` for the settings that
+A private broker (``--broker``: one Apache Kafka node, ``support/kafka_broker.py``, by
+default; or tansu, ``support/brokers.py``; see ``benchmarks/broker.py`` for the settings that
 differ) and the daemon as a **subprocess**
 (``python -m coalmine run``), on fresh topics. Every deployment sends, every ``--step``
 seconds of event time and for each of ``--instances`` instances of each cohort, two metric
@@ -81,7 +81,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client.parser import text_string_to_metric_families
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.brokers, this coalmine
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # support.brokers, this coalmine
 
 from benchmarks.broker import (
     TANSU_FETCH_WAIT_MS,
@@ -95,7 +95,7 @@ from benchmarks.broker import (
 )
 from benchmarks.broker import idempotent_producer as broker_idempotent
 from coalmine.contract import format_time, parse_time
-from tests.brokers import BrokerProcess, free_port
+from support.brokers import BrokerProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

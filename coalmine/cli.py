@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from coalmine.bus.base import Transport
     from coalmine.contract import Verdict
-    from coalmine.replay import Run as ReplayRun
+    from coalmine.tools.replay import Run as ReplayRun
 
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
@@ -205,7 +205,7 @@ def demo(speed: float, seed: int, config_path: Path | None) -> None:
 
     Without --config, on the in-memory bus: no broker needed.
     """
-    from coalmine.demo import run_demo  # noqa: PLC0415 - keeps `coalmine --help` fast
+    from coalmine.tools.demo import run_demo  # noqa: PLC0415 - keeps `coalmine --help` fast
 
     logging.basicConfig(level=logging.WARNING)
     if config_path is None:
@@ -282,7 +282,7 @@ def _moment(value: str | None, option: str) -> float | None:
     """``--since`` / ``--until``: a duration ago or an RFC 3339 time, in Unix seconds."""
     if value is None:
         return None
-    from coalmine.recording import parse_moment  # noqa: PLC0415
+    from coalmine.tools.recording import parse_moment  # noqa: PLC0415
 
     try:
         return parse_moment(value)
@@ -369,8 +369,8 @@ def replay(
     other = _load(compare_path) if compare_path is not None else None
     begin, end = _moment(since, "--since"), _moment(until, "--until")
     _quiet_router(settings)
-    from coalmine import replay as replaying  # noqa: PLC0415 - keeps `coalmine --help` fast
     from coalmine.contract import encode_verdict  # noqa: PLC0415
+    from coalmine.tools import replay as replaying  # noqa: PLC0415 - keeps `coalmine --help` fast
 
     out = sys.stdout.buffer
     on_verdict = None
@@ -382,7 +382,7 @@ def replay(
     problems = replaying.Problems()
     try:
         if from_kafka:
-            from coalmine.recording import read_stream  # noqa: PLC0415
+            from coalmine.tools.recording import read_stream  # noqa: PLC0415
 
             recording = asyncio.run(read_stream(settings, since=begin, until=end))
             entries = replaying.record_entries(recording.records, settings.topics)
@@ -413,7 +413,7 @@ def _show_replay(
 ) -> None:
     from rich.console import Console  # noqa: PLC0415
 
-    from coalmine import replay as replaying  # noqa: PLC0415
+    from coalmine.tools import replay as replaying  # noqa: PLC0415
 
     first, second = result.first, result.second
     names = (
@@ -464,7 +464,7 @@ def record(config_path: Path | None, output_path: Path, since: str, until: str |
     settings = _load(config_path)
     begin, end = _moment(since, "--since"), _moment(until, "--until")
     _setup_logging(settings)
-    from coalmine.recording import read_stream, write_jsonl  # noqa: PLC0415
+    from coalmine.tools.recording import read_stream, write_jsonl  # noqa: PLC0415
 
     try:
         recording = asyncio.run(read_stream(settings, since=begin, until=end))
@@ -484,7 +484,7 @@ def record(config_path: Path | None, output_path: Path, since: str, until: str |
 
 
 def _announce(settings: Settings, value: bytes, service: str) -> str:
-    from coalmine.pipeline import announce  # noqa: PLC0415
+    from coalmine.tools.pipeline import announce  # noqa: PLC0415
 
     try:
         return asyncio.run(announce(settings, value, service))
@@ -494,7 +494,7 @@ def _announce(settings: Settings, value: bytes, service: str) -> str:
 
 def _deploy_event(**fields: Any) -> bytes:
     from coalmine._exceptions import ContractError  # noqa: PLC0415
-    from coalmine.pipeline import deploy_event  # noqa: PLC0415
+    from coalmine.tools.pipeline import deploy_event  # noqa: PLC0415
 
     try:
         return deploy_event(**fields)
@@ -605,7 +605,7 @@ def send(config_path: Path | None, source: Any) -> None:
     metrics topic on Kafka (murmur2, as coalmine expects), else MQTT.
     """
     from coalmine._exceptions import ContractError  # noqa: PLC0415
-    from coalmine.pipeline import prepare_events, send_events  # noqa: PLC0415
+    from coalmine.tools.pipeline import prepare_events, send_events  # noqa: PLC0415
 
     settings = _load(config_path)
     try:
@@ -665,7 +665,7 @@ def wait(config_path: Path | None, deployment_id: str, timeout: str, as_json: bo
     settings = _load(config_path)
     from rich.console import Console  # noqa: PLC0415
 
-    from coalmine.pipeline import describe, wait_for_verdict  # noqa: PLC0415
+    from coalmine.tools.pipeline import describe, wait_for_verdict  # noqa: PLC0415
 
     console = Console(stderr=True, highlight=False)
     with console.status(f"waiting for the final verdict of {deployment_id}") as status:
@@ -734,15 +734,15 @@ def report(
     begin = _moment(since, "--since")
     _quiet_router(settings)
     try:
-        from coalmine.report import render_report  # noqa: PLC0415
+        from coalmine.tools.report import render_report  # noqa: PLC0415
     except ImportError as exc:
         click.echo(f"error: reports are not available in this build ({exc})", err=True)
         sys.exit(EXIT_RUNTIME)
-    from coalmine import replay as replaying  # noqa: PLC0415
+    from coalmine.tools import replay as replaying  # noqa: PLC0415
 
     try:
         if from_kafka:
-            from coalmine.recording import kafka_report_data  # noqa: PLC0415
+            from coalmine.tools.recording import kafka_report_data  # noqa: PLC0415
 
             verdicts, samples, info = asyncio.run(kafka_report_data(settings, deployment_id, begin))
         else:

@@ -1,6 +1,6 @@
 """Integration tests talk to real brokers started once per test session.
 
-The Kafka broker is Apache Kafka (one KRaft node, ``tests/kafka_broker.py``); where it
+The Kafka broker is Apache Kafka (one KRaft node, ``support/kafka_broker.py``); where it
 cannot run (no Java 17+, or no Maven before its jars are cached) the session falls back to
 tansu and says so. ``COALMINE_TEST_BROKER`` chooses: ``tansu`` forces tansu (a quick local
 run), ``kafka`` forces Apache Kafka and fails when it cannot run; unset (or ``auto``) tries
@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from coalmine.config.models import KafkaSettings
-from tests.brokers import Mosquitto, Tansu
-from tests.kafka_broker import KAFKA_VERSION, ApacheKafka, KafkaUnavailableError
+from support.brokers import Mosquitto, Tansu
+from support.kafka_broker import KAFKA_VERSION, ApacheKafka, KafkaUnavailableError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

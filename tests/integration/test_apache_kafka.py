@@ -1,4 +1,4 @@
-"""Apache Kafka itself (KRaft, jars from Maven Central: tests/kafka_broker.py), not tansu.
+"""Apache Kafka itself (KRaft, jars from Maven Central: support/kafka_broker.py), not tansu.
 
 What tansu cannot show: idempotent and transactional producers (``InitProducerId``,
 ``send_offsets_to_transaction``), and a replicated cluster that loses a partition leader
@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from tests.kafka_broker import ApacheKafka, ApacheKafkaCluster, unavailable_reason
+from support.kafka_broker import ApacheKafka, ApacheKafkaCluster, unavailable_reason
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

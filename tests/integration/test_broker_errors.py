@@ -13,8 +13,8 @@ from aiokafka import AIOKafkaProducer
 from coalmine._exceptions import TransportError
 from coalmine.bus.kafka import KafkaTransport
 from coalmine.config.models import KafkaSettings
-from coalmine.simulator import simulate, three_deployments
-from tests.brokers import Tansu
+from coalmine.tools.simulator import simulate, three_deployments
+from support.brokers import Tansu
 from tests.integration.test_daemon_kafka import (
     T0,
     create_topics,

@@ -27,15 +27,15 @@ from coalmine.cli import build_transport
 from coalmine.config.models import HttpSettings, KafkaSettings, TopicsSettings
 from coalmine.config.settings import Settings
 from coalmine.daemon.app import Daemon
-from coalmine.simulator import Scenario, simulate, three_deployments
+from coalmine.tools.simulator import Scenario, simulate, three_deployments
+from support.scenario import PROFILE, PROFILE_TOML, T0
 from tests.polling import eventually
-from tests.scenario import PROFILE, PROFILE_TOML, T0
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from tests.brokers import Mosquitto
+    from support.brokers import Mosquitto
 
 MALFORMED = [b"{not json", b'{"service":"cart","cohort":"canary","metric":"requests","time":1}']
 

@@ -1,6 +1,6 @@
 """Broker faults under a running daemon, on a three-node Apache Kafka cluster.
 
-One cluster for the module (``tests/kafka_broker.py``: KRaft, replication factor 3,
+One cluster for the module (``support/kafka_broker.py``: KRaft, replication factor 3,
 ``min.insync.replicas`` 2). Each fault gets topics (replication factor 3), a consumer
 group and a daemon subprocess of its own (``test_faults.py``'s), is fed the staggered
 five-deployment scenario and, a third of the way in, has one thing done to the cluster
@@ -50,6 +50,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from coalmine.config.models import KafkaSettings, TopicsSettings
+from support.kafka_broker import ApacheKafkaCluster, unavailable_reason
+from support.scenario import STAGGERED_EXPECTED, staggered_messages
 from tests.integration import test_faults
 from tests.integration.test_cli_tools_kafka import coalmine
 from tests.integration.test_faults import (
@@ -59,8 +61,6 @@ from tests.integration.test_faults import (
     topics_named,
     wait_for_finals,
 )
-from tests.kafka_broker import ApacheKafkaCluster, unavailable_reason
-from tests.scenario import STAGGERED_EXPECTED, staggered_messages
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 import coalmine.bus.kafka
 from coalmine.bus.kafka import KafkaTransport, ensure_topics
-from coalmine.simulator import simulate, three_deployments
+from coalmine.tools.simulator import simulate, three_deployments
 from tests.integration.test_daemon_kafka import (
     EXPECTED,
     T0,

@@ -25,10 +25,10 @@ from coalmine.config.models import (
 from coalmine.config.settings import Settings
 from coalmine.contract import parse_time
 from coalmine.daemon.app import Daemon
-from coalmine.simulator import simulate, three_deployments
-from tests.brokers import free_port
+from coalmine.tools.simulator import simulate, three_deployments
+from support.brokers import free_port
+from support.scenario import EXPECTED, PROFILE, PROFILE_TOML, T0
 from tests.metrics import sample_value
-from tests.scenario import EXPECTED, PROFILE, PROFILE_TOML, T0
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -13,12 +13,12 @@ from coalmine.cli import build_transport
 from coalmine.config.models import BusSettings, HttpSettings, MqttSettings
 from coalmine.config.settings import Settings
 from coalmine.daemon.app import Daemon
-from coalmine.simulator import simulate, three_deployments
+from coalmine.tools.simulator import simulate, three_deployments
+from support.scenario import EXPECTED, PROFILE, T0
 from tests.metrics import sample_value
-from tests.scenario import EXPECTED, PROFILE, T0
 
 if TYPE_CHECKING:
-    from tests.brokers import Mosquitto
+    from support.brokers import Mosquitto
 
 
 async def test_three_deployments_over_mqtt_with_retained_verdicts(mqtt_broker: Mosquitto) -> None:

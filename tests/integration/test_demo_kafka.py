@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from coalmine._exceptions import TransportError
-from coalmine.demo import DEMO_SCENARIOS, run_demo
+from coalmine.tools.demo import DEMO_SCENARIOS, run_demo
 from tests.integration.test_cli_tools_kafka import create_topics, make_settings
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""``coalmine check --broker`` against Apache Kafka (tests/kafka_broker.py): problems, then fixed.
+"""``coalmine check --broker`` against Apache Kafka (support/kafka_broker.py): problems, then fixed.
 
 Skipped when Java 17+ is missing, or Maven is while the jars are not cached.
 """
@@ -17,13 +17,13 @@ from aiokafka.protocol.admin import CreateAclsRequest
 from click.testing import CliRunner
 
 from coalmine.cli import main
-from tests.kafka_broker import ApacheKafka, unavailable_reason
+from support.kafka_broker import ApacheKafka, unavailable_reason
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
-    from tests.kafka_broker import _Node
+    from support.kafka_broker import _Node
 
 _UNAVAILABLE = unavailable_reason()
 

@@ -35,10 +35,10 @@ from coalmine._exceptions import ContractError
 from coalmine.bus.kafka import ensure_topics, partition_counts
 from coalmine.config.models import KafkaSettings, TopicsSettings
 from coalmine.contract import decode_deploy_event, decode_metric_events
-from coalmine.simulator import Scenario, simulate
-from tests.brokers import Tansu, free_port
-from tests.kafka_broker import ApacheKafka, unavailable_reason
-from tests.scenario import PROFILE_TOML, STAGGERED_EXPECTED, T0, staggered_messages
+from coalmine.tools.simulator import Scenario, simulate
+from support.brokers import Tansu, free_port
+from support.kafka_broker import ApacheKafka, unavailable_reason
+from support.scenario import PROFILE_TOML, STAGGERED_EXPECTED, T0, staggered_messages
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from coalmine.config.models import HttpSettings
+from support.scenario import EXPECTED
 from tests.integration.test_daemon_kafka import (
     create_topics,
     make_settings,
@@ -22,7 +23,6 @@ from tests.integration.test_daemon_kafka import (
     run_daemon,
 )
 from tests.metrics import sample_value
-from tests.scenario import EXPECTED
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from coalmine.bus.kafka import ensure_topics
 from coalmine.contract import format_time, parse_time
 from coalmine.formats.mapping import InputSettings
-from coalmine.simulator import simulate, three_deployments
+from coalmine.tools.simulator import simulate, three_deployments
 from tests.integration.test_daemon_kafka import (
     EXPECTED,
     T0,

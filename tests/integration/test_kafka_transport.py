@@ -17,7 +17,7 @@ from coalmine._exceptions import TransportError
 from coalmine.bus import Outgoing, Record, Transport
 from coalmine.bus.kafka import KafkaTransport, _client_options, ensure_topics, partition_counts
 from coalmine.config.models import KafkaSettings
-from tests.brokers import free_port
+from support.brokers import free_port
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable

@@ -22,7 +22,7 @@ from coalmine.bus import Outgoing, Record, Transport
 from coalmine.bus.mqtt import MqttTransport, topic_level
 from coalmine.config.models import BusSettings, MqttSettings
 from coalmine.config.settings import Settings
-from tests.brokers import Mosquitto, free_port
+from support.brokers import Mosquitto, free_port
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable

@@ -35,7 +35,8 @@ from coalmine.bus.kafka import KafkaTransport, ensure_topics
 from coalmine.bus.placement import murmur2_partition
 from coalmine.cli import build_transport
 from coalmine.daemon.app import Daemon
-from coalmine.simulator import Scenario, SimulatedMessage, simulate, three_deployments
+from coalmine.tools.simulator import Scenario, SimulatedMessage, simulate, three_deployments
+from support.scenario import EXPECTED, T0
 from tests.integration.test_daemon_kafka import (
     create_topics,
     make_settings,
@@ -43,7 +44,6 @@ from tests.integration.test_daemon_kafka import (
     run_daemon,
     verdicts_of,
 )
-from tests.scenario import EXPECTED, T0
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator, Sequence

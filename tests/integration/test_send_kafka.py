@@ -12,7 +12,8 @@ from coalmine.bus.kafka import partition_counts
 from coalmine.bus.placement import murmur2_partition
 from coalmine.cli import build_transport
 from coalmine.daemon.app import Daemon
-from coalmine.simulator import simulate, three_deployments
+from coalmine.tools.simulator import simulate, three_deployments
+from support.scenario import EXPECTED, T0
 from tests.integration.test_cli_tools_kafka import (
     coalmine,
     create_topics,
@@ -21,7 +22,6 @@ from tests.integration.test_cli_tools_kafka import (
     read_verdicts,
     write_config,
 )
-from tests.scenario import EXPECTED, T0
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -21,7 +21,9 @@ import orjson
 import pytest
 
 from coalmine.config.models import KafkaSettings, TopicsSettings
-from tests.brokers import free_port
+from support.brokers import free_port
+from support.kafka_broker import ApacheKafka
+from support.scenario import STAGGERED_EXPECTED, staggered_messages
 from tests.integration.test_faults import (
     SEED,
     DaemonProcess,
@@ -35,14 +37,12 @@ from tests.integration.test_faults import (
     wait_for_finals,
     write_config,
 )
-from tests.kafka_broker import ApacheKafka
-from tests.scenario import STAGGERED_EXPECTED, staggered_messages
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
-    from tests.brokers import Tansu
+    from support.brokers import Tansu
 
 pytestmark = pytest.mark.timeout(300)
 

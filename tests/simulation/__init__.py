@@ -1,1 +1,1 @@
-"""Decision-quality checks of the real judge on simulated canaries (benchmarks/quality)."""
+"""Decision-quality checks of the real judge on simulated canaries (support/quality)."""

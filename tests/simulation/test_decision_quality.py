@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from benchmarks.quality.baselines import (
+from support.quality.baselines import (
     counts_shift_test,
     mann_whitney_greater,
     points_shift_test,
 )
-from benchmarks.quality.report import judge_stats, wilson
-from benchmarks.quality.runner import Options, RunResult, build_profile, run_all, run_one
-from benchmarks.quality.simulator import SCENARIOS, simulate
+from support.quality.report import judge_stats, wilson
+from support.quality.runner import Options, RunResult, build_profile, run_all, run_one
+from support.quality.simulator import SCENARIOS, simulate
 
 SEED = 20261127
 AA_RUNS = 300

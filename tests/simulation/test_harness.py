@@ -14,10 +14,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from benchmarks.quality.baselines import Outcome, oracle_log_lr, oracle_sprt
-from benchmarks.quality.report import judge_stats, oracle_ratio, scenario_stats
-from benchmarks.quality.runner import CoalmineOutcome, Options, RunResult, judge_with_oracle
-from benchmarks.quality.simulator import (
+from support.quality.baselines import Outcome, oracle_log_lr, oracle_sprt
+from support.quality.report import judge_stats, oracle_ratio, scenario_stats
+from support.quality.runner import CoalmineOutcome, Options, RunResult, judge_with_oracle
+from support.quality.simulator import (
     BUCKETS_MS,
     DEFAULT_SCENARIOS,
     PARETO_ALPHA,

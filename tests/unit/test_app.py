@@ -12,10 +12,10 @@ from coalmine.bus.memory import MemoryBroker, MemoryTransport
 from coalmine.config.models import HttpSettings, TopicsSettings
 from coalmine.config.settings import Settings
 from coalmine.daemon.app import Daemon, install_signal_handlers
-from coalmine.simulator import simulate, three_deployments
+from coalmine.tools.simulator import simulate, three_deployments
+from support.scenario import PROFILE, T0
 from tests.metrics import sample_value
 from tests.polling import eventually
-from tests.scenario import PROFILE, T0
 
 TOPICS = TopicsSettings()
 

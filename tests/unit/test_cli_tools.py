@@ -8,11 +8,11 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-import coalmine.pipeline
+import coalmine.tools.pipeline
 from coalmine._exceptions import ContractError
 from coalmine.cli import main
 from coalmine.contract import decode_deploy_event
-from coalmine.pipeline import (
+from coalmine.tools.pipeline import (
     EXIT_TIMEOUT,
     WaitResult,
     deploy_event,
@@ -20,9 +20,9 @@ from coalmine.pipeline import (
     exit_code,
     look_of,
 )
-from coalmine.recording import parse_moment
-from coalmine.simulator import simulate, three_deployments
-from tests.scenario import T0
+from coalmine.tools.recording import parse_moment
+from coalmine.tools.simulator import simulate, three_deployments
+from support.scenario import T0
 
 
 def invoke(*args: str, env: dict[str, str | None] | None = None):
@@ -77,7 +77,7 @@ def test_cli_wait_exits_with_the_decisions_code(monkeypatch, decision, code):
             on_verdict(final)
         return WaitResult(final, final or interim, 2, 0.1)
 
-    monkeypatch.setattr(coalmine.pipeline, "wait_for_verdict", fake_wait)
+    monkeypatch.setattr(coalmine.tools.pipeline, "wait_for_verdict", fake_wait)
     result = invoke("wait", "--deployment", "checkout-v42", "--timeout", "90s")
     assert result.exit_code == code, result.output
     assert calls == [("checkout-v42", 90.0)]
@@ -95,7 +95,7 @@ def test_cli_wait_json_prints_the_final_verdict(monkeypatch):
     async def fake_wait(settings, deployment_id, timeout, on_verdict=None):
         return WaitResult(final, final, 1, 0.1)
 
-    monkeypatch.setattr(coalmine.pipeline, "wait_for_verdict", fake_wait)
+    monkeypatch.setattr(coalmine.tools.pipeline, "wait_for_verdict", fake_wait)
     result = invoke("wait", "--deployment", "checkout-v42", "--json")
     assert result.exit_code == 0
     assert orjson.loads(result.stdout) == final
@@ -224,8 +224,8 @@ def test_help_lists_the_tools_and_stays_lazy():
     # The tools are imported by their commands only, so `coalmine --help` stays fast.
     code = (
         "import sys; from coalmine.cli import main\n"
-        "heavy = [m for m in ('coalmine.replay', 'coalmine.recording', 'coalmine.pipeline',"
-        " 'aiokafka', 'aiomqtt', 'rich') if m in sys.modules]\n"
+        "heavy = [m for m in ('coalmine.tools.replay', 'coalmine.tools.recording',"
+        " 'coalmine.tools.pipeline', 'aiokafka', 'aiomqtt', 'rich') if m in sys.modules]\n"
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -249,7 +249,7 @@ def test_wait_follows_nothing_when_given_no_time(monkeypatch):
         # A follow that never sees a verdict: the zero timeout, not this, ends the wait.
         await __import__("asyncio").sleep(60)
 
-    monkeypatch.setattr(coalmine.pipeline, "_follow_kafka", never)
+    monkeypatch.setattr(coalmine.tools.pipeline, "_follow_kafka", never)
     result = invoke("wait", "--deployment", "d", "--timeout", "0.2s")
     assert result.exit_code == EXIT_TIMEOUT
     assert io.StringIO(result.stderr).read().startswith("no final verdict")

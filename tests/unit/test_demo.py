@@ -1,6 +1,6 @@
 from rich.console import Console
 
-from coalmine.demo import DEMO_SCENARIOS, run_demo
+from coalmine.tools.demo import DEMO_SCENARIOS, run_demo
 
 
 async def test_demo_ends_with_a_promote_and_a_rollback():

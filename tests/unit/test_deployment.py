@@ -6,7 +6,7 @@ import pytest
 from coalmine.config.models import MetricSpec, Profile
 from coalmine.contract import DeployEvent, MetricEvent
 from coalmine.daemon.deployment import AnalysisLimits, Deployment
-from tests.scenario import PROFILE, T0
+from support.scenario import PROFILE, T0
 
 
 def started(profile_name: str = "default") -> DeployEvent:

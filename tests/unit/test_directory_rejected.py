@@ -8,9 +8,9 @@ from coalmine.bus.memory import MemoryBroker, MemoryTransport
 from coalmine.config.models import HttpSettings, TopicsSettings
 from coalmine.config.settings import Settings
 from coalmine.daemon.app import Daemon
-from coalmine.simulator import Scenario, started_event
+from coalmine.tools.simulator import Scenario, started_event
+from support.scenario import PROFILE, T0
 from tests.polling import eventually
-from tests.scenario import PROFILE, T0
 
 TOPICS = TopicsSettings()
 

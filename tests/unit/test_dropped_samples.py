@@ -10,8 +10,8 @@ import orjson
 from coalmine.bus.base import Record
 from coalmine.config.models import LimitSettings, TopicsSettings
 from coalmine.daemon.router import Router
-from coalmine.simulator import Scenario, started_event
-from tests.scenario import PROFILE, T0
+from coalmine.tools.simulator import Scenario, started_event
+from support.scenario import PROFILE, T0
 
 if TYPE_CHECKING:
     import pytest

@@ -14,8 +14,8 @@ from coalmine.daemon.directory import Directory
 from coalmine.daemon.http import build_app
 from coalmine.daemon.router import Router
 from coalmine.daemon.telemetry import Telemetry
-from coalmine.simulator import simulate, three_deployments
-from tests.scenario import EXPECTED, PROFILE, T0
+from coalmine.tools.simulator import simulate, three_deployments
+from support.scenario import EXPECTED, PROFILE, T0
 
 TOPICS = TopicsSettings()
 

@@ -10,10 +10,10 @@ from coalmine.daemon.app import Daemon
 from coalmine.daemon.publisher import Publisher
 from coalmine.daemon.router import Effects
 from coalmine.daemon.telemetry import Telemetry
-from coalmine.simulator import simulate, three_deployments
+from coalmine.tools.simulator import simulate, three_deployments
+from support.scenario import PROFILE, T0
 from tests.metrics import sample_value
 from tests.polling import eventually
-from tests.scenario import PROFILE, T0
 
 TOPICS = TopicsSettings()
 

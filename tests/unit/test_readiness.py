@@ -12,7 +12,7 @@ from coalmine.bus.memory import MemoryBroker, MemoryTransport
 from coalmine.config.models import HttpSettings, TopicsSettings
 from coalmine.config.settings import Settings
 from coalmine.daemon.app import Daemon
-from tests.scenario import PROFILE
+from support.scenario import PROFILE
 
 if TYPE_CHECKING:
     import pytest

@@ -17,7 +17,7 @@ from coalmine.bus.base import Record
 from coalmine.config.models import TopicsSettings
 from coalmine.contract import encode_verdict, parse_time
 from coalmine.daemon.router import Router
-from tests.scenario import PROFILE, STAGGERED_EXPECTED, staggered_messages
+from support.scenario import PROFILE, STAGGERED_EXPECTED, staggered_messages
 
 TOPICS = TopicsSettings()
 

@@ -13,8 +13,8 @@ from coalmine.config.models import TopicsSettings
 from coalmine.config.settings import Settings, load_settings
 from coalmine.contract import encode_verdict
 from coalmine.daemon.router import Router
-from coalmine.recording import encode_envelope
-from coalmine.replay import (
+from coalmine.tools.recording import encode_envelope
+from coalmine.tools.replay import (
     Problems,
     _LineParser,
     compare,
@@ -23,8 +23,8 @@ from coalmine.replay import (
     report_data,
     run,
 )
-from coalmine.simulator import simulate, three_deployments
-from tests.scenario import EXPECTED, PROFILE, T0
+from coalmine.tools.simulator import simulate, three_deployments
+from support.scenario import EXPECTED, PROFILE, T0
 
 TOPICS = TopicsSettings()
 SETTINGS = Settings(profiles={"default": PROFILE})

@@ -30,9 +30,9 @@ from coalmine.bus.base import Record
 from coalmine.config.models import TopicsSettings
 from coalmine.contract import encode_verdict, parse_time
 from coalmine.daemon.router import Router
-from coalmine.report import MAX_CURVE_POINTS, render_report
-from coalmine.simulator import simulate, three_deployments
-from tests.scenario import EXPECTED, PROFILE, T0
+from coalmine.tools.report import MAX_CURVE_POINTS, render_report
+from coalmine.tools.simulator import simulate, three_deployments
+from support.scenario import EXPECTED, PROFILE, T0
 
 Samples = dict[str, tuple[list[float], list[float]]]
 

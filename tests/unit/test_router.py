@@ -8,9 +8,9 @@ from coalmine.bus.base import Record
 from coalmine.config.models import LimitSettings, TopicsSettings
 from coalmine.daemon.router import Router
 from coalmine.formats import InputSettings
-from coalmine.simulator import Scenario, simulate, started_event, three_deployments
+from coalmine.tools.simulator import Scenario, simulate, started_event, three_deployments
+from support.scenario import EXPECTED, PROFILE, T0
 from tests.metrics import sample_value
-from tests.scenario import EXPECTED, PROFILE, T0
 
 TOPICS = TopicsSettings()
 

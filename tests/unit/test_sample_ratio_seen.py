@@ -7,7 +7,7 @@ import orjson
 
 from coalmine.contract import MetricEvent, decode_deploy_event
 from coalmine.daemon.deployment import Deployment
-from tests.scenario import PROFILE, T0
+from support.scenario import PROFILE, T0
 
 STARTED = decode_deploy_event(
     orjson.dumps(

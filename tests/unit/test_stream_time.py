@@ -8,8 +8,8 @@ from coalmine.bus.base import Record
 from coalmine.config.models import LimitSettings, TopicsSettings
 from coalmine.contract import parse_time
 from coalmine.daemon.router import Router
-from coalmine.simulator import Scenario, simulate
-from tests.scenario import PROFILE, T0
+from coalmine.tools.simulator import Scenario, simulate
+from support.scenario import PROFILE, T0
 
 TOPICS = TopicsSettings()
 LONG = PROFILE.model_copy(update={"min_duration": PROFILE.max_duration})  # no early promote

@@ -74,7 +74,7 @@ if TYPE_CHECKING:
 
     from numpy.typing import NDArray
 
-    from benchmarks.quality.simulator import MinuteData
+    from support.quality.simulator import MinuteData
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,13 +1,13 @@
 """The three-deployment scenario the tests share: its profile, start and expected outcome.
 
-`coalmine.simulator.three_deployments()` plays it: a healthy canary, one with +50% latency,
+`coalmine.tools.simulator.three_deployments()` plays it: a healthy canary, one with +50% latency,
 and one whose critical error ratio jumps to 5% from minute 3.
 """
 
 import orjson
 
 from coalmine.config.models import MetricSpec, Profile
-from coalmine.simulator import Scenario, simulate
+from coalmine.tools.simulator import Scenario, simulate
 
 T0 = 1_800_000_000.0
 """Event time the scenario starts at."""

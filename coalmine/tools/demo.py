@@ -26,7 +26,7 @@ from coalmine.config.models import HttpSettings, MetricSpec, Profile, TopicsSett
 from coalmine.config.settings import Settings
 from coalmine.contract import parse_time
 from coalmine.daemon.app import Daemon
-from coalmine.simulator import Scenario, simulate
+from coalmine.tools.simulator import Scenario, simulate
 
 if TYPE_CHECKING:
     from coalmine.bus.base import Transport

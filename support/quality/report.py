@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from benchmarks.quality.simulator import SCENARIOS
+from support.quality.simulator import SCENARIOS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from benchmarks.quality.runner import RunResult
+    from support.quality.runner import RunResult
 
 JUDGES = ("coalmine", "kayenta", "kayenta_any", "flagger", "oracle")
 TITLES = {

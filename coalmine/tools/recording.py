@@ -34,14 +34,14 @@ import orjson
 from coalmine._exceptions import TransportError
 from coalmine.bus.base import Record
 from coalmine.config.durations import parse_duration
-from coalmine.replay import DEPLOYMENTS, METRICS
+from coalmine.tools.replay import DEPLOYMENTS, METRICS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from coalmine.config.models import KafkaSettings, TopicsSettings
     from coalmine.config.settings import Settings
-    from coalmine.replay import Outcome
+    from coalmine.tools.replay import Outcome
 
 __all__ = [
     "Recording",
@@ -358,7 +358,7 @@ async def kafka_report_data(
     again, which tells which metric events went to the deployment (its versions); its
     window is taken from the verdicts coalmine published.
     """
-    from coalmine.replay import Outcome, record_entries, report_data  # noqa: PLC0415
+    from coalmine.tools.replay import Outcome, record_entries, report_data  # noqa: PLC0415
 
     verdicts = await published_verdicts(settings, deployment_id)
     known: Outcome | None = None

@@ -25,7 +25,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.quality.baselines import (
+from coalmine.config.models import MetricSpec, Profile
+from coalmine.contract import DeployEvent, MetricEvent
+from coalmine.daemon.deployment import Deployment
+from support.quality.baselines import (
     FlaggerConfig,
     KayentaConfig,
     Outcome,
@@ -33,10 +36,7 @@ from benchmarks.quality.baselines import (
     kayenta_judge,
     oracle_sprt,
 )
-from benchmarks.quality.simulator import SCENARIOS, START, SimulatedRun, Traffic, simulate
-from coalmine.config.models import MetricSpec, Profile
-from coalmine.contract import DeployEvent, MetricEvent
-from coalmine.daemon.deployment import Deployment
+from support.quality.simulator import SCENARIOS, START, SimulatedRun, Traffic, simulate
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
