@@ -1,7 +1,7 @@
 """The ``coalmine`` command: the daemon, the demo, and the SRE and pipeline tools.
 
 Commands: ``run``, ``demo``, ``check``, ``replay``, ``record``, ``report``, ``start``,
-``finish``, ``wait``.
+``send``, ``finish``, ``wait``.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration; ``wait`` also
 exits 1 rollback, 3 inconclusive, 4 timeout (docs/cli.md).
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
@@ -272,7 +271,7 @@ def check(config_path: Path | None, broker: bool, as_json: bool) -> None:
     sys.exit(EXIT_USAGE if problems else 0)
 
 
-# -- SRE and pipeline tools: replay, record, start / finish / wait, report --------------------
+# -- SRE and pipeline tools: replay, record, start / send / finish / wait, report -------------
 
 EXIT_TIMEOUT = 4
 """``coalmine wait``: no final verdict within ``--timeout``."""
@@ -411,40 +410,29 @@ def _show_replay(
     *,
     as_json: bool,
 ) -> None:
-    from rich.console import Console  # noqa: PLC0415
+    from coalmine.tools import replay_table  # noqa: PLC0415
+    from coalmine.tools.replay import outcome_dict  # noqa: PLC0415
 
-    from coalmine.tools import replay as replaying  # noqa: PLC0415
-
-    first, second = result.first, result.second
     names = (
         config_path.name if config_path else "defaults",
         compare_path.name if compare_path else "",
     )
-    if as_json:
-        if second is not None:
-            for difference in result.differences:
-                entry = {
-                    "deployment_id": difference.deployment_id,
-                    "service": difference.service,
-                    "difference": difference.kind,
-                    "config": replaying.outcome_dict(difference.first),
-                    "compare": replaying.outcome_dict(difference.second),
-                }
-                click.echo(orjson.dumps(entry).decode())
-        click.echo(f"replay: {replaying.summary_line(first)}", err=True)
-        for line in replaying.problems_lines(first):
-            click.echo(line, err=True)
+    if not as_json:
+        replay_table.show(replay_table.console(), result, names)
         return
-    # Piped to a file or another program: wide lines rather than a squeezed summary column.
-    wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
-    console = Console(highlight=False, width=wide)
-    replaying.render_outcomes(console, first, f"replay with {names[0]}")
-    console.print(replaying.summary_line(first))
-    for line in replaying.problems_lines(first):
-        console.print(line, markup=False)
-    if second is not None:
-        console.print()
-        replaying.render_comparison(console, result, names, result.differences)
+    if result.second is not None:
+        for difference in result.differences:
+            entry = {
+                "deployment_id": difference.deployment_id,
+                "service": difference.service,
+                "difference": difference.kind,
+                "config": outcome_dict(difference.first),
+                "compare": outcome_dict(difference.second),
+            }
+            click.echo(orjson.dumps(entry).decode())
+    click.echo(f"replay: {replay_table.summary_line(result.first)}", err=True)
+    for line in replay_table.problems_lines(result.first):
+        click.echo(line, err=True)
 
 
 @main.command()
@@ -733,12 +721,8 @@ def report(
         raise click.UsageError("--since goes with --from-kafka")
     begin = _moment(since, "--since")
     _quiet_router(settings)
-    try:
-        from coalmine.tools.report import render_report  # noqa: PLC0415
-    except ImportError as exc:
-        click.echo(f"error: reports are not available in this build ({exc})", err=True)
-        sys.exit(EXIT_RUNTIME)
     from coalmine.tools import replay as replaying  # noqa: PLC0415
+    from coalmine.tools.report import render_report  # noqa: PLC0415
 
     try:
         if from_kafka:

@@ -16,6 +16,8 @@ in chunks; a chunk never has a deploy record after a metric record, so the route
 deploy-first ordering within a batch changes nothing and the file order is the order of
 judgement. Wall-clock expiry (a silent deployment closed after ``max_duration`` of wall
 time) is not replayed: deployments still open at the end are reported as ``open``.
+
+This module judges; :mod:`coalmine.tools.replay_table` shows the result.
 """
 
 from __future__ import annotations
@@ -38,8 +40,6 @@ from coalmine.daemon.telemetry import Telemetry
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
-    from rich.console import Console
-
     from coalmine.bus.base import Headers, Outgoing
     from coalmine.config.models import TopicsSettings
     from coalmine.config.settings import Settings
@@ -61,17 +61,12 @@ __all__ = [
     "compare",
     "input_topics",
     "outcome_dict",
-    "problems_lines",
     "read_jsonl",
     "record_entries",
-    "render_comparison",
-    "render_outcomes",
     "replay",
     "replay_file",
     "report_data",
     "run",
-    "span",
-    "summary_line",
 ]
 
 DEPLOYMENTS = "deployments"
@@ -553,12 +548,13 @@ def replay_file(
     began = _time.perf_counter()
     problems = Problems()
     replayer = Replayer(settings, on_verdict=on_verdict)
-    entries = read_jsonl(stream, settings.topics, _input_topics(settings), problems)
+    entries = read_jsonl(stream, settings.topics, input_topics(settings), problems)
     replay(entries, [replayer], chunk_size=chunk_size)
     return replayer.result(_time.perf_counter() - began, problems)
 
 
-def _input_topics(settings: Settings) -> list[str]:
+def input_topics(settings: Settings) -> list[str]:
+    """The ``[[inputs]]`` topics of a configuration."""
     return [source.topic for source in settings.inputs]
 
 
@@ -596,6 +592,18 @@ def compare(first: ReplayResult, second: ReplayResult) -> list[Difference]:
         service = a.service if a is not None else (b.service if b is not None else "?")
         differences.append(Difference(dep_id, service, kind, a, b))
     return differences
+
+
+def outcome_dict(outcome: Outcome | None) -> dict[str, Any] | None:
+    """An outcome as JSON (for ``replay --json --compare``)."""
+    if outcome is None:
+        return None
+    return {
+        "decision": outcome.decision,
+        "verdict_id": outcome.verdict_id,
+        "time_to_decision": outcome.time_to_decision,
+        "summary": outcome.summary,
+    }
 
 
 # ------------------------------------------------------------------------ samples
@@ -724,11 +732,6 @@ def run(
     return Run(results[0], results[1] if len(results) > 1 else None)
 
 
-def input_topics(settings: Settings) -> list[str]:
-    """The ``[[inputs]]`` topics of a configuration."""
-    return _input_topics(settings)
-
-
 def report_data(
     settings: Settings,
     entries: Iterable[Entry],
@@ -761,123 +764,3 @@ def report_data(
             info.decided_at = known.decided_at if known.decided_at is not None else info.decided_at
     collector.info = info
     return verdicts, collector.samples(), info
-
-
-# ------------------------------------------------------------------------ rendering
-
-_COLOURS = {
-    "continue": "cyan",
-    "promote": "green",
-    "rollback": "red",
-    "inconclusive": "yellow",
-    "open": "blue",
-}
-
-
-def span(seconds: float | None) -> str:
-    """A duration the way people write it: ``5m``, ``4m30s``, ``1h2m``, ``-``."""
-    if seconds is None:
-        return "-"
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else ""]
-    parts.append(f"{secs}s" if secs or not (hours or minutes) else "")
-    return "".join(parts)
-
-
-def outcome_dict(outcome: Outcome | None) -> dict[str, Any] | None:
-    """An outcome as JSON (for ``replay --json --compare``)."""
-    if outcome is None:
-        return None
-    return {
-        "decision": outcome.decision,
-        "verdict_id": outcome.verdict_id,
-        "time_to_decision": outcome.time_to_decision,
-        "summary": outcome.summary,
-    }
-
-
-def _decision(decision: str) -> str:
-    return f"[{_COLOURS.get(decision, 'white')}]{decision}[/]"
-
-
-def render_outcomes(console: Console, result: ReplayResult, title: str) -> None:
-    """The table of final decisions per deployment."""
-    from rich.table import Table  # noqa: PLC0415
-
-    table = Table(title=title, title_justify="left")
-    for name in ("deployment", "service", "decision", "final verdict"):
-        table.add_column(name, no_wrap=True)
-    table.add_column("time to decision", justify="right")
-    table.add_column("summary", min_width=40)
-    for o in result.outcomes.values():
-        table.add_row(
-            o.deployment_id,
-            o.service,
-            _decision(o.decision),
-            (o.verdict_id or "-") if o.final else "-",
-            span(o.time_to_decision),
-            o.summary
-            if o.final or o.decision == "open"
-            else f"ended by the pipeline ({o.decision})",
-        )
-    console.print(table)
-
-
-def summary_line(result: ReplayResult) -> str:
-    """One line: deployments per decision, records, verdicts, speed."""
-    counts = result.decisions()
-    decided = ", ".join(f"{n} {d}" for d, n in sorted(counts.items(), key=lambda i: -i[1]))
-    rate = len(result.outcomes) / result.seconds * 60 if result.seconds > 0 else 0.0
-    return (
-        f"{len(result.outcomes)} deployments ({decided or 'none'}); {result.records} records,"
-        f" {result.verdicts} verdicts in {result.seconds:.2f}s ({rate:,.0f} deployments/min)"
-    )
-
-
-def problems_lines(result: ReplayResult) -> list[str]:
-    """Invalid input: the count per reason, then the first examples."""
-    total = sum(result.invalid.values())
-    if not total:
-        return ["no invalid input"]
-    reasons = ", ".join(f"{reason} {n}" for reason, n in result.invalid.most_common())
-    lines = [f"{total} invalid (as the dead-letter topic would get them): {reasons}"]
-    lines += [f"  {example}" for example in result.examples]
-    return lines
-
-
-def render_comparison(
-    console: Console, run: Run, names: tuple[str, str], differences: Sequence[Difference]
-) -> None:
-    """The deployments two configurations decided differently, and how many."""
-    from rich.table import Table  # noqa: PLC0415
-
-    assert run.second is not None  # noqa: S101 - only called with a comparison
-    table = Table(title=f"{names[0]} vs {names[1]}", title_justify="left")
-    for name in ("deployment", "service", "difference", names[0], names[1]):
-        table.add_column(name, no_wrap=name != names[1] and name != names[0])
-
-    def cell(outcome: Outcome | None) -> str:
-        if outcome is None:
-            return "[dim]not started[/]"
-        at = f" {outcome.verdict_id} ({span(outcome.time_to_decision)})" if outcome.final else ""
-        return f"{_decision(outcome.decision)}{at}"
-
-    for difference in differences:
-        table.add_row(
-            difference.deployment_id,
-            difference.service,
-            difference.kind,
-            cell(difference.first),
-            cell(difference.second),
-        )
-    if differences:
-        console.print(table)
-    by_kind = Counter(d.kind for d in differences)
-    total = len(set(run.first.outcomes) | set(run.second.outcomes))
-    console.print(
-        f"{len(differences)} of {total} deployments decided differently"
-        f" ({by_kind['decision']} by decision, {by_kind['timing']} by timing only)",
-        highlight=False,
-    )

@@ -224,7 +224,8 @@ def test_help_lists_the_tools_and_stays_lazy():
     # The tools are imported by their commands only, so `coalmine --help` stays fast.
     code = (
         "import sys; from coalmine.cli import main\n"
-        "heavy = [m for m in ('coalmine.tools.replay', 'coalmine.tools.recording',"
+        "heavy = [m for m in ('coalmine.tools.replay', 'coalmine.tools.replay_table',"
+        " 'coalmine.tools.recording',"
         " 'coalmine.tools.pipeline', 'aiokafka', 'aiomqtt', 'rich') if m in sys.modules]\n"
         "print(','.join(heavy))"
     )

@@ -240,7 +240,12 @@ def test_compare_finds_the_deployments_two_profiles_decide_differently():
 
 
 def test_cli_replay_prints_a_table_of_decisions(config, recording):
-    result = invoke("replay", "--config", str(config), "--input", str(recording))
+    # Wide enough for every column (test_replay_table.py: narrower ones).
+    result = CliRunner().invoke(
+        main,
+        ["replay", "--config", str(config), "--input", str(recording)],
+        env={"COALMINE_CONFIG": None, "COLUMNS": "200"},
+    )
     assert result.exit_code == 0, result.output
     for deployment, decision in EXPECTED.items():
         row = next(line for line in result.output.splitlines() if deployment in line)
