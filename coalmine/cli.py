@@ -271,6 +271,59 @@ def check(config_path: Path | None, broker: bool, as_json: bool) -> None:
     sys.exit(EXIT_USAGE if problems else 0)
 
 
+@main.command()
+@_config_option
+@click.option(
+    "--partitions",
+    type=click.IntRange(min=1),
+    default=6,
+    show_default=True,
+    help="Partitions of each topic created; a missing deployments or metrics topic gets the"
+    " count of the other one when it exists (they must match).",
+)
+@click.option(
+    "--replication-factor",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Replicas of each topic created (3 on a production cluster).",
+)
+def topics(config_path: Path | None, partitions: int, replication_factor: int) -> None:
+    """Create the Kafka topics the configuration names that do not exist yet.
+
+    The deployments, metrics, verdicts and dead-letter topics of [topics]; existing topics
+    are left as they are. Prints each topic with its partition count.
+    """
+    settings = _load(config_path)
+    if "kafka" not in (*settings.bus.consume, *settings.bus.publish):
+        raise click.UsageError("this configuration's [bus] does not use Kafka; MQTT has no topics")
+    from coalmine.bus.kafka import ensure_topics, partition_counts  # noqa: PLC0415
+
+    names = settings.topics
+    wanted = [names.deployments, names.metrics, names.verdicts, names.dead_letter]
+
+    async def create() -> tuple[dict[str, int], dict[str, int]]:
+        before = await partition_counts(settings.kafka, wanted)
+        # The deployments and metrics topics must be co-partitioned: a missing one of the two
+        # gets the other's count.
+        paired = {names.deployments, names.metrics}
+        count = next((before[name] for name in sorted(paired) if name in before), partitions)
+        missing = {
+            name: count if name in paired else partitions for name in wanted if name not in before
+        }
+        if missing:
+            await ensure_topics(settings.kafka, missing, replication_factor=replication_factor)
+        return before, await partition_counts(settings.kafka, wanted)
+
+    try:
+        before, after = asyncio.run(create())
+    except CoalmineError as exc:
+        _runtime_error(exc)
+    for name in wanted:
+        state = "exists" if name in before else "created"
+        click.echo(f"{name}: {state}, {after.get(name, 0)} partitions")
+
+
 # -- SRE and pipeline tools: replay, record, start / send / finish / wait, report -------------
 
 EXIT_TIMEOUT = 4

@@ -180,7 +180,8 @@ async def _on_kafka(settings: Settings, start: int) -> tuple[Settings, tuple[Sce
     wanted = [topics.deployments, topics.metrics, topics.verdicts, topics.dead_letter]
     missing = set(wanted) - (await partition_counts(settings.kafka, wanted)).keys()
     if missing:
-        msg = f"missing topics: {', '.join(sorted(missing))} (create them; see the README)"
+        names = ", ".join(sorted(missing))
+        msg = f"missing topics: {names} (create them: coalmine topics --config with this file)"
         raise TransportError(msg)
     profiles = {**settings.profiles, DEMO_PROFILE_NAME: DEMO_PROFILE}
     settings = settings.model_copy(

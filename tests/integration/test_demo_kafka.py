@@ -35,5 +35,5 @@ async def test_the_demo_names_the_topics_it_needs(
     kafka_settings: KafkaSettings, topic_name: Callable[[str], str]
 ) -> None:
     settings = make_settings(kafka_settings, topic_name)  # topics not created
-    with pytest.raises(TransportError, match=r"missing topics: .*create them"):
+    with pytest.raises(TransportError, match=r"missing topics: .*create them: coalmine topics"):
         await run_demo(speed=200.0, console=Console(record=True), settings=settings)
