@@ -1,7 +1,8 @@
 """The message bus: the :class:`Transport` protocol and the in-memory transport.
 
-The Kafka transport lives in :mod:`coalmine.bus.kafka`, imported on demand because it
-pulls in aiokafka.
+The Kafka and MQTT transports live in :mod:`coalmine.bus.kafka` and
+:mod:`coalmine.bus.mqtt`, imported on demand because they pull in aiokafka and aiomqtt;
+each also offers what the command-line tools read and publish with.
 """
 
 from coalmine.bus.base import Headers, Outgoing, Record, Transport

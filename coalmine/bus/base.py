@@ -134,7 +134,9 @@ class Partitioned(Protocol):
     """A transport whose input is partitioned and shared by a consumer group (Kafka).
 
     The daemon uses it to rebuild what it owns from the log: it is told of partition
-    moves, reads the verdict topic, and reports consumer lag.
+    moves, reads the verdict topic, and reports consumer lag. A transport has these
+    methods only when it can do what they say (MQTT has none of them): the daemon asks
+    ``isinstance(transport, Partitioned)``.
     """
 
     def listen(self, *, before_revoke: BeforeRevoke, after_assign: AfterAssign) -> None:

@@ -1,9 +1,17 @@
-"""Several buses as one transport: consume from some, publish to others (``[bus]``)."""
+"""Several buses as one transport: consume from some, publish to others (``[bus]``).
+
+A combined transport claims only what its buses can do: it is
+:class:`~coalmine.bus.base.Partitioned` (partition moves, the log read back, lag) only when
+one of its buses is (Kafka). ``CombinedTransport(consumers, publishers)`` builds a
+:class:`PartitionedCombinedTransport` then, as ``pathlib.Path()`` builds the path class of
+its platform; over MQTT alone it stays a plain
+:class:`~coalmine.bus.base.Transport`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from coalmine.bus.base import Partitioned
 
@@ -19,6 +27,8 @@ if TYPE_CHECKING:
         Transport,
     )
 
+__all__ = ["CombinedTransport", "PartitionedCombinedTransport"]
+
 
 class CombinedTransport:
     """A :class:`~coalmine.bus.base.Transport` over the buses ``[bus]`` names.
@@ -27,6 +37,12 @@ class CombinedTransport:
     order); every published message goes to every publishing bus, and ``publish`` returns
     once all of them acknowledged it. A bus may both consume and publish.
     """
+
+    def __new__(cls, consumers: Sequence[Transport], publishers: Sequence[Transport]) -> Self:
+        """A :class:`PartitionedCombinedTransport` when one of the buses is partitioned."""
+        if cls is CombinedTransport and _partitioned([*consumers, *publishers]):
+            return super().__new__(PartitionedCombinedTransport)  # type: ignore[return-value]
+        return super().__new__(cls)
 
     def __init__(self, consumers: Sequence[Transport], publishers: Sequence[Transport]) -> None:
         self.consumers = tuple(consumers)
@@ -76,50 +92,60 @@ class CombinedTransport:
         reasons = [getattr(t, "unready", None) for t in self._all]
         return "; ".join(r for r in reasons if r) or None
 
+
+class PartitionedCombinedTransport(CombinedTransport):
+    """A :class:`CombinedTransport` with a partitioned bus (Kafka) among its buses.
+
+    Partition moves, lag and misplaced records come from the partitioned buses that
+    consume; the log is read back (:meth:`read_topic`, :meth:`follow`) from the first
+    partitioned bus.
+    """
+
+    def __init__(self, consumers: Sequence[Transport], publishers: Sequence[Transport]) -> None:
+        super().__init__(consumers, publishers)
+        partitioned = _partitioned(self._all)
+        if not partitioned:
+            raise ValueError("a partitioned combined transport needs a partitioned bus")
+        self._log = partitioned[0]
+        self._partitioned_consumers = _partitioned(self.consumers)
+
     def listen(self, *, before_revoke: BeforeRevoke, after_assign: AfterAssign) -> None:
         """Pass partition moves of the partitioned buses (Kafka) on."""
-        for transport in self.consumers:
-            if isinstance(transport, Partitioned):
-                transport.listen(before_revoke=before_revoke, after_assign=after_assign)
+        for transport in self._partitioned_consumers:
+            transport.listen(before_revoke=before_revoke, after_assign=after_assign)
 
     async def read_topic(self, topic: str) -> list[Record]:
-        """Read ``topic`` from the partitioned bus that publishes (Kafka), if any."""
-        for transport in self._all:
-            if isinstance(transport, Partitioned):
-                return await transport.read_topic(topic)
-        return []
+        """Read ``topic`` from the partitioned bus (Kafka)."""
+        return await self._log.read_topic(topic)
 
-    async def follow(self, topics: Sequence[str]) -> AsyncIterator[list[Record]]:
-        """Follow ``topics`` on the partitioned bus that publishes (Kafka), if any."""
-        for transport in self._all:
-            if isinstance(transport, Partitioned):
-                async for records in transport.follow(topics):
-                    yield records
-                return
-        await asyncio.Event().wait()  # nothing to follow: never yields
+    def follow(self, topics: Sequence[str]) -> AsyncIterator[list[Record]]:
+        """Follow ``topics`` on the partitioned bus (Kafka)."""
+        return self._log.follow(topics)
 
     def misplaced(self) -> dict[str, int]:
         """Misplaced keyed records of the partitioned buses, per topic."""
         counts: dict[str, int] = {}
-        for transport in self.consumers:
-            if isinstance(transport, Partitioned):
-                for topic, count in transport.misplaced().items():
-                    counts[topic] = counts.get(topic, 0) + count
+        for transport in self._partitioned_consumers:
+            for topic, count in transport.misplaced().items():
+                counts[topic] = counts.get(topic, 0) + count
         return counts
 
     def handled(self) -> dict[TopicPartition, int]:
         """How far the partitioned buses' groups handled the partitions just gained."""
         positions: dict[TopicPartition, int] = {}
-        for transport in self.consumers:
-            if isinstance(transport, Partitioned):
-                positions.update(transport.handled())
+        for transport in self._partitioned_consumers:
+            positions.update(transport.handled())
         return positions
 
     def lag(self) -> dict[str, int]:
         """Consumer lag of the partitioned buses, per topic."""
         lag: dict[str, int] = {}
-        for transport in self.consumers:
-            if isinstance(transport, Partitioned):
-                for topic, behind in transport.lag().items():
-                    lag[topic] = lag.get(topic, 0) + behind
+        for transport in self._partitioned_consumers:
+            for topic, behind in transport.lag().items():
+                lag[topic] = lag.get(topic, 0) + behind
         return lag
+
+
+def _partitioned(transports: Sequence[Transport]) -> list[Partitioned]:
+    """Those of ``transports`` that are partitioned, in order."""
+    return [t for t in transports if isinstance(t, Partitioned)]

@@ -40,7 +40,8 @@ from aiokafka.errors import GroupAuthorizationFailedError, KafkaError
 from aiokafka.protocol.metadata import MetadataRequest
 
 from coalmine._exceptions import TransportError
-from coalmine.bus.kafka import _admin, _bounded, _existing_topics
+from coalmine.bus.kafka.clients import bounded
+from coalmine.bus.kafka.topics import connected_admin, existing_topics
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -262,9 +263,9 @@ async def inspect(settings: KafkaSettings, plan: Plan) -> ClusterState:
     """
     connected = False
     try:
-        async with _admin(settings) as admin:
+        async with connected_admin(settings) as admin:
             connected = True
-            async with _bounded(settings.request_timeout, "describe the topics"):
+            async with bounded(settings.request_timeout, "describe the topics"):
                 return await _gather(admin, plan)
     except TransportError as exc:
         if connected:
@@ -274,7 +275,7 @@ async def inspect(settings: KafkaSettings, plan: Plan) -> ClusterState:
 
 async def _gather(admin: Any, plan: Plan) -> ClusterState:
     names = [use.name for use in plan.topics]
-    existing = await _existing_topics(admin)
+    existing = await existing_topics(admin)
     brokers = len((await admin.describe_cluster())["brokers"])
     # By name, to tell a topic we may not describe (listed to nobody) from a missing one;
     # allow_auto_topic_creation off so that a missing topic is not created by asking.

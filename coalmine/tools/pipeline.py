@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import time
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -35,10 +33,8 @@ from coalmine.contract import look_of as _look_of_id
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
-    import aiomqtt
-
     from coalmine.bus.base import Outgoing
-    from coalmine.config.models import KafkaSettings, MqttSettings
+    from coalmine.config.models import KafkaSettings
     from coalmine.config.settings import Settings
 
 __all__ = [
@@ -61,9 +57,8 @@ EXIT_CODES = {"promote": 0, "rollback": 1, "inconclusive": 3}
 EXIT_TIMEOUT = 4
 """Exit code of ``coalmine wait`` when no final verdict arrived in time."""
 
-_POLL_MS = 500
-_TOPIC_RETRY = 1.0
 _RETRY = 1.0
+"""Seconds between attempts to follow the verdicts while the broker fails."""
 
 
 def exit_code(decision: str | None) -> int:
@@ -132,10 +127,10 @@ async def announce(settings: Settings, value: bytes, service: str) -> str:
     if "kafka" in settings.bus.consume:
         await _publish_kafka(settings.kafka, topic, value, service.encode())
         return f"Kafka topic {topic}"
-    from coalmine.bus.mqtt import topic_level  # noqa: PLC0415 - aiomqtt only if used
+    from coalmine.bus.mqtt import MqttSession, topic_level  # noqa: PLC0415 - aiomqtt only if used
 
     mqtt_topic = f"{settings.mqtt.topic_prefix}/deployments/{topic_level(service)}"
-    async with _MqttSession(settings.mqtt, "start") as client:
+    async with MqttSession(settings.mqtt, "start") as client:
         await client.publish(mqtt_topic, value, qos=1, timeout=settings.mqtt.timeout)
     return f"MQTT topic {mqtt_topic}"
 
@@ -212,10 +207,10 @@ async def send_events(settings: Settings, events: Sequence[Prepared]) -> str:
             [Outgoing(topics[e.kind], e.value, e.service.encode()) for e in events],
         )
         return f"Kafka topics {topics['deployments']}, {topics['metrics']}"
-    from coalmine.bus.mqtt import topic_level  # noqa: PLC0415 - aiomqtt only if used
+    from coalmine.bus.mqtt import MqttSession, topic_level  # noqa: PLC0415 - aiomqtt only if used
 
     prefix = settings.mqtt.topic_prefix
-    async with _MqttSession(settings.mqtt, "send") as client:
+    async with MqttSession(settings.mqtt, "send") as client:
         for event in events:
             topic = f"{prefix}/{event.kind}/{topic_level(event.service)}"
             await client.publish(topic, event.value, qos=1, timeout=settings.mqtt.timeout)
@@ -244,59 +239,6 @@ async def _publish_kafka_all(kafka: KafkaSettings, messages: Sequence[Outgoing])
         await transport.publish(messages)
     finally:
         await transport.stop()
-
-
-class _MqttSession:
-    """A short-lived MQTT v5 client of its own (clean start, no session left behind)."""
-
-    def __init__(self, settings: MqttSettings, purpose: str) -> None:
-        self.settings = settings
-        self.purpose = purpose
-        self.client: aiomqtt.Client | None = None
-
-    async def __aenter__(self) -> aiomqtt.Client:
-        import aiomqtt  # noqa: PLC0415
-
-        settings = self.settings
-        tls: ssl.SSLContext | None = None
-        try:
-            if settings.tls:
-                tls = ssl.create_default_context(
-                    cafile=str(settings.ca_file) if settings.ca_file is not None else None
-                )
-                if settings.cert_file is not None:
-                    tls.load_cert_chain(settings.cert_file, settings.key_file)
-        except (OSError, ssl.SSLError) as err:
-            raise TransportError(f"MQTT TLS settings: {err}") from err
-        client = aiomqtt.Client(
-            settings.host,
-            settings.port,
-            username=settings.username,
-            password=(
-                settings.password.get_secret_value() if settings.password is not None else None
-            ),
-            identifier=f"coalmine-{self.purpose}-{uuid.uuid4().hex[:12]}",
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=True,
-            timeout=settings.timeout,
-            keepalive=settings.keepalive,
-            tls_context=tls,
-        )
-        try:
-            await client.__aenter__()
-        except (aiomqtt.MqttError, OSError) as err:
-            address = f"{settings.host}:{settings.port}"
-            raise TransportError(f"cannot connect to the MQTT broker at {address}: {err}") from err
-        self.client = client
-        return client
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        client, self.client = self.client, None
-        if client is not None:
-            import aiomqtt  # noqa: PLC0415
-
-            with contextlib.suppress(aiomqtt.MqttError):
-                await client.__aexit__(None, None, None)
 
 
 # ------------------------------------------------------------------------ waiting
@@ -378,35 +320,20 @@ def _parse(value: bytes | bytearray | None) -> dict[str, Any] | None:
 async def _follow_kafka(
     settings: Settings, deployment_id: str, take: Callable[[dict[str, Any]], bool]
 ) -> dict[str, Any]:
-    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415
-    from aiokafka.errors import KafkaError  # noqa: PLC0415
+    from coalmine.bus.kafka import follow  # noqa: PLC0415 - aiokafka only if used
 
-    from coalmine.bus.kafka import _client_options, partition_counts  # noqa: PLC0415
-
-    kafka, topic, key = settings.kafka, settings.topics.verdicts, deployment_id.encode()
-    # The topic may not exist yet (the daemon creates nothing): look again until it does,
-    # never asking for it by name (a broker may auto-create it with the wrong settings).
-    while (count := (await partition_counts(kafka, [topic])).get(topic)) is None:  # noqa: ASYNC110 - polls the broker
-        await asyncio.sleep(_TOPIC_RETRY)
-    consumer = AIOKafkaConsumer(**_client_options(kafka), group_id=None, enable_auto_commit=False)
-    try:
-        await consumer.start()
-        partitions = [TopicPartition(topic, p) for p in range(count)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        while True:
-            batch = await consumer.getmany(timeout_ms=_POLL_MS)
-            for messages in batch.values():
-                for message in messages:
-                    if message.key is not None and message.key != key:
-                        continue
-                    verdict = _parse(message.value)
-                    if verdict is not None and take(verdict):
-                        return verdict
-    except (KafkaError, OSError) as err:
-        raise TransportError(f"reading {topic}: {err!r}") from err
-    finally:
-        await consumer.stop()
+    topic, key = settings.topics.verdicts, deployment_id.encode()
+    # The topic may not exist yet (the daemon creates nothing): follow looks again until
+    # it does, never asking for it by name (a broker may auto-create it wrongly).
+    async with contextlib.aclosing(follow(settings.kafka, [topic])) as batches:
+        async for records in batches:
+            for record in records:
+                if record.key is not None and record.key != key:
+                    continue
+                verdict = _parse(record.value)
+                if verdict is not None and take(verdict):
+                    return verdict
+    raise TransportError(f"following {topic}: the reader stopped")
 
 
 async def _follow_mqtt(
@@ -414,10 +341,10 @@ async def _follow_mqtt(
 ) -> dict[str, Any]:
     import aiomqtt  # noqa: PLC0415
 
-    from coalmine.bus.mqtt import topic_level  # noqa: PLC0415
+    from coalmine.bus.mqtt import MqttSession, topic_level  # noqa: PLC0415
 
     topic = f"{settings.mqtt.topic_prefix}/verdicts/+/{topic_level(deployment_id)}"
-    async with _MqttSession(settings.mqtt, "wait") as client:
+    async with MqttSession(settings.mqtt, "wait") as client:
         try:
             await client.subscribe(topic, qos=1)
             async for message in client.messages:

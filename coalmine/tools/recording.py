@@ -1,6 +1,7 @@
 """Read coalmine's input topics from Kafka over a time range, in stream order; record them.
 
-No consumer group is joined and nothing is committed: every partition is assigned by hand,
+No consumer group is joined and nothing is committed
+(:func:`coalmine.bus.kafka.read_partitions`): every partition is assigned by hand,
 positioned with ``offsets_for_times`` (some brokers, tansu among them, answer with the
 earliest offset, so records are also filtered by timestamp), and read up to the end
 offsets captured at the start. The partitions are then merged by record timestamp
@@ -20,8 +21,8 @@ very same bytes, else its text (a JSON string), else ``value_b64``.
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import contextlib
 import heapq
 import time
 from collections import Counter
@@ -31,14 +32,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
 
-from coalmine._exceptions import TransportError
-from coalmine.bus.base import Record
 from coalmine.config.durations import parse_duration
 from coalmine.tools.replay import DEPLOYMENTS, METRICS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
 
+    from coalmine.bus.base import Record, TopicPartition
     from coalmine.config.models import KafkaSettings, TopicsSettings
     from coalmine.config.settings import Settings
     from coalmine.tools.replay import Outcome
@@ -54,8 +54,6 @@ __all__ = [
     "stream_topics",
     "write_jsonl",
 ]
-
-_POLL_MS = 500
 
 
 def parse_moment(text: str, now: float | None = None) -> float:
@@ -101,18 +99,6 @@ def stream_topics(settings: Settings) -> list[str]:
     return names
 
 
-def _to_record(message: Any) -> Record:
-    return Record(
-        topic=message.topic,
-        value=message.value if message.value is not None else b"",
-        key=message.key,
-        headers=tuple((name, value or b"") for name, value in message.headers),
-        partition=message.partition,
-        offset=message.offset,
-        timestamp_ms=message.timestamp,
-    )
-
-
 async def read_topics(
     kafka: KafkaSettings,
     topics: Sequence[str],
@@ -132,15 +118,12 @@ async def read_topics(
     Raises:
         TransportError: Kafka cannot be reached, or a partition stopped short of its end.
     """
-    from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: PLC0415 - CLI stays fast
-    from aiokafka.errors import KafkaError  # noqa: PLC0415
-
-    from coalmine.bus.kafka import _client_options, partition_counts  # noqa: PLC0415
+    from coalmine.bus.kafka import partition_counts, read_partitions  # noqa: PLC0415 - CLI stays fast
 
     recording = Recording()
     counts = await partition_counts(kafka, topics)
     recording.missing = [t for t in topics if t not in counts]
-    partitions = [TopicPartition(t, p) for t in topics if t in counts for p in range(counts[t])]
+    partitions = [(t, p) for t in topics if t in counts for p in range(counts[t])]
     if not partitions:
         return recording
     window = _Window(
@@ -148,32 +131,16 @@ async def read_topics(
         None if until is None else int(until * 1000),
         keep,
     )
-    consumer = AIOKafkaConsumer(
-        **_client_options(kafka),
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=kafka.max_poll_records,
-    )
-    try:
-        async with asyncio.timeout(kafka.request_timeout):
-            await consumer.start()
-            consumer.assign(partitions)
-            ranges = await _ranges(consumer, partitions, window.since_ms)
-        read = await _drain(consumer, ranges, window, recording, kafka.request_timeout)
-    except TimeoutError as err:
-        raise TransportError(
-            f"cannot read from Kafka at {kafka.bootstrap_servers}: no answer within"
-            f" {kafka.request_timeout:g}s"
-        ) from err
-    except (KafkaError, OSError) as err:
-        raise TransportError(f"cannot read from Kafka: {err!r}") from err
-    finally:
-        await consumer.stop()
+    read: dict[TopicPartition, list[Record]] = {tp: [] for tp in partitions}
+    async with contextlib.aclosing(
+        read_partitions(kafka, partitions, since_ms=window.since_ms)
+    ) as batches:
+        async for tp, records in batches:
+            _take(records, window, recording, read[tp])
     rank = {topic: index for index, topic in enumerate(topics)}
     recording.records = list(
         heapq.merge(
-            *(read.get(tp, []) for tp in partitions),
+            *(read[tp] for tp in partitions),
             key=lambda r: (r.timestamp_ms or 0, rank[r.topic]),
         )
     )
@@ -193,76 +160,17 @@ class _Window:
         )
 
 
-async def _ranges(
-    consumer: Any, partitions: Sequence[Any], since_ms: int | None
-) -> dict[Any, tuple[int, int]]:
-    """``(first offset to read, end offset listed now)`` of every partition."""
-    ends = await consumer.end_offsets(partitions)
-    if since_ms is None:
-        starts = await consumer.beginning_offsets(partitions)
-    else:
-        found = await consumer.offsets_for_times(dict.fromkeys(partitions, since_ms))
-        starts = {tp: ends[tp] if at is None else at.offset for tp, at in found.items()}
-    return {tp: (starts[tp], ends[tp]) for tp in partitions}
-
-
 def _take(
-    messages: Sequence[Any], end: int, window: _Window, recording: Recording, out: list[Record]
+    records: Iterable[Record], window: _Window, recording: Recording, out: list[Record]
 ) -> None:
-    """Keep the messages before ``end`` that are inside ``window``."""
-    for message in messages:
-        if message.offset >= end:
-            break
-        if not window.inside(message.timestamp):
+    """Keep the records inside ``window``, counting those left out by time."""
+    for record in records:
+        if not window.inside(record.timestamp_ms or 0):
             recording.outside += 1
             continue
-        record = _to_record(message)
         if window.keep is None or window.keep(record):
             out.append(record)
             recording.per_topic[record.topic] += 1
-
-
-async def _drain(
-    consumer: Any,
-    ranges: Mapping[Any, tuple[int, int]],
-    window: _Window,
-    recording: Recording,
-    stall_after: float,
-) -> dict[Any, list[Record]]:
-    """Read every partition of ``ranges`` up to its end offset at the start.
-
-    The end of a partition is the larger of the end offset listed at the start and the
-    high watermark of the first fetch response for it: some brokers (tansu) list the
-    base offset of the last record batch as the end, short of its last records.
-    """
-    for tp, (first, _) in ranges.items():
-        consumer.seek(tp, first)
-    listed = {tp: end for tp, (_, end) in ranges.items()}
-    ends: dict[Any, int] = {}
-    read: dict[Any, list[Record]] = {tp: [] for tp in ranges}
-    active = set(ranges)
-    last_progress = time.monotonic()
-    while active:
-        batch = await consumer.getmany(*active, timeout_ms=_POLL_MS)
-        progress = bool(batch)
-        for tp in list(active):
-            end = ends.get(tp)
-            if end is None:
-                highwater = consumer.highwater(tp)
-                if highwater is None:
-                    continue  # no fetch response for it yet
-                end = ends[tp] = max(listed[tp], highwater)
-            _take(batch.get(tp, ()), end, window, recording, read[tp])
-            if await consumer.position(tp) >= end:
-                active.discard(tp)
-                consumer.pause(tp)
-                progress = True
-        if progress:
-            last_progress = time.monotonic()
-        elif time.monotonic() - last_progress > stall_after:
-            stuck = ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(active))
-            raise TransportError(f"reading {stuck}: no progress for {stall_after:g}s")
-    return read
 
 
 # ------------------------------------------------------------------------ writing

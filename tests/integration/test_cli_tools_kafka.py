@@ -80,9 +80,16 @@ dead_letter = "{t.dead_letter}"
     return path
 
 
-async def coalmine(*args: str, within: float = 60.0) -> tuple[int, bytes, bytes]:
-    """Run ``python -m coalmine ARGS`` without blocking the event loop."""
+async def coalmine(
+    *args: str, within: float = 60.0, columns: int | None = None
+) -> tuple[int, bytes, bytes]:
+    """Run ``python -m coalmine ARGS`` without blocking the event loop.
+
+    ``columns`` sets ``COLUMNS``: the width of a table printed to the pipe.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("COALMINE_")}
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -229,7 +236,10 @@ async def test_record_and_replay_give_the_live_daemons_verdicts(
     assert code == 0, err.decode()
     assert judged([orjson.loads(line) for line in out.splitlines()]) == judged(live)
 
-    code, out, _ = await coalmine("replay", "--config", str(config), "--input", str(recording))
+    # Wide enough for every column: a narrower piped table leaves the verdict id out.
+    code, out, _ = await coalmine(
+        "replay", "--config", str(config), "--input", str(recording), columns=200
+    )
     assert code == 0
     table = out.decode()
     for deployment_id, decision in finals(live).items():

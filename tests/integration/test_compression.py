@@ -16,7 +16,7 @@ import aiokafka.codec
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-import coalmine.bus.kafka
+import coalmine.bus.kafka.pauses
 from coalmine.bus.kafka import KafkaTransport, ensure_topics
 from coalmine.tools.simulator import simulate, three_deployments
 from tests.integration.test_daemon_kafka import (
@@ -137,7 +137,7 @@ async def test_an_undecodable_batch_stops_only_its_partition(
     await send(producers[None], topic, plain(0, range(5, 8)))
 
     transport = KafkaTransport(kafka_settings, [topic], session_timeout=SESSION_TIMEOUT)
-    monkeypatch.setattr(coalmine.bus.kafka, "_SET_ASIDE_FIRST", 1.0)
+    monkeypatch.setattr(coalmine.bus.kafka.pauses, "_SET_ASIDE_FIRST", 1.0)
     monkeypatch.setattr(aiokafka.codec, f"has_{codec}", lambda: False)
     caplog.set_level(logging.WARNING, logger="coalmine.bus.kafka")
     await transport.start()

@@ -15,7 +15,12 @@ from pydantic import SecretStr
 
 from coalmine._exceptions import TransportError
 from coalmine.bus import Outgoing, Record, Transport
-from coalmine.bus.kafka import KafkaTransport, _client_options, ensure_topics, partition_counts
+from coalmine.bus.kafka import (
+    KafkaTransport,
+    ensure_topics,
+    kafka_client_options,
+    partition_counts,
+)
 from coalmine.config.models import KafkaSettings
 from support.brokers import free_port
 
@@ -249,7 +254,7 @@ async def test_fetch_without_records_waits_and_returns_empty(
 
 
 def test_security_settings_reach_the_clients() -> None:
-    plain = _client_options(KafkaSettings(bootstrap_servers="k:9092"))
+    plain = kafka_client_options(KafkaSettings(bootstrap_servers="k:9092"))
     assert plain["ssl_context"] is None
     assert "sasl_plain_password" not in plain
 
@@ -262,7 +267,7 @@ def test_security_settings_reach_the_clients() -> None:
         ssl_check_hostname=False,
     )
     assert "s3cret-pw" not in repr(settings)
-    options = _client_options(settings)
+    options = kafka_client_options(settings)
     assert isinstance(options["ssl_context"], ssl.SSLContext)
     assert options["ssl_context"].check_hostname is False
     assert options["ssl_context"].verify_mode == ssl.CERT_REQUIRED

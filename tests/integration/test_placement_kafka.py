@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaProducer
 
-from coalmine.bus.kafka import KafkaTransport, _client_options, ensure_topics
+from coalmine.bus.kafka import KafkaTransport, ensure_topics, kafka_client_options
 from coalmine.bus.placement import murmur2_partition
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ async def test_metrics_keyed_by_another_partitioner_are_counted_and_named(
     crc = {key: zlib.crc32(key) % 4 for key in services}  # librdkafka's consistent_random
     moved = {key for key in services if crc[key] != murmur2_partition(key, 4)}
     assert moved
-    producer = AIOKafkaProducer(**_client_options(kafka_settings))
+    producer = AIOKafkaProducer(**kafka_client_options(kafka_settings))
     await producer.start()
     try:
         for key in services:

@@ -8,7 +8,7 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from coalmine.bus.base import Record, make_record
-from coalmine.bus.kafka import _record
+from coalmine.bus.kafka import to_record
 
 
 def test_make_record_is_the_frozen_record_the_constructor_makes() -> None:
@@ -39,6 +39,6 @@ def test_kafka_records_carry_what_the_consumer_read(
     message = ConsumerRecord(
         "topic", 2, 41, 1_700_000_000_000, 0, b"key", value, None, 3, 2, headers
     )
-    assert _record(message) == Record(
+    assert to_record(message) == Record(
         "topic", expected_value, b"key", expected_headers, 2, 41, 1_700_000_000_000
     )
