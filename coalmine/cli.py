@@ -25,7 +25,6 @@ from coalmine.config.settings import Settings, load_settings
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from coalmine.bus.base import Transport
     from coalmine.contract import Verdict
     from coalmine.tools.replay import Run as ReplayRun
 
@@ -56,47 +55,11 @@ class _JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
-class _ClientRepeats(logging.Filter):
-    """Lets through one line of each kind the Kafka client repeats, a minute.
-
-    aiokafka logs every failed attempt at WARNING or ERROR while a broker is away: a refused
-    connection each retry backoff (100 ms), every fetch from a node that is not ready, every
-    failed metadata update and coordinator lookup. A kind is the logger, the message's
-    template and, when it is a node id, its first argument. The first line of a kind goes
-    through; the same kind within ``window`` seconds is counted instead, and its next line
-    after that says how many were left out. Other loggers' lines are untouched.
-    """
-
-    def __init__(self, window: float = 60.0, kinds: int = 1_000) -> None:
-        super().__init__()
-        self._window = window
-        self._max_kinds = kinds
-        self._kinds: dict[tuple[str, str, str], tuple[float, int]] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith("aiokafka"):
-            return True
-        args = record.args if isinstance(record.args, tuple) else ()
-        node = args[0] if args and isinstance(args[0], int) else None
-        kind = (record.name, str(record.msg), str(node))
-        shown, left_out = self._kinds.get(kind, (float("-inf"), 0))
-        if record.created - shown < self._window:
-            self._kinds[kind] = (shown, left_out + 1)
-            return False
-        if len(self._kinds) >= self._max_kinds:
-            self._kinds = {
-                k: v for k, v in self._kinds.items() if record.created - v[0] < self._window
-            }
-        self._kinds[kind] = (record.created, 0)
-        if left_out:
-            record.msg = f"{record.getMessage()} ({left_out} more like it in {self._window:g}s)"
-            record.args = None
-        return True
-
-
 def _setup_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_ClientRepeats())
+    from coalmine.bus.kafka.logs import ClientRepeats  # noqa: PLC0415 - only `run` logs
+
+    handler.addFilter(ClientRepeats())
     if settings.log_format == "json":
         handler.setFormatter(_JsonFormatter())
     else:
@@ -133,6 +96,7 @@ def run(config_path: Path | None) -> None:
     """Run the daemon on the buses [bus] names (Kafka by default) until SIGTERM or SIGINT."""
     settings = _load(config_path)
     _setup_logging(settings)
+    from coalmine.bus.connect import build_transport  # noqa: PLC0415
     from coalmine.daemon.app import Daemon, install_signal_handlers  # noqa: PLC0415
 
     async def serve() -> None:
@@ -149,37 +113,6 @@ def run(config_path: Path | None) -> None:
     except CoalmineError as exc:
         logging.getLogger("coalmine").error("%s", exc)
         sys.exit(EXIT_RUNTIME)
-
-
-def build_transport(settings: Settings) -> Transport:
-    """The buses ``[bus]`` names, as one transport; Kafka is not touched unless named."""
-    from coalmine.bus.combined import CombinedTransport  # noqa: PLC0415 - only `run` needs it
-
-    topics = settings.topics
-    consume, publish = settings.bus.consume, settings.bus.publish
-    buses: dict[str, Transport] = {}
-    if "kafka" in consume or "kafka" in publish:
-        from coalmine.bus.kafka import KafkaTransport  # noqa: PLC0415 - aiokafka only if used
-
-        reads = "kafka" in consume
-        writes = "kafka" in publish
-        buses["kafka"] = KafkaTransport(
-            settings.kafka,
-            [topics.deployments, topics.metrics, *(i.topic for i in settings.inputs)]
-            if reads
-            else [],
-            produce=[topics.verdicts, topics.dead_letter] if writes else [],
-            first=[topics.deployments] if reads else [],
-            copartitioned=[topics.deployments, topics.metrics] if reads else [],
-            merged=[i.topic for i in settings.inputs] if reads else [],
-        )
-    if "mqtt" in consume or "mqtt" in publish:
-        from coalmine.bus.mqtt import MqttTransport  # noqa: PLC0415 - aiomqtt only if used
-
-        buses["mqtt"] = MqttTransport(
-            settings.mqtt, consume="mqtt" in consume, topic_names=topics.model_dump()
-        )
-    return CombinedTransport([buses[b] for b in consume], [buses[b] for b in publish])
 
 
 @main.command()

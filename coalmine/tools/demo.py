@@ -173,8 +173,8 @@ def _in_memory() -> tuple[Settings, tuple[Scenario, ...], _Bus]:
 
 async def _on_kafka(settings: Settings, start: int) -> tuple[Settings, tuple[Scenario, ...], _Bus]:
     """The configuration's Kafka, the demo profile added, deployment ids of this run."""
+    from coalmine.bus.connect import build_transport  # noqa: PLC0415
     from coalmine.bus.kafka import KafkaTransport, partition_counts  # noqa: PLC0415
-    from coalmine.cli import build_transport  # noqa: PLC0415
 
     topics = settings.topics
     wanted = [topics.deployments, topics.metrics, topics.verdicts, topics.dead_letter]

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from coalmine.bus.connect import build_transport
 from coalmine.bus.kafka import ensure_topics, partition_counts
-from coalmine.cli import build_transport
 from coalmine.config.models import HttpSettings, KafkaSettings, TopicsSettings
 from coalmine.config.settings import Settings
 from coalmine.daemon.app import Daemon

@@ -15,8 +15,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from coalmine.bus.connect import build_transport
 from coalmine.bus.kafka import ensure_topics, partition_counts
-from coalmine.cli import build_transport
 from coalmine.config.models import (
     HttpSettings,
     KafkaSettings,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import aiomqtt
 import orjson
 
-from coalmine.cli import build_transport
+from coalmine.bus.connect import build_transport
 from coalmine.config.models import BusSettings, HttpSettings, MqttSettings
 from coalmine.config.settings import Settings
 from coalmine.daemon.app import Daemon

@@ -31,9 +31,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.record.default_records import DefaultRecordBatch
 
 from coalmine.bus.combined import CombinedTransport
+from coalmine.bus.connect import build_transport
 from coalmine.bus.kafka import KafkaTransport, ensure_topics
 from coalmine.bus.placement import murmur2_partition
-from coalmine.cli import build_transport
 from coalmine.daemon.app import Daemon
 from coalmine.tools.simulator import Scenario, SimulatedMessage, simulate, three_deployments
 from support.scenario import EXPECTED, T0

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from coalmine.bus.connect import build_transport
 from coalmine.bus.kafka import partition_counts
 from coalmine.bus.placement import murmur2_partition
-from coalmine.cli import build_transport
 from coalmine.daemon.app import Daemon
 from coalmine.tools.simulator import simulate, three_deployments
 from support.scenario import EXPECTED, T0

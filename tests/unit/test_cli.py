@@ -63,9 +63,9 @@ def test_help_lists_the_commands():
 
 def test_the_kafka_clients_repeated_lines_are_let_through_once_a_minute() -> None:
     """aiokafka logs each failed reconnection; the log gets one line a kind a minute."""
-    from coalmine.cli import _ClientRepeats  # noqa: PLC0415
+    from coalmine.bus.kafka.logs import ClientRepeats  # noqa: PLC0415
 
-    repeats = _ClientRepeats(window=60.0)
+    repeats = ClientRepeats(window=60.0)
 
     def line(name: str, msg: str, args: tuple[object, ...], at: float) -> logging.LogRecord:
         record = logging.LogRecord(name, logging.ERROR, __file__, 1, msg, args, None)
