@@ -1,4 +1,7 @@
-"""Per-metric analyzers: pure functions of the two cohorts' data and a metric spec.
+"""Per-metric analyzers: both cohorts' data and a metric spec in, one ``MetricResult`` out.
 
-Each returns a ``MetricResult``; ``coalmine.judge`` alone turns results into a decision.
+``base`` is the interface every kind of metric's analyzer implements (``Analyzer``, fed
+``CohortData`` and a ``Look``); ``registry`` says which analyzer judges which kind
+(``burn_rate.RatioAnalyzer``, ``distribution.DistributionAnalyzer``). ``coalmine.judge``
+alone turns the results into a decision.
 """

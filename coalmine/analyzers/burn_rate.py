@@ -13,7 +13,8 @@ Two kinds of test guard a ratio metric (statistics.md section 5), sharing its ``
   fast-burn level, compares against the same period (not a before/after), and stays exact
   whatever the traffic split.
 
-It runs on every message of a critical metric, so it only calls scalar special functions.
+A critical metric is also checked on its canary messages between judgements, so this only
+calls scalar special functions.
 """
 
 from __future__ import annotations
@@ -29,9 +30,17 @@ from coalmine.analyzers.result import DetailValue, MetricResult, Outcome, json_n
 from coalmine.analyzers.sequential import RateRatioEProcess, binomial_guard_log_e
 
 if TYPE_CHECKING:
+    from coalmine.analyzers.base import CohortData, Look
     from coalmine.config.models import MetricSpec
 
-__all__ = ["BurnWindow", "RatioEvidence", "analyze_ratio", "error_budget", "ratio_fails"]
+__all__ = [
+    "BurnWindow",
+    "RatioAnalyzer",
+    "RatioEvidence",
+    "analyze_ratio",
+    "error_budget",
+    "ratio_fails",
+]
 
 ANALYZER = "burn_rate"
 
@@ -153,80 +162,155 @@ def analyze_ratio(  # noqa: PLR0913 - two cohorts' counts are the natural inputs
         ValueError: ``spec`` has no objective or ``alpha`` is outside (0, 0.5).
     """
     counts = _checked_counts(spec, alpha, baseline_good, baseline_total, canary_good, canary_total)
-    baseline_good, baseline_total, canary_good, canary_total = counts
     unusable = _unusable(spec, counts)
     if unusable is not None:
         return _result(spec, unusable[0], counts, measured=False, reason=unusable[1])
+    sequential = spec.test == "sequential" and evidence is not None
+    found = _gather(spec, counts, alpha, evidence if sequential else None, window)
+    outcome: Outcome = "fail" if found.failed else "pass"
+    reason, detail = _explain(spec, found), _detail(spec, found, window)
+    return _result(spec, outcome, counts, measured=found.measured, reason=reason, extra=detail)
 
-    budget = error_budget(spec)
-    tol = spec.tolerance
+
+@dataclass(frozen=True, slots=True)
+class _Findings:
+    """Both questions' answers at one look, and the numbers a verdict quotes."""
+
+    counts: tuple[int, int, int, int]
+    alpha: float
+    budget: float
+    relative: _RelativeTest | None
+    """The exact conditional test (None while the baseline has no events): its bound."""
+    relative_fails: bool
+    relative_p: float | None
+    rules: list[_BurnRule]
+    canary_upper: float
+    """Upper confidence bound of the canary's bad-event ratio."""
+    evidence: RatioEvidence | None
+    """The sequential state, when the questions were asked sequentially."""
+
+    @property
+    def fired(self) -> list[_BurnRule]:
+        """The burn-rate rules that fire."""
+        return [rule for rule in self.rules if rule.fires]
+
+    @property
+    def failed(self) -> bool:
+        """Either question fails the canary."""
+        return bool(self.fired) or self.relative_fails
+
+    @property
+    def measured(self) -> bool:
+        """Failed, or shown within the budget or within the allowed rate ratio."""
+        relative = self.relative
+        return (
+            self.failed
+            or self.canary_upper <= self.budget
+            or (relative is not None and relative.ratio_upper <= relative.r0)
+        )
+
+    @property
+    def shared_outage(self) -> bool:
+        """The baseline burns at a rule's rate too."""
+        return any(rule.shared_outage for rule in self.rules)
+
+    @property
+    def ratios(self) -> tuple[float, float | None]:
+        """Bad-event ratios of the canary and of the baseline (None without events)."""
+        baseline_good, baseline_total, canary_good, canary_total = self.counts
+        ratio_b = (baseline_total - baseline_good) / baseline_total if baseline_total else None
+        return (canary_total - canary_good) / canary_total, ratio_b
+
+
+def _gather(
+    spec: MetricSpec,
+    counts: tuple[int, int, int, int],
+    alpha: float,
+    evidence: RatioEvidence | None,
+    window: BurnWindow | None,
+) -> _Findings:
+    """Ask both questions; sequentially (updating ``evidence``) when it is given."""
+    baseline_good, baseline_total, canary_good, canary_total = counts
     bad_b = baseline_total - baseline_good
     bad_c = canary_total - canary_good
-    ratio_c = bad_c / canary_total
-    ratio_b = bad_b / baseline_total if baseline_total else None
-    sequential = spec.test == "sequential" and evidence is not None
-
     relative = (
-        _RelativeTest.run(bad_c, canary_total, bad_b, baseline_total, 1.0 + tol, alpha)
+        _RelativeTest.run(bad_c, canary_total, bad_b, baseline_total, 1.0 + spec.tolerance, alpha)
         if baseline_total
         else None
     )
     relative_p: float | None
-    if sequential and evidence is not None:
+    if evidence is not None:
         relative_fails = _relative_e_fails(spec, counts, alpha, evidence)
         relative_p = evidence.rate.p_value
     else:
         relative_p = None if relative is None else relative.p_value
         relative_fails = relative is not None and relative.fails
-
-    rules = _burn_rules(spec, budget, counts, alpha, evidence if sequential else None, window)
-    fired = [rule for rule in rules if rule.fires]
-    shared_outage = any(rule.shared_outage for rule in rules)
-    failed = bool(fired) or relative_fails
-    canary_upper = _clopper_pearson_upper(bad_c, canary_total, alpha)
-    measured = (
-        failed
-        or canary_upper <= budget
-        or (relative is not None and relative.ratio_upper <= relative.r0)
+    budget = error_budget(spec)
+    return _Findings(
+        counts=counts,
+        alpha=alpha,
+        budget=budget,
+        relative=relative,
+        relative_fails=relative_fails,
+        relative_p=relative_p,
+        rules=_burn_rules(spec, budget, counts, alpha, evidence, window),
+        canary_upper=_clopper_pearson_upper(bad_c, canary_total, alpha),
+        evidence=evidence,
     )
 
-    tails: list[str] = [rule.describe() for rule in fired]
-    if not fired and shared_outage:
-        tails.append(f"baseline burns at {spec.fast_burn:g}x too (shared outage)")
-    if relative_fails and relative is not None:
-        tails.append(relative.describe())
-    if not measured:
-        tails.append(f"not measurable yet: error ratio could be {canary_upper:.2%}")
-    reason = _reason(spec.name, ratio_c, ratio_b, budget, tails)
 
+def _explain(spec: MetricSpec, found: _Findings) -> str:
+    """The reason phrase: the ratios, then what failed or why it is not measured yet."""
+    tails: list[str] = [rule.describe() for rule in found.fired]
+    if not found.fired and found.shared_outage:
+        tails.append(f"baseline burns at {spec.fast_burn:g}x too (shared outage)")
+    if found.relative_fails and found.relative is not None:
+        tails.append(found.relative.describe())
+    if not found.measured:
+        tails.append(f"not measurable yet: error ratio could be {found.canary_upper:.2%}")
+    ratio_c, ratio_b = found.ratios
+    return _reason(spec.name, ratio_c, ratio_b, found.budget, tails)
+
+
+def _detail(
+    spec: MetricSpec, found: _Findings, window: BurnWindow | None
+) -> dict[str, DetailValue]:
+    """The numbers behind the outcome, after both cohorts' counts."""
+    baseline_good, baseline_total, canary_good, canary_total = found.counts
+    budget, relative, evidence = found.budget, found.relative, found.evidence
+    ratio_c, ratio_b = found.ratios
     burn_c = ratio_c / budget
     burn_b = None if ratio_b is None else ratio_b / budget
-    detail: dict[str, DetailValue] = {
+    detectable = _detectable_ratio(
+        canary_total - canary_good,
+        canary_total,
+        baseline_total - baseline_good,
+        baseline_total,
+        budget,
+        found.alpha,
+    )
+    return {
         "bad_ratio_baseline": ratio_b,
         "bad_ratio_canary": ratio_c,
         "burn_baseline": burn_b,
         "burn_canary": burn_c,
         "objective": spec.objective,
         "budget": budget,
-        "test": "sequential" if sequential else "fixed",
+        "test": "fixed" if evidence is None else "sequential",
         "null": spec.null,
-        "p_relative": relative_p,
-        "e_relative": _e(evidence.rate.max_log_e) if sequential and evidence else None,
+        "p_relative": found.relative_p,
+        "e_relative": None if evidence is None else _e(evidence.rate.max_log_e),
         "rate_ratio": None if relative is None else json_number(relative.ratio),
         "rate_ratio_upper": None if relative is None else json_number(relative.ratio_upper),
-        "detectable_ratio": json_number(
-            _detectable_ratio(bad_c, canary_total, bad_b, baseline_total, budget, alpha)
-        ),
-        "bad_ratio_canary_upper": canary_upper,
-        "within_budget": canary_upper <= budget,
-        "allowed_change": tol,
-        "shared_outage": shared_outage,
-        "p_absolute": min(rule.p_value for rule in rules),
-        **{key: value for rule in rules for key, value in rule.detail().items()},
+        "detectable_ratio": json_number(detectable),
+        "bad_ratio_canary_upper": found.canary_upper,
+        "within_budget": found.canary_upper <= budget,
+        "allowed_change": spec.tolerance,
+        "shared_outage": found.shared_outage,
+        "p_absolute": min(rule.p_value for rule in found.rules),
+        **{key: value for rule in found.rules for key, value in rule.detail().items()},
         **_budget_spent(burn_c, burn_b, window),
     }
-    outcome: Outcome = "fail" if failed else "pass"
-    return _result(spec, outcome, counts, measured=measured, reason=reason, extra=detail)
 
 
 def ratio_fails(  # noqa: PLR0913 - analyze_ratio's arguments
@@ -545,3 +629,88 @@ def _clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
     if k >= n:
         return 1.0
     return float(special.betaincinv(k + 1, n - k, 1.0 - alpha))
+
+
+class RatioAnalyzer:
+    """The analyzer of ratio metrics (``coalmine.analyzers.base.Analyzer``).
+
+    ``analyze_ratio`` on both cohorts' counts, with the metric's ``RatioEvidence`` kept from
+    look to look.
+    """
+
+    __slots__ = ("_burn_level", "_evidence", "spec")
+
+    def __init__(self, spec: MetricSpec) -> None:
+        self.spec = spec
+        self._evidence: RatioEvidence | None = None
+        self._burn_level = (
+            min(spec.slow_burn, spec.fast_burn) * error_budget(spec) if spec.critical else None
+        )
+
+    @property
+    def evidence(self) -> RatioEvidence:
+        """The e-process and the burn windows' counts (made on first use)."""
+        if self._evidence is None:
+            self._evidence = RatioEvidence.for_spec(self.spec)
+        return self._evidence
+
+    def urgent(self, good: int, total: int) -> bool:
+        """Does a message of this critical metric burn the budget fast on its own?
+
+        At the slow-burn rate or faster, on its own counts. Every canary message with bad
+        events is checked between judgements; these are taken first. At 0.1% errors out of
+        a 99.9% objective almost every canary message brings a bad event, and a priority
+        for all would be a priority for none.
+        """
+        level = self._burn_level
+        return level is not None and total - good > total * level
+
+    def observe(
+        self, time: float, canary: bool, good: int, total: int, _stored: CohortData
+    ) -> bool:
+        """Add the message's counts to the evidence; is a critical metric's check due?
+
+        When the canary message brings bad events. One with none cannot raise the evidence
+        (the rate-ratio e-process and the burn-rate guard rise only with canary bad
+        events), so only the e-process's batch is closed, as a check would, to keep its
+        batches what they were; the judgements see everything.
+        """
+        bad = total - good
+        evidence = self.evidence
+        if canary:
+            evidence.observe(time, bad, total, 0, 0)
+        else:
+            evidence.observe(time, 0, 0, bad, total)
+        if not (canary and self.spec.critical):
+            return False
+        if bad > 0:
+            return True
+        if self.spec.test == "sequential":
+            evidence.rate.update()
+        return False
+
+    def analyze(self, baseline: CohortData, canary: CohortData, look: Look) -> MetricResult:
+        """``analyze_ratio`` on the cohorts' counts."""
+        return analyze_ratio(
+            self.spec,
+            baseline.good,
+            baseline.total,
+            canary.good,
+            canary.total,
+            look.alpha,
+            evidence=self.evidence,
+            window=look.window,
+        )
+
+    def fails(self, baseline: CohortData, canary: CohortData, look: Look) -> bool:
+        """``ratio_fails`` on the cohorts' counts: the decision without the detail."""
+        return ratio_fails(
+            self.spec,
+            baseline.good,
+            baseline.total,
+            canary.good,
+            canary.total,
+            look.alpha,
+            evidence=self.evidence,
+            window=look.window,
+        )

@@ -23,6 +23,8 @@ from coalmine.analyzers.result import DetailValue, MetricResult, json_number
 from coalmine.analyzers.tolerance import beyond, shown_within
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from numpy.typing import NDArray
 
     from coalmine.config.models import MetricSpec
@@ -37,7 +39,7 @@ an instance has, but early looks on noisy means are nearly independent of each o
 repeated looks then add up false alarms; once means rest on 100 samples, later looks barely
 move. Measured A/A false rollbacks over 60 looks (with a critical errors metric): 2.0% at
 5 instances per cohort and 3% spread, 2.75% at 3 instances and 5%; with a minimum of 10
-samples they were 4.75% and 6.5% at 10 instances and 2%."""
+samples they are 4.75% and 6.5% at 10 instances and 2%."""
 
 _POWER_Z = float(special.ndtri(0.8))
 
@@ -102,15 +104,59 @@ class InstanceEvidence:
     Repeating a fixed-sample test at every look raises false alarms (looks early on, when
     instance means still move, are nearly independent). So the tests run once per **stage**:
     stage ``j`` begins when every instance (but stragglers) has ``100 x 2^j`` samples, and
-    spends
-    ``alpha / ((j + 1)(j + 2))`` of the budget (these add up to ``alpha``); the looks within
-    a stage repeat its decision. By the union bound the chance of any false alarm over all
-    stages stays within ``alpha``, and the intervals a promotion rests on are simultaneous
-    over the stages, so false promotions are controlled too.
+    spends ``alpha / ((j + 1)(j + 2))`` of the budget (these add up to ``alpha``); the looks
+    within a stage repeat its decision. By the union bound the chance of any false alarm
+    over all stages stays within ``alpha``, and the intervals a promotion rests on are
+    simultaneous over the stages, so false promotions are controlled too.
     """
 
     stage: int = -1
     last: _Stage | None = None
+
+    def decide(
+        self, counts: NDArray[np.float64], alpha: float, test: Callable[[float], _Stage]
+    ) -> _Stage | None:
+        """The decision of the stage these sample counts fall in (None before the first).
+
+        ``test`` runs the tests at a given level; it is called once when a stage begins.
+        """
+        stage = _stage(counts)
+        if stage > self.stage:
+            spent = alpha / ((stage + 1) * (stage + 2))
+            self.stage, self.last = stage, test(spent)
+        return self.last
+
+
+@dataclass(frozen=True, slots=True)
+class _Counted:
+    """The instances a look counts: those with at least ``MIN_SAMPLES_PER_INSTANCE``."""
+
+    b: NDArray[np.float64]
+    """The counted baseline instances' means."""
+    c: NDArray[np.float64]
+    """The counted canary instances' means."""
+    names: list[str]
+    """The counted canary instances' names."""
+    waiting: int
+    """Instances of either cohort still below the minimum."""
+    sizes: tuple[int, int]
+    """All samples of each cohort, counted instances or not."""
+    log: bool
+    """The means are of logs (every sample of both cohorts positive)."""
+
+    @classmethod
+    def of(cls, baseline: InstanceMeans, canary: InstanceMeans) -> _Counted:
+        """Pick the instances with enough samples out of both cohorts."""
+        kept_b = baseline.counts >= MIN_SAMPLES_PER_INSTANCE
+        kept_c = canary.counts >= MIN_SAMPLES_PER_INSTANCE
+        return cls(
+            b=baseline.means[kept_b],
+            c=canary.means[kept_c],
+            names=[canary.name(int(i)) for i in np.flatnonzero(kept_c)],
+            waiting=int(np.count_nonzero(~kept_b) + np.count_nonzero(~kept_c)),
+            sizes=(baseline.samples, canary.samples),
+            log=baseline.log and canary.log,
+        )
 
 
 def analyze_instances(
@@ -136,10 +182,8 @@ def analyze_instances(
     With ``spec.test == "sequential"`` and an ``evidence`` state the tests are staged
     (:class:`InstanceEvidence`); otherwise they run at every call at ``alpha``.
     """
-    kept_b = baseline.counts >= MIN_SAMPLES_PER_INSTANCE
-    kept_c = canary.counts >= MIN_SAMPLES_PER_INSTANCE
-    b, c = baseline.means[kept_b], canary.means[kept_c]
-    sizes = (baseline.samples, canary.samples)
+    counted = _Counted.of(baseline, canary)
+    b, c, sizes = counted.b, counted.c, counted.sizes
     detail: dict[str, DetailValue] = {
         "unit": "instance",
         "instances_baseline": int(b.size),
@@ -156,23 +200,28 @@ def analyze_instances(
         )
         return _result(spec, "nodata", sizes, reason, detail, measured=False)
 
-    log = baseline.log and canary.log
-    names = [canary.name(int(i)) for i in np.flatnonzero(kept_c)]
-    stage = _stage(np.concatenate((baseline.counts, canary.counts)))
+    def test(level: float) -> _Stage:
+        return _test(spec, b, c, counted.names, level, log=counted.log)
+
     if spec.test == "sequential" and evidence is not None:
-        if stage > evidence.stage:
-            spent = alpha / ((stage + 1) * (stage + 2))
-            evidence.stage, evidence.last = stage, _test(spec, b, c, names, spent, log=log)
-        if evidence.last is None:
+        decided = evidence.decide(np.concatenate((baseline.counts, canary.counts)), alpha, test)
+        if decided is None:
             reason = (
                 f"{spec.name}: waiting for every instance to reach"
                 f" {MIN_SAMPLES_PER_INSTANCE} samples before the first test"
             )
             return _result(spec, "nodata", sizes, reason, detail, measured=False)
-        decided = evidence.last
         detail["stage"] = evidence.stage
     else:
-        decided = _test(spec, b, c, names, alpha, log=log)
+        decided = test(alpha)
+    return _judged(spec, counted, decided, detail)
+
+
+def _judged(
+    spec: MetricSpec, counted: _Counted, decided: _Stage, detail: dict[str, DetailValue]
+) -> MetricResult:
+    """The result of a decided look: outcome, measured, the numbers and the reason."""
+    log, b = counted.log, counted.b
 
     def relative(delta: float) -> float:
         return _relative(delta, decided.mean_b, log=log)
@@ -184,7 +233,7 @@ def analyze_instances(
     shown = shown_within(spec.direction, decided.low, decided.high, tol)
     # Every instance must count before promoting: one still below the minimum may be the
     # bad one.
-    waiting = int(np.count_nonzero(~kept_b) + np.count_nonzero(~kept_c))
+    waiting = counted.waiting
     measured = failed or (decided.mde <= tol and shown and not waiting)
     detail.update(
         {
@@ -214,9 +263,11 @@ def analyze_instances(
     state = "fail" if decided.failed else "outlier" if failed else "pass" if measured else ""
     if not state:
         state = "waiting" if waiting else "underpowered" if decided.mde > tol else "unshown"
-    counted = (int(b.size), int(c.size))
-    reason = _describe(spec, state, rel, decided, counted, waiting)
-    return _result(spec, "fail" if failed else "pass", sizes, reason, detail, measured=measured)
+    counts = (int(b.size), int(counted.c.size))
+    reason = _describe(spec, state, rel, decided, counts, waiting)
+    return _result(
+        spec, "fail" if failed else "pass", counted.sizes, reason, detail, measured=measured
+    )
 
 
 def _stage(counts: NDArray[np.float64]) -> int:

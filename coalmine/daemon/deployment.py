@@ -9,9 +9,12 @@ are read: a ``step`` changes the traffic weight reported from its time on, and `
 verdicts do not depend on how the deployments and metrics topics interleave, and a recorded
 stream replays to the same verdicts.
 
-Critical metrics are also checked as their data arrives (every message of a ratio metric;
-a distribution metric each time its canary samples grow by a tenth), so a critical failure
-rolls back on the message that decided it rather than at the next interval.
+Each metric has an analyzer for its kind (``coalmine.analyzers.registry``), called through
+one interface; the deployment stores both cohorts' data and asks ``coalmine.judge`` for the
+decision. Critical metrics are also checked as their data arrives, when their analyzer says
+a message may have decided (a ratio metric's canary message with bad events; a
+distribution metric's canary samples grown by a tenth), so a critical failure rolls back on
+the message that decided it rather than at the next interval.
 """
 
 from __future__ import annotations
@@ -19,34 +22,26 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal
 
-from coalmine.analyzers.burn_rate import (
-    BurnWindow,
-    RatioEvidence,
-    analyze_ratio,
-    error_budget,
-    ratio_fails,
-)
-from coalmine.analyzers.instances import InstanceEvidence, InstanceMeans, analyze_instances
-from coalmine.analyzers.mann_whitney import analyze_distribution
+from coalmine.analyzers.base import Look
+from coalmine.analyzers.burn_rate import BurnWindow
+from coalmine.analyzers.instances import InstanceMeans
+from coalmine.analyzers.registry import analyzer_for
 from coalmine.analyzers.sample_ratio import sample_ratio_check
-from coalmine.analyzers.sequential import DistributionEvidence
 from coalmine.contract import Cohort, DeployEvent, MetricEvent, Verdict, Window
 from coalmine.daemon.samples import EventCounts, InstanceTally, SampleReservoir
 from coalmine.judge import Judgement, judge
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    import numpy as np
+    from numpy.typing import NDArray
 
+    from coalmine.analyzers.base import Analyzer
     from coalmine.analyzers.result import DetailValue, MetricResult
     from coalmine.config.models import MetricSpec, Profile
 
 Status = Literal["open", "final", "ended"]
-_T = TypeVar("_T")
-
-_CRITICAL_GROWTH = 1.1
-"""A critical distribution metric is re-checked when its canary samples grow by 10%."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +50,163 @@ class AnalysisLimits:
 
     max_samples_per_cohort: int = 200_000
     max_instances_per_cohort: int = 1_000
+
+
+class _Observations:
+    """Both cohorts' data of every metric of one deployment, within its limits.
+
+    A metric's storage is made when an event brings its data or an analyzer first reads
+    it; events of a ratio metric carry counts, those of a distribution metric samples (the
+    router rejects the others).
+    """
+
+    __slots__ = (
+        "_cohorts",
+        "_counts",
+        "_deployment_id",
+        "_instances",
+        "_limits",
+        "_samples",
+        "limits_hit",
+    )
+
+    def __init__(self, deployment_id: str, limits: AnalysisLimits) -> None:
+        self._deployment_id = deployment_id
+        self._limits = limits
+        self._samples: dict[str, tuple[SampleReservoir, SampleReservoir]] = {}
+        self._counts: dict[str, tuple[EventCounts, EventCounts]] = {}
+        self._instances: dict[str, tuple[InstanceTally, InstanceTally]] = {}
+        self._cohorts: dict[str, tuple[_CohortData, _CohortData]] = {}
+        self.limits_hit: list[str] = []
+        """Caps reached since the owner last looked: ``"<limit>: <metric> <cohort>"``."""
+
+    def add(self, event: MetricEvent, cohort: Cohort) -> _CohortData:
+        """Store one event's counts or samples; return its cohort's data."""
+        index = 1 if cohort == "canary" else 0
+        name = event.metric
+        if event.is_ratio:
+            self.counts(name)[index].add(event.good, event.total)
+            return self.cohorts(name)[index]
+        reservoir = self.samples(name)[index]
+        was_reduced = reservoir.reduced
+        reservoir.extend(event.values)
+        if reservoir.reduced and not was_reduced:
+            self.limits_hit.append(f"max_samples_per_cohort: {name} {cohort}")
+        if event.instance is not None:
+            tally = self.instances(name)[index]
+            refused = tally.refused
+            tally.add(event.instance, event.values)
+            if tally.refused and not refused:
+                self.limits_hit.append(f"max_instances_per_cohort: {name} {cohort}")
+        return self.cohorts(name)[index]
+
+    def cohorts(self, name: str) -> tuple[_CohortData, _CohortData]:
+        """A metric's data, baseline and canary, as its analyzer reads it."""
+        pair = self._cohorts.get(name)
+        if pair is None:
+            pair = self._cohorts[name] = (_CohortData(self, name, 0), _CohortData(self, name, 1))
+        return pair
+
+    def samples(self, name: str) -> tuple[SampleReservoir, SampleReservoir]:
+        """A metric's samples per cohort (made on first use, seeded by deployment and metric)."""
+        pair = self._samples.get(name)
+        if pair is None:
+            cap = self._limits.max_samples_per_cohort
+            seed = zlib.crc32(f"{self._deployment_id}\0{name}".encode())
+            pair = (SampleReservoir(cap, seed), SampleReservoir(cap, seed + 1))
+            self._samples[name] = pair
+        return pair
+
+    def counts(self, name: str) -> tuple[EventCounts, EventCounts]:
+        """A metric's event counts per cohort (made on first use)."""
+        pair = self._counts.get(name)
+        if pair is None:
+            pair = (EventCounts(), EventCounts())
+            self._counts[name] = pair
+        return pair
+
+    def instances(self, name: str) -> tuple[InstanceTally, InstanceTally]:
+        """A metric's per-instance tallies per cohort (made on first use)."""
+        pair = self._instances.get(name)
+        if pair is None:
+            cap = self._limits.max_instances_per_cohort
+            pair = (InstanceTally(cap), InstanceTally(cap))
+            self._instances[name] = pair
+        return pair
+
+    def instance_count(self, name: str, index: int) -> int:
+        """Instances one cohort's events named for a metric (0 when none did)."""
+        pair = self._instances.get(name)
+        return 0 if pair is None else len(pair[index])
+
+    def sizes(self) -> dict[str, tuple[int, int]]:
+        """Observations seen per metric, (baseline, canary)."""
+        sizes = {name: (pair[0].seen, pair[1].seen) for name, pair in self._samples.items()}
+        sizes.update({name: (pair[0].total, pair[1].total) for name, pair in self._counts.items()})
+        return sizes
+
+    def split(self) -> tuple[int, int] | None:
+        """The traffic each cohort was seen to get, (canary, baseline).
+
+        From the first ratio metric's event counts (they count every request), else from
+        the first distribution metric's samples. None until both cohorts have reported: a
+        canary's counts not read yet (later in the same message, or the next one) are not
+        a 0% share.
+        """
+        if self._counts:
+            base, canary = next(iter(self._counts.values()))
+            return (canary.total, base.total) if base.reports and canary.reports else None
+        if self._samples:
+            base_s, canary_s = next(iter(self._samples.values()))
+            return (canary_s.seen, base_s.seen) if base_s.seen and canary_s.seen else None
+        return None
+
+    def clear(self) -> None:
+        """Drop the data (the caps reached stay until the owner has looked)."""
+        self._samples.clear()
+        self._counts.clear()
+        self._instances.clear()
+        self._cohorts.clear()
+
+
+class _CohortData:
+    """One cohort's data of one metric (``coalmine.analyzers.base.CohortData``)."""
+
+    __slots__ = ("_data", "_index", "_name")
+
+    def __init__(self, data: _Observations, name: str, index: int) -> None:
+        self._data = data
+        self._name = name
+        self._index = index
+
+    @property
+    def good(self) -> int:
+        """Good events counted."""
+        return self._data.counts(self._name)[self._index].good
+
+    @property
+    def total(self) -> int:
+        """All events counted."""
+        return self._data.counts(self._name)[self._index].total
+
+    @property
+    def instance_count(self) -> int:
+        """Instances the events named."""
+        return self._data.instance_count(self._name, self._index)
+
+    def samples(self) -> NDArray[np.float64]:
+        """The samples kept."""
+        return self._data.samples(self._name)[self._index].values()
+
+    def instances(self) -> InstanceMeans:
+        """Per-instance sample counts and means."""
+        tally = self._data.instances(self._name)[self._index]
+        return InstanceMeans(*tally.means(), names=tally.names)
+
+
+def _analyzers(profile: Profile) -> dict[str, Analyzer]:
+    """A fresh analyzer per metric of the profile, by its kind."""
+    return {spec.name: analyzer_for(spec) for spec in profile.metrics}
 
 
 class Deployment:
@@ -83,22 +235,9 @@ class Deployment:
         self.end_reason: str | None = None
         self._steps: list[tuple[float, float | None]] = [(started.time, started.traffic_weight)]
         self.last_verdict: Verdict | None = None
-        self._limits = limits or AnalysisLimits()
         self._look = 1
-        self._burn_levels = {
-            spec.name: min(spec.slow_burn, spec.fast_burn) * error_budget(spec)
-            for spec in profile.metrics
-            if spec.critical and spec.kind == "ratio"
-        }
-        self._samples: dict[str, tuple[SampleReservoir, SampleReservoir]] = {}
-        self._counts: dict[str, tuple[EventCounts, EventCounts]] = {}
-        self._instances: dict[str, tuple[InstanceTally, InstanceTally]] = {}
-        self._distribution: dict[str, DistributionEvidence] = {}
-        self._staged: dict[str, InstanceEvidence] = {}
-        self._ratio: dict[str, RatioEvidence] = {}
-        self._checked_at: dict[str, int] = {}
-        self.limits_hit: list[str] = []
-        """Caps reached since the owner last looked: ``"<limit>: <metric> <cohort>"``."""
+        self._analyzers = _analyzers(profile)
+        self._data = _Observations(started.deployment_id, limits or AnalysisLimits())
         self.baseline_weight = started.baseline_weight
 
     @property
@@ -110,6 +249,14 @@ class Deployment:
     def end_time(self) -> float:
         """Event time of the last judgement (``started + max_duration``)."""
         return self.started + self.profile.max_duration
+
+    @property
+    def limits_hit(self) -> list[str]:
+        """Caps reached since the owner last looked: ``"<limit>: <metric> <cohort>"``.
+
+        The owner clears the list once it has reported them.
+        """
+        return self._data.limits_hit
 
     def cohort_of(self, event: MetricEvent) -> Cohort | None:
         """The event's cohort: its ``cohort`` field, or its ``version`` matched to ours."""
@@ -138,17 +285,15 @@ class Deployment:
         return self._due(look)
 
     def is_critical_burn(self, event: MetricEvent) -> bool:
-        """Does a canary event of a critical ratio metric burn its budget fast on its own?
+        """Does a canary event of a critical metric call for judging it before others?
 
-        At the slow-burn rate or faster, on its own counts. Every canary event with bad
-        events is checked between judgements; the router takes these first. At 0.1% errors
-        out of a 99.9% objective almost every canary message brings a bad event, and a
-        priority for all would be a priority for none.
+        Its analyzer says (a ratio metric's counts burning the budget fast on their own);
+        the router takes these first. Cheap and without effect.
         """
-        level = self._burn_levels.get(event.metric)
+        analyzer = self._analyzers.get(event.metric)
         return (
-            level is not None
-            and event.total - event.good > event.total * level
+            analyzer is not None
+            and analyzer.urgent(event.good, event.total)
             and self.cohort_of(event) == "canary"
         )
 
@@ -158,29 +303,9 @@ class Deployment:
         spec = self.profile.metric(event.metric)
         if not self.is_open or spec is None:
             return verdicts
-        index = 1 if cohort == "canary" else 0
-        bad = 0
-        if spec.kind == "ratio":
-            self._counts_for(spec.name)[index].add(event.good, event.total)
-            bad = event.total - event.good
-            evidence = self._ratio_evidence(spec)
-            if index:
-                evidence.observe(event.time, bad, event.total, 0, 0)
-            else:
-                evidence.observe(event.time, 0, 0, bad, event.total)
-        else:
-            reservoir = self._samples_for(spec.name)[index]
-            was_reduced = reservoir.reduced
-            reservoir.extend(event.values)
-            if reservoir.reduced and not was_reduced:
-                self.limits_hit.append(f"max_samples_per_cohort: {spec.name} {cohort}")
-            if event.instance is not None:
-                tally = self._instances_for(spec.name)[index]
-                refused = tally.refused
-                tally.add(event.instance, event.values)
-                if tally.refused and not refused:
-                    self.limits_hit.append(f"max_instances_per_cohort: {spec.name} {cohort}")
-        if spec.critical and index == 1 and self._critical_due(spec, bad):
+        stored = self._data.add(event, cohort)
+        analyzer = self._analyzers[spec.name]
+        if analyzer.observe(event.time, cohort == "canary", event.good, event.total, stored):
             if self.ends_at is not None and event.time > self.ends_at:
                 return verdicts
             verdict = self._check_critical(spec, max(event.time, self.started))
@@ -236,9 +361,7 @@ class Deployment:
 
     def metric_sizes(self) -> dict[str, tuple[int, int]]:
         """Observations seen per metric, (baseline, canary)."""
-        sizes = {name: (pair[0].seen, pair[1].seen) for name, pair in self._samples.items()}
-        sizes.update({name: (pair[0].total, pair[1].total) for name, pair in self._counts.items()})
-        return sizes
+        return self._data.sizes()
 
     def weight_at(self, time: float) -> float | None:
         """The announced traffic weight in force at event time ``time``."""
@@ -255,81 +378,8 @@ class Deployment:
     def _last_look(self, look: int) -> bool:
         return self._due(look) >= self.end_time
 
-    def _samples_for(self, name: str) -> tuple[SampleReservoir, SampleReservoir]:
-        pair = self._samples.get(name)
-        if pair is None:
-            cap = self._limits.max_samples_per_cohort
-            seed = zlib.crc32(f"{self.deployment_id}\0{name}".encode())
-            pair = (SampleReservoir(cap, seed), SampleReservoir(cap, seed + 1))
-            self._samples[name] = pair
-        return pair
-
-    def _counts_for(self, name: str) -> tuple[EventCounts, EventCounts]:
-        pair = self._counts.get(name)
-        if pair is None:
-            pair = (EventCounts(), EventCounts())
-            self._counts[name] = pair
-        return pair
-
-    def _critical_due(self, spec: MetricSpec, bad: int) -> bool:
-        """Is a canary event of a critical metric worth a check between judgements?
-
-        A ratio metric: when the event brings bad events. One with none cannot raise the
-        evidence (the rate-ratio e-process and the burn-rate guard rise only with canary
-        bad events), so only the e-process's batch is closed, as a check would, to keep
-        its batches what they were; the interval judgements see everything. A distribution
-        metric: when its canary samples grew by a tenth since the last check.
-        """
-        if spec.kind == "ratio":
-            if bad > 0:
-                return True
-            if spec.test == "sequential":
-                self._ratio_evidence(spec).rate.update()
-            return False
-        seen = len(self._samples_for(spec.name)[1])
-        if seen < spec.min_samples or seen < self._checked_at.get(spec.name, 0) * _CRITICAL_GROWTH:
-            return False
-        self._checked_at[spec.name] = seen
-        return True
-
-    def _instances_for(self, name: str) -> tuple[InstanceTally, InstanceTally]:
-        pair = self._instances.get(name)
-        if pair is None:
-            cap = self._limits.max_instances_per_cohort
-            pair = (InstanceTally(cap), InstanceTally(cap))
-            self._instances[name] = pair
-        return pair
-
-    def _ratio_evidence(self, spec: MetricSpec) -> RatioEvidence:
-        evidence = self._ratio.get(spec.name)
-        if evidence is None:
-            evidence = self._ratio[spec.name] = RatioEvidence.for_spec(spec)
-        return evidence
-
-    def _analyze(self, spec: MetricSpec, time: float) -> MetricResult:
-        alpha = self.profile.metric_alpha
-        if spec.kind == "ratio":
-            return self._on_ratio(analyze_ratio, spec, time)
-        if self._by_instance(spec):
-            base_i, canary_i = (
-                InstanceMeans(*t.means(), names=t.names) for t in self._instances_for(spec.name)
-            )
-            staged = self._staged.get(spec.name)
-            if staged is None:
-                staged = self._staged[spec.name] = InstanceEvidence()
-            return analyze_instances(spec, base_i, canary_i, alpha, evidence=staged)
-        base_s, canary_s = self._samples_for(spec.name)
-        evidence = self._distribution.get(spec.name)
-        if evidence is None:
-            evidence = DistributionEvidence.for_spec(spec.prior_width, spec.tail_quantiles)
-            self._distribution[spec.name] = evidence
-        return analyze_distribution(
-            spec, base_s.values(), canary_s.values(), alpha, evidence=evidence
-        )
-
-    def _on_ratio(self, analyzer: Callable[..., _T], spec: MetricSpec, time: float) -> _T:
-        """``analyzer`` (:func:`analyze_ratio` or :func:`ratio_fails`) on a ratio metric."""
-        base, canary = self._counts_for(spec.name)
+    def _look_at(self, time: float) -> Look:
+        """What the analyzers judge at event time ``time``: alpha and the canary's window."""
         weight = self.weight_at(time)
         window = BurnWindow(
             now=time,
@@ -338,63 +388,19 @@ class Deployment:
             canary_share=None if weight is None else weight / 100.0,
             period=self.profile.slo_period,
         )
-        return analyzer(
-            spec,
-            base.good,
-            base.total,
-            canary.good,
-            canary.total,
-            self.profile.metric_alpha,
-            evidence=self._ratio_evidence(spec),
-            window=window,
-        )
-
-    def _fails(self, spec: MetricSpec, time: float) -> bool:
-        """Does ``spec`` fail now? A ratio metric is answered without the verdict's detail."""
-        if spec.kind == "ratio":
-            return self._on_ratio(ratio_fails, spec, time)
-        return self._analyze(spec, time).outcome == "fail"
-
-    def _by_instance(self, spec: MetricSpec) -> bool:
-        """Judge per instance: asked for, or (``auto``) when the events name instances."""
-        if spec.unit == "request":
-            return False
-        if spec.unit == "instance":
-            return True
-        tallies = self._instances.get(spec.name)
-        return tallies is not None and len(tallies[0]) >= 2 and len(tallies[1]) >= 1
+        return Look(alpha=self.profile.metric_alpha, window=window)
 
     def _analyze_all(self, time: float) -> tuple[MetricResult, ...]:
-        return tuple(self._analyze(spec, time) for spec in self.profile.metrics)
-
-    def _checks(self, time: float) -> dict[str, dict[str, DetailValue]]:
-        """Deployment-level checks reported with every verdict (sample-ratio mismatch)."""
-        canary_weight = self.weight_at(time)
-        if canary_weight is None or not (self._counts or self._samples):
-            return {}
-        baseline_weight = self.baseline_weight
-        if baseline_weight is None:
-            baseline_weight = 100.0 - canary_weight
-        if canary_weight + baseline_weight <= 0:
-            return {}
-        # A split is judged only once both cohorts have reported: a canary's counts not
-        # read yet (later in the same message, or the next one) are not a 0% share.
-        if self._counts:
-            base, canary = next(iter(self._counts.values()))
-            if not (base.reports and canary.reports):
-                return {}
-            observed = (canary.total, base.total)
-        else:
-            base_s, canary_s = next(iter(self._samples.values()))
-            if not (base_s.seen and canary_s.seen):
-                return {}
-            observed = (canary_s.seen, base_s.seen)
-        expected = canary_weight / (canary_weight + baseline_weight)
-        check = sample_ratio_check(*observed, expected, self.profile.sample_ratio_alpha)
-        return {"sample_ratio": check}
+        look = self._look_at(time)
+        return tuple(
+            self._analyzers[spec.name].analyze(*self._data.cohorts(spec.name), look)
+            for spec in self.profile.metrics
+        )
 
     def _check_critical(self, spec: MetricSpec, time: float) -> Verdict | None:
-        if not self._fails(spec, time):
+        """A rollback verdict if the critical metric ``spec`` fails now and the judge agrees."""
+        analyzer = self._analyzers[spec.name]
+        if not analyzer.fails(*self._data.cohorts(spec.name), self._look_at(time)):
             return None
         results = self._analyze_all(time)
         elapsed = time - self.started
@@ -410,6 +416,23 @@ class Deployment:
         at_end = self._last_look(look)
         judgement = judge(self.profile, results, elapsed=time - self.started, at_end=at_end)
         return self._verdict(look, time, results, judgement)
+
+    def _checks(self, time: float) -> dict[str, dict[str, DetailValue]]:
+        """Deployment-level checks reported with every verdict (sample-ratio mismatch)."""
+        canary_weight = self.weight_at(time)
+        if canary_weight is None:
+            return {}
+        baseline_weight = self.baseline_weight
+        if baseline_weight is None:
+            baseline_weight = 100.0 - canary_weight
+        if canary_weight + baseline_weight <= 0:
+            return {}
+        observed = self._data.split()
+        if observed is None:
+            return {}
+        expected = canary_weight / (canary_weight + baseline_weight)
+        check = sample_ratio_check(*observed, expected, self.profile.sample_ratio_alpha)
+        return {"sample_ratio": check}
 
     def _verdict(
         self, look: int, time: float, results: tuple[MetricResult, ...], judgement: Judgement
@@ -447,10 +470,7 @@ class Deployment:
         return verdict
 
     def _close(self, status: Status) -> None:
+        """Stop the analysis: drop the data and, with fresh analyzers, the evidence."""
         self.status = status
-        self._samples.clear()
-        self._counts.clear()
-        self._instances.clear()
-        self._distribution.clear()
-        self._staged.clear()
-        self._ratio.clear()
+        self._data.clear()
+        self._analyzers = _analyzers(self.profile)

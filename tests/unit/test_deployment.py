@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 
+from coalmine.analyzers.burn_rate import RatioAnalyzer
 from coalmine.config.models import MetricSpec, Profile
 from coalmine.contract import DeployEvent, MetricEvent
 from coalmine.daemon.deployment import AnalysisLimits, Deployment
@@ -137,6 +138,13 @@ def test_critical_ratio_is_checked_between_judgements_only_on_canary_bad_events(
     assert checked == [20.0, 40.0]
 
 
+class _CheckedAlways(RatioAnalyzer):
+    """Asks for a critical check on every canary message."""
+
+    def observe(self, time, canary, good, total, stored):
+        return super().observe(time, canary, good, total, stored) or canary
+
+
 @pytest.mark.parametrize(("canary_errors", "decision"), [(0.0004, "promote"), (0.004, "rollback")])
 def test_skipping_checks_without_bad_events_keeps_the_evidence_and_verdicts(
     monkeypatch, canary_errors, decision
@@ -145,7 +153,9 @@ def test_skipping_checks_without_bad_events_keeps_the_evidence_and_verdicts(
     # rate-ratio e-process (its batches closed at the same messages), guard maxima and
     # verdicts. Most canary messages carry no bad event (500 requests a message).
     checked_always = Deployment(started(), PROFILE)
-    monkeypatch.setattr(checked_always, "_critical_due", lambda *_: True)
+    monkeypatch.setitem(
+        checked_always._analyzers, "requests", _CheckedAlways(PROFILE.metric("requests"))
+    )
     skipping = Deployment(started(), PROFILE)
     runs = [
         feed(d, until=900, canary_errors=canary_errors, requests_per_step=500, seed=5)
@@ -154,7 +164,7 @@ def test_skipping_checks_without_bad_events_keeps_the_evidence_and_verdicts(
     assert [v.to_dict() for v in runs[0]] == [v.to_dict() for v in runs[1]]
     assert runs[1][-1].decision == decision
     spec = PROFILE.metric("requests")
-    one, other = (d._ratio_evidence(spec) for d in (checked_always, skipping))
+    one, other = (d._analyzers[spec.name].evidence for d in (checked_always, skipping))
     assert one.rate.log_e == other.rate.log_e
     assert one.rate.max_log_e == other.rate.max_log_e
     assert one.guard_max_log_e == other.guard_max_log_e
@@ -256,7 +266,7 @@ def test_samples_per_cohort_are_capped(cap):
     feed(deployment, until=50, samples=400)
     baseline_seen, canary_seen = deployment.metric_sizes()["latency_ms"]
     assert baseline_seen == canary_seen == 2000
-    stored = deployment._samples["latency_ms"][0]
+    stored = deployment._data.samples("latency_ms")[0]
     assert len(stored) == min(cap, 2000)
 
 
