@@ -17,8 +17,8 @@ chance). Keyed by service, in event-time order. With the defaults: 1000 x 2 x 5 
 per 10 s, 60,000 per event minute, 600,000 messages (12,000,000 samples) for 10 minutes, 9
 judgements per deployment (9,000 verdicts per run).
 
-The fill, the sides and the timing rule are ``ingest.py``'s (its helpers are used as they
-are): the topics are filled before anything is timed; then, interleaved, R times each:
+The fill, the sides, the timing rule and the table are ``harness/ingest.py``'s, as in
+``ingest.py``: the topics are filled before anything is timed; then, interleaved, R times each:
 ``bare`` (an ``AIOKafkaConsumer`` that only counts the messages: the baseline),
 ``bare+json`` (plus ``orjson.loads`` of each, for reference) and ``coalmine`` (the real
 ``Daemon`` on a ``KafkaTransport``: fetch, decode, route, buffer, judge, publish and await
@@ -40,7 +40,6 @@ import io
 import math
 import os
 import pstats
-import statistics
 import sys
 import time
 import uuid
@@ -49,30 +48,34 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks, tests, coalmine
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks, support, coalmine
 
-from benchmarks.broker import add_broker_option, describe, start_broker
-from benchmarks.ingest import (
+from benchmarks.harness.broker import add_broker_option, describe, start_broker
+from benchmarks.harness.ingest import (
     INTERVAL,
     T0,
+    IngestWorkload,
     Measurement,
-    Workload,
-    _bare,
-    _coalmine,
-    _decode_all,
-    _fill,
-    _services,
+    decode_all,
+    fill,
+    report_runs,
+    run_bare,
+    run_coalmine,
+    service_names,
 )
 from coalmine.config.models import TopicsSettings
 from coalmine.contract import format_time
 
 TARGET_RATIO = 0.25
+"""coalmine's rate at least this share of the bare consumer's (median of the rounds)."""
 GOAL_RATIO = 0.50
 
 
-def _messages(work: Workload, instances: int, step: float, seed: int) -> list[tuple[bytes, bytes]]:
+def _messages(
+    work: IngestWorkload, instances: int, step: float, seed: int
+) -> list[tuple[bytes, bytes]]:
     """Every tick of every deployment, in event-time order (see the module docstring)."""
-    services = _services(work.deployments)
+    services = service_names(work.deployments)
     keys = [service.encode() for service in services]
     ticks = round(work.event_minutes * 60 / step)
     rng = np.random.default_rng(seed)
@@ -102,7 +105,7 @@ def _messages(work: Workload, instances: int, step: float, seed: int) -> list[tu
     return out
 
 
-def _workload(args: argparse.Namespace) -> Workload:
+def _workload(args: argparse.Namespace) -> IngestWorkload:
     tag = uuid.uuid4().hex[:6]
     topics = TopicsSettings(
         deployments=f"prod.{tag}.deployments",
@@ -111,7 +114,7 @@ def _workload(args: argparse.Namespace) -> Workload:
         dead_letter=f"prod.{tag}.dlq",
     )
     ticks = round(args.event_minutes * 60 / args.step)
-    return Workload(
+    return IngestWorkload(
         "native",
         args.samples_per_message,
         ticks * args.deployments * 2 * args.instances,
@@ -124,64 +127,23 @@ def _workload(args: argparse.Namespace) -> Workload:
     )
 
 
-def _row(m: Measurement, samples: int, label: str) -> str:
-    broker = "n/a" if m.broker_cpu is None else f"{m.broker_cpu:.1f}"
-    others = "n/a" if m.others_cpu is None else f"{m.others_cpu:.1f}"
-    verdicts = "-" if m.verdicts is None else f"{m.verdicts:,}"
-    return (
-        f"{m.side:<9} {label:>5} {m.rate:>12,.0f} {m.rate * samples:>12,.0f} "
-        f"{m.seconds:>8.2f} {m.cpu:>7.2f} {broker:>10} {others:>10} {verdicts:>9}"
-    )
-
-
-def _report(runs: list[Measurement], samples: int) -> dict[str, object]:
-    header = (
-        f"{'side':<9} {'run':>5} {'messages/s':>12} {'samples/s':>12} "
-        f"{'wall s':>8} {'CPU s':>7} {'broker CPU':>10} {'others CPU':>10} {'verdicts':>9}"
-    )
-    print(header)
-    print("-" * len(header))
-    for m in runs:
-        print(_row(m, samples, str(m.run)))
-    best = {
-        side: max((m for m in runs if m.side == side), key=lambda m: m.rate)
-        for side in ("bare", "bare+json", "coalmine")
-    }
-    for m in best.values():
-        print(_row(m, samples, "best"))
-    by_run = {(m.side, m.run): m for m in runs}
-    ratios = [
-        by_run["coalmine", run].rate / by_run["bare", run].rate
-        for run in sorted({m.run for m in runs})
-    ]
-    median = statistics.median(ratios)
-    print(
-        "\nratio coalmine / bare, messages/s, per run (each against the bare run just before "
-        "it): " + ", ".join(f"{r:.3f}" for r in ratios)
-    )
-    print(
-        f"  median {median:.3f}, range {min(ratios):.3f}-{max(ratios):.3f}; best of each side "
-        f"{best['coalmine'].rate / best['bare'].rate:.3f}"
-    )
-    print(
-        f"  (for reference: bare+json / bare {best['bare+json'].rate / best['bare'].rate:.3f}, "
-        f"best of each)"
-    )
+def _report(runs: list[Measurement], samples: int) -> None:
+    """The table, then the target, on the median of the rounds' ratios."""
+    median, _ = report_runs(runs, samples)
     met = "met" if median >= TARGET_RATIO else "NOT met"
     goal = "reached" if median >= GOAL_RATIO else "not reached"
     print(
         f"target >= {TARGET_RATIO:.0%} of the bare consumer (median ratio): {met}; "
         f"goal {GOAL_RATIO:.0%}: {goal}"
     )
-    return {"ratios": ratios, "median": median}
 
 
-async def _profiled(bootstrap: str, work: Workload, args: argparse.Namespace) -> None:
+async def _profiled(bootstrap: str, work: IngestWorkload, args: argparse.Namespace) -> None:
     """One more coalmine run under cProfile; the stats to ``args.profile``, the top printed."""
     profiler = cProfile.Profile()
     profiler.enable()
     try:
-        measured = await _coalmine(bootstrap, work, args.runs + 1, args.max_poll_records)
+        measured = await run_coalmine(bootstrap, work, args.runs + 1, args.max_poll_records)
     finally:
         profiler.disable()
     profiler.dump_stats(args.profile)
@@ -219,11 +181,11 @@ async def _main(args: argparse.Namespace) -> None:
     async with start_broker(args.broker) as broker:
         begun = time.perf_counter()
         metrics = _messages(work, args.instances, args.step, args.seed)
-        await _fill(broker.bootstrap, work, metrics)
+        await fill(broker.bootstrap, work, metrics)
         print(f"produced in {time.perf_counter() - begun:.1f} s (not measured)")
         values = [value for _, value in metrics]
         del metrics
-        decoded = _decode_all(work, values)
+        decoded = decode_all(work, values)
         print(
             f"the contract's decode alone (one thread, not measured): "
             f"{work.messages / decoded.seconds:,.0f} messages/s, "
@@ -232,9 +194,11 @@ async def _main(args: argparse.Namespace) -> None:
         del values
         runs: list[Measurement] = []
         for run in range(1, args.runs + 1):
-            runs.append(await _bare(broker.bootstrap, work, run, args.max_poll_records))
-            runs.append(await _bare(broker.bootstrap, work, run, args.max_poll_records, parse=True))
-            runs.append(await _coalmine(broker.bootstrap, work, run, args.max_poll_records))
+            runs.append(await run_bare(broker.bootstrap, work, run, args.max_poll_records))
+            runs.append(
+                await run_bare(broker.bootstrap, work, run, args.max_poll_records, parse=True)
+            )
+            runs.append(await run_coalmine(broker.bootstrap, work, run, args.max_poll_records))
         _report(runs, work.samples)
         if args.profile:
             await _profiled(broker.bootstrap, work, args)

@@ -45,14 +45,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # support.quality; coalmine if not installed
 
 import coalmine  # noqa: E402
-from coalmine.analyzers.mann_whitney import (  # noqa: E402
-    analyze_distribution,
-    hodges_lehmann,
-    rank_sum_test,
-)
+from coalmine.analyzers.hodges_lehmann import hodges_lehmann  # noqa: E402
+from coalmine.analyzers.mann_whitney import analyze_distribution, rank_sum_test  # noqa: E402
+from coalmine.analyzers.registry import ANALYZERS  # noqa: E402
 from coalmine.config.models import MetricSpec, Profile  # noqa: E402
 from coalmine.contract import DeployEvent, MetricEvent  # noqa: E402
-from coalmine.daemon import deployment as deployment_module  # noqa: E402
 from coalmine.daemon.deployment import Deployment  # noqa: E402
 from support.quality.simulator import SCENARIOS, START, simulate  # noqa: E402
 
@@ -216,11 +213,8 @@ def build_fleet(deployments: int, ages_mode: str, seed: int) -> Fleet:
 def _judge_fleet(fleet_state: Fleet, decisions: Counter[str]) -> tuple[float, int, dict]:
     """The judgements due at the end of the minute: CPU seconds, count, time per analyzer."""
     clock = time.process_time
-    spent = {"distribution": [0.0, 0], "ratio": [0.0, 0]}
-    analyzers = {
-        "distribution": deployment_module.analyze_distribution,
-        "ratio": deployment_module.analyze_ratio,
-    }
+    spent = {kind: [0.0, 0] for kind in ANALYZERS}
+    analyzers = {kind: make.analyze for kind, make in ANALYZERS.items()}
 
     def timed(kind: str, analyze):
         def wrapper(*args, **kwargs):
@@ -233,8 +227,9 @@ def _judge_fleet(fleet_state: Fleet, decisions: Counter[str]) -> tuple[float, in
         return wrapper
 
     looks = 0
+    # Every analyzer class's ``analyze``, timed: what a deployment calls for each metric.
     for kind, analyze in analyzers.items():
-        setattr(deployment_module, f"analyze_{kind}", timed(kind, analyze))
+        ANALYZERS[kind].analyze = timed(kind, analyze)
     try:
         t0 = clock()
         for deployment, _ in fleet_state:
@@ -244,7 +239,7 @@ def _judge_fleet(fleet_state: Fleet, decisions: Counter[str]) -> tuple[float, in
         look_s = clock() - t0
     finally:
         for kind, analyze in analyzers.items():
-            setattr(deployment_module, f"analyze_{kind}", analyze)
+            ANALYZERS[kind].analyze = analyze
     return look_s, looks, spent
 
 

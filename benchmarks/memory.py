@@ -45,18 +45,13 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaProducer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks, tests, coalmine
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks, support, coalmine
 
-from benchmarks.verdict_latency import (
-    T0,
-    DaemonProcess,
-    Topics,
-    create_topics,
-    daemon_config,
-    rss_mb,
-    total,
-    write_json,
-)
+from benchmarks.harness.daemon import DaemonProcess, daemon_config
+from benchmarks.harness.measure import total, write_json
+from benchmarks.harness.procfs import peak_mb, rss_mb
+from benchmarks.harness.topics import Topics, create_topics
+from benchmarks.harness.workload import T0
 from coalmine.bus.base import Record
 from coalmine.config.models import MetricSpec, Profile, TopicsSettings
 from coalmine.contract import format_time
@@ -139,13 +134,6 @@ def messages(args):
                             }
                         ),
                     )
-
-
-def peak_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return math.nan
 
 
 # -- 1. the daemon ---------------------------------------------------------------------------
@@ -267,9 +255,10 @@ def breakdown(args) -> dict:
     tracemalloc.stop()
     capacity = held = 0
     for deployment in router.deployments.values():
-        for pair in deployment._samples.values():  # noqa: SLF001 - measuring, not using
-            for reservoir in pair:
-                capacity += reservoir._data.nbytes  # noqa: SLF001
+        observations = deployment._data  # noqa: SLF001 - measuring, not using
+        for spec in deployment.profile.metrics:
+            for reservoir in observations.samples(spec.name):
+                capacity += reservoir.allocated * 8
                 held += len(reservoir) * 8
     stats = snapshot.statistics("lineno")
     root = str(Path(__file__).resolve().parents[1])

@@ -7,8 +7,9 @@ Run from the repository root: ``python benchmarks/recovery.py [--deployments 100
    by default; or tansu, ``support/brokers.py``): ``started`` events for
    ``--deployments`` deployments, then ``--minutes`` of event time of their metrics (every
    ``--step`` event seconds, per deployment, ``latency_ms`` samples and ``requests`` counts
-   of both cohorts: the workload of ``verdict_latency.py``; the canary repeats the
-   baseline, ``min_duration = max_duration = 1h``, so every deployment stays open).
+   of both cohorts: ``harness/workload.py``, as in ``verdict_latency.py``; the canary
+   repeats the baseline, ``min_duration = max_duration = 1h``, so every deployment stays
+   open).
 2. **The first daemon** (a subprocess, ``python -m coalmine run``) takes all of it,
    publishes its interim verdicts and commits its offsets, held back to the recovery floors
    (the ``started`` record of each open deployment and the first metric record it may
@@ -48,23 +49,20 @@ import orjson
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks, tests, coalmine
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks, support, coalmine
 
-from benchmarks.broker import add_broker_option, describe, start_broker
-from benchmarks.verdict_latency import (
+from benchmarks.harness.broker import add_broker_option, describe, start_broker
+from benchmarks.harness.daemon import (
     ROOT,
     DaemonProcess,
-    Topics,
     bench_profile,
-    create_topics,
     daemon_broker_options,
     daemon_config,
-    fill,
-    fleet,
-    rss_mb,
-    total,
-    write_json,
 )
+from benchmarks.harness.measure import total, write_json
+from benchmarks.harness.procfs import rss_mb
+from benchmarks.harness.topics import Topics, create_topics
+from benchmarks.harness.workload import fill, fleet
 from support.brokers import free_port
 
 TARGET_SECONDS = 30.0

@@ -8,7 +8,7 @@ Runs ``judge_cost.py``, ``ingest.py``, ``verdict_latency.py``, ``memory.py`` and
 or tansu with ``--broker tansu``; ``memory.py`` always tansu), keeps
 each one's output in ``--out`` (a new temporary folder by default), and prints a table:
 figure, measured, baseline, ratio, target, met. ``--quick`` runs smaller sizes (a few
-minutes in all instead of about fifteen): fine for checking that everything works, but the
+minutes in all instead of about eleven): fine for checking that everything works, but the
 targets are stated for the full sizes, so a quick run's "met" column is only indicative.
 The soak (``soak.py``, ten minutes) is not part of it.
 """

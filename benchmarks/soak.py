@@ -4,7 +4,7 @@ Run from the repository root: ``python benchmarks/soak.py [--broker kafka|tansu]
 [--duration 600] [--deployments-open 200] [--rate N] [--png PATH]``.
 
 A private broker (``--broker``: one Apache Kafka node, ``support/kafka_broker.py``, by
-default; or tansu, ``support/brokers.py``; ``benchmarks/broker.py``) gets the four topics
+default; or tansu, ``support/brokers.py``; ``harness/broker.py``) gets the four topics
 (deployments and metrics with the same partition count), and the daemon runs as a
 **subprocess** (``python -m coalmine run --config ...``; on tansu with
 ``idempotent_producer = false``), so its resident memory is its own. On both brokers the
@@ -52,7 +52,6 @@ import argparse
 import asyncio
 import contextlib
 import csv
-import math
 import os
 import signal
 import subprocess
@@ -60,20 +59,18 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from prometheus_client.parser import text_string_to_metric_families
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # support.brokers, this coalmine
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks, support, coalmine
 
-from benchmarks.broker import (
+from benchmarks.harness.broker import (
     DAEMON_FETCH_WAIT_MS,
     BrokerKind,
     add_broker_option,
@@ -81,272 +78,31 @@ from benchmarks.broker import (
     idempotent_producer,
     start_broker,
 )
-from benchmarks.verdict_latency import (
-    Topics,
+from benchmarks.harness.daemon import (
+    READY_TIMEOUT,
+    ROOT,
+    STOP_TIMEOUT,
     bench_profile,
-    create_topics,
     daemon_config,
+)
+from benchmarks.harness.measure import parse_metrics
+from benchmarks.harness.procfs import (
+    child_pid,
+    machine_cpu,
     proc_cpu,
+    proc_fds,
+    proc_status,
     rss_mb,
 )
-from coalmine.contract import format_time
+from benchmarks.harness.soak_load import INTERVAL, MAX_DURATION, MIN_DURATION, Load, Stats
+from benchmarks.harness.topics import Topics, create_topics
 from support.brokers import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
-
-T0 = 1_800_000_000.0
-"""Event time the load starts at (2027-01-15)."""
-INTERVAL, MIN_DURATION, MAX_DURATION = 30.0, 120.0, 300.0
-"""The profile's schedule, event seconds: a look every 30 s, promote from 2 min, end at 5."""
-LIFETIME = (90.0, 420.0)
-"""Planned event-time life of a deployment (uniform), when no final verdict ends it first."""
-KINDS = (("healthy", 0.70), ("slow", 0.15), ("errors", 0.15))
-MESSAGES_PER_TICK = 4
 TABLE_EVERY = 30.0
-READY_TIMEOUT = 90.0
-STOP_TIMEOUT = 30.0
-
-# -- /proc ----------------------------------------------------------------------------------
+"""Seconds between two rows of the table printed while it runs."""
 
 
-def proc_status(pid: int) -> dict[str, str]:
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return {}
-    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
-
-
-def proc_fds(pid: int) -> int:
-    try:
-        return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
-    except OSError:
-        return 0
-
-
-def machine_cpu() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    total = sum(values[:8])
-    return total - idle, total
-
-
-def child_pid(name: str) -> int | None:
-    """A live child of this process whose command name starts with ``name`` (tansu)."""
-    me = str(os.getpid())
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        if stat[stat.rindex(")") + 2 :].split()[1] == me and comm.startswith(name):
-            return int(entry.name)
-    return None
-
-
-# -- the load ------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Plan:
-    """One simulated deployment, as its pipeline and its service see it."""
-
-    serial: int
-    service: str
-    kind: str
-    started: float
-    ends: float
-    next_tick: float
-    tail_left: int
-    completed: bool = False
-
-    @property
-    def deployment_id(self) -> str:
-        return f"{self.service}-d{self.serial}"
-
-    @property
-    def baseline(self) -> str:
-        return f"b{self.serial}"
-
-    @property
-    def canary(self) -> str:
-        return f"c{self.serial}"
-
-
-@dataclass(slots=True)
-class Stats:
-    produced: int = 0
-    produce_errors: int = 0
-    deployments_started: int = 0
-    ended: Counter[str] = field(default_factory=Counter)
-    verdicts: int = 0
-    verdict_decisions: Counter[str] = field(default_factory=Counter)
-    finals: set[str] = field(default_factory=set)
-    open_plans: int = 0
-    load_finished: float | None = None
-    """``time.monotonic()`` when the last message of the load was acknowledged."""
-    load_end_t: float | None = None
-    """The same, in seconds since sampling began (the samples' ``t``)."""
-    ends: dict[tuple[str, int], int] = field(default_factory=dict)
-    """(topic, partition) -> highest acknowledged offset + 1: the true end offsets."""
-
-
-class Load:
-    """Pipelines and services: deploy events and metrics on an event clock, keyed by service."""
-
-    def __init__(self, args: argparse.Namespace, topics: Topics, stats: Stats) -> None:
-        self.args = args
-        self.topics = topics
-        self.stats = stats
-        self.rng = np.random.default_rng(args.seed)
-        self.speed = args.speed
-        open_ = args.deployments_open
-        self.step = self.speed * MESSAGES_PER_TICK * open_ / args.rate
-        """Event seconds between two ticks of one deployment."""
-        self.free = [f"svc-{i:05d}" for i in range(open_ * 3)]
-        self.rng.shuffle(self.free)
-        self.plans: dict[str, Plan] = {}  # by deployment id
-        self.serial = 0
-        self.began = 0.0
-        self.producer: AIOKafkaProducer | None = None
-
-    def now(self) -> float:
-        return T0 + self.speed * (time.monotonic() - self.began)
-
-    def _acked(self, future: asyncio.Future) -> None:
-        if future.cancelled() or future.exception() is not None:
-            self.stats.produce_errors += 1
-            return
-        self.stats.produced += 1
-        meta = future.result()
-        key = (meta.topic, meta.partition)
-        self.stats.ends[key] = max(self.stats.ends.get(key, 0), meta.offset + 1)
-
-    async def _send(self, topic: str, key: str, value: object) -> None:
-        assert self.producer is not None
-        future = await self.producer.send(topic, orjson.dumps(value), key=key.encode())
-        future.add_done_callback(self._acked)
-
-    async def _open(self, at: float) -> None:
-        self.serial += 1
-        service = self.free.pop() if self.free else f"svc-x{self.serial:06d}"
-        kind = str(self.rng.choice([k for k, _ in KINDS], p=[w for _, w in KINDS]))
-        life = float(self.rng.uniform(*LIFETIME))
-        ticks = max(1, math.ceil(life / self.step))
-        plan = Plan(
-            self.serial,
-            service,
-            kind,
-            at,
-            at + ticks * self.step,
-            at + self.step,
-            self.args.tail_ticks,
-        )
-        self.plans[plan.deployment_id] = plan
-        self.stats.deployments_started += 1
-        await self._send(
-            self.topics.deployments,
-            service,
-            {
-                "event": "started",
-                "deployment_id": plan.deployment_id,
-                "service": service,
-                "time": format_time(at),
-                "strategy": "canary",
-                "baseline": {"version": plan.baseline},
-                "canary": {"version": plan.canary},
-                "traffic_weight": 50,
-            },
-        )
-
-    async def _tick(self, plan: Plan, at: float) -> None:
-        stamp = format_time(at)
-        samples = self.args.samples_per_message
-        cohorts = ("canary",) if plan.completed else ("baseline", "canary")
-        for cohort in cohorts:
-            canary = cohort == "canary"
-            factor = 1.3 if canary and plan.kind == "slow" else 1.0
-            errors = 0.03 if canary and plan.kind == "errors" else 0.0003
-            common: dict[str, object] = {"service": plan.service, "time": stamp}
-            if plan.completed:  # the service now runs the new version only, no pipeline ids
-                common["version"] = plan.canary
-            else:
-                common |= {"deployment_id": plan.deployment_id, "cohort": cohort}
-            latency = np.round(100.0 * factor * self.rng.lognormal(0.0, 0.5, samples), 1)
-            total = int(self.rng.poisson(500))
-            bad = int(self.rng.binomial(total, errors)) if total else 0
-            await self._send(
-                self.topics.metrics,
-                plan.service,
-                {**common, "metric": "latency_ms", "values": latency.tolist()},
-            )
-            await self._send(
-                self.topics.metrics,
-                plan.service,
-                {**common, "metric": "requests", "good": total - bad, "total": total},
-            )
-
-    async def _complete(self, plan: Plan) -> None:
-        plan.completed = True
-        self.stats.ended["completed"] += 1
-        await self._send(
-            self.topics.deployments,
-            plan.service,
-            {
-                "event": "completed",
-                "deployment_id": plan.deployment_id,
-                "service": plan.service,
-                "time": format_time(plan.ends),
-            },
-        )
-
-    def _retire(self, plan: Plan) -> None:
-        del self.plans[plan.deployment_id]
-        self.free.insert(0, plan.service)  # reused last: its old deployment is long gone
-
-    async def run(self, bootstrap: str, duration: float) -> None:
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks=1, linger_ms=5, max_batch_size=256 * 1024
-        )
-        await self.producer.start()
-        try:
-            self.began = time.monotonic()
-            for _ in range(self.args.deployments_open):  # random phases within one step
-                await self._open(T0 + float(self.rng.uniform(0.0, self.step)))
-            deadline = self.began + duration
-            while time.monotonic() < deadline:
-                await self._advance(self.now())
-                await asyncio.sleep(0.05)
-            await self.producer.flush()
-        finally:
-            await self.producer.stop()
-            self.stats.load_finished = time.monotonic()
-
-    async def _advance(self, now: float) -> None:
-        for plan in list(self.plans.values()):
-            if not plan.completed and plan.deployment_id in self.stats.finals:
-                # The pipeline acts on the final verdict: stop feeding, start the next one.
-                self.stats.ended["final verdict"] += 1
-                self._retire(plan)
-                await self._open(now)
-                continue
-            while plan.next_tick <= now:
-                if not plan.completed and plan.next_tick > plan.ends:
-                    await self._complete(plan)
-                    await self._open(now)
-                    continue
-                if plan.completed:
-                    if plan.tail_left <= 0:
-                        self._retire(plan)
-                        break
-                    plan.tail_left -= 1
-                await self._tick(plan, plan.next_tick)
-                plan.next_tick += self.step
-        self.stats.open_plans = sum(1 for plan in self.plans.values() if not plan.completed)
+# -- the verdicts, as the load's pipelines read them -------------------------------------------
 
 
 async def count_verdicts(bootstrap: str, topic: str, stats: Stats) -> None:
@@ -448,12 +204,7 @@ class Sampler:
                 text = await response.text()
         except (aiohttp.ClientError, TimeoutError):
             return {}
-        out: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-        return out
+        return parse_metrics(text)
 
     async def ready(self) -> bool:
         try:

@@ -3,15 +3,16 @@
 Run from the repository root: ``python benchmarks/soak_inprocess.py [--deployments 60000]
 [--deployments-open 200] [--every 2000] [--csv PATH]``.
 
-``soak.py`` runs the daemon against tansu, whose in-memory log costs it more CPU with every
-message; on a slow machine the broker, not the daemon, ends the hour. This script drives
-``soak.py``'s ``Load`` (the same deployments, metrics, completions and final verdicts) on
-a simulated clock, in this process, through the daemon's own state: a ``Router`` (what the
-daemon's worker thread runs) and a ``Directory`` (what its HTTP API answers from), fed as
-the daemon feeds them (the router's effects' verdicts to the directory, deploy records to
-the directory). Event time jumps ahead instead of waiting, so an hour of the soak's churn
-takes minutes. Every ``--every`` deployments it prints this process's RSS, the open
-deployments, the directory's size and the finished ids remembered.
+``soak.py`` runs the daemon against a broker in real time: an hour is an hour, and on tansu,
+whose in-memory log costs it more CPU with every message, the broker can end it first.
+This script drives the soak's ``Load`` (``harness/soak_load.py``: the same deployments,
+metrics, completions and final verdicts) on a simulated clock, in this process, through the
+daemon's own state: a ``Router`` (what the daemon's event loop runs on each fetched batch)
+and a ``Directory`` (what its HTTP API answers from), fed as the daemon feeds them (the
+verdicts of the router's effects and the deploy records go to the directory). Event time
+jumps ahead instead of waiting, so an hour of the soak's churn takes minutes. Every
+``--every`` deployments it prints this process's RSS, the open deployments, the directory's
+size and the finished ids remembered.
 
 Not here: the Kafka client, the HTTP server and the publisher (their buffers are bounded by
 the fetch and the publish batch, not by how many deployments have come and gone).
@@ -24,13 +25,19 @@ import asyncio
 import csv
 import gc
 import os
+import sys
 import time
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
-from benchmarks.soak import INTERVAL, MAX_DURATION, MIN_DURATION, T0, Load, Stats, proc_status
-from benchmarks.verdict_latency import Topics, bench_profile
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks, support, coalmine
+
+from benchmarks.harness.daemon import bench_profile
+from benchmarks.harness.procfs import rss_mb
+from benchmarks.harness.soak_load import INTERVAL, MAX_DURATION, MIN_DURATION, Load, Stats
+from benchmarks.harness.topics import Topics
+from benchmarks.harness.workload import T0
 from coalmine.bus.base import Record
 from coalmine.config import load_settings
 from coalmine.daemon.directory import Directory
@@ -59,10 +66,6 @@ class Bus:
         return records
 
 
-def rss_mb() -> float:
-    return int(proc_status(os.getpid())["VmRSS"].split()[0]) / 1024
-
-
 async def run(args: argparse.Namespace, config: Path) -> list[dict[str, float]]:
     settings = load_settings(config)
     topics = settings.topics
@@ -75,13 +78,13 @@ async def run(args: argparse.Namespace, config: Path) -> list[dict[str, float]]:
     clock = T0
     load.now = lambda: clock  # a simulated clock
     for _ in range(args.deployments_open):
-        await load._open(T0 + float(load.rng.uniform(0.0, load.step)))  # noqa: SLF001
+        await load.start_deployment(T0 + float(load.rng.uniform(0.0, load.step)))
     rows: list[dict[str, float]] = []
     began = time.monotonic()
     next_row = 0
     while stats.deployments_started < args.deployments:
         clock += load.step / 4
-        await load._advance(clock)  # noqa: SLF001
+        await load.advance(clock)
         await asyncio.sleep(0)  # run the sends' done-callbacks (they queue on the loop)
         records, deploys = deploys_first(bus.take(), topics.deployments)
         wall = began + (clock - T0) / args.speed
@@ -97,7 +100,7 @@ async def run(args: argparse.Namespace, config: Path) -> list[dict[str, float]]:
             gc.collect()
             row = {
                 "deployments": stats.deployments_started,
-                "rss_mb": round(rss_mb(), 1),
+                "rss_mb": round(rss_mb(os.getpid()), 1),
                 "open": len(router.deployments),
                 "directory": len(directory),
                 "finished_ids": len(router.finished),
@@ -137,7 +140,7 @@ def main() -> None:
     print(
         f"in-process soak: {args.deployments:,} deployments, {args.deployments_open} open, "
         f"soak.py's load (x{args.speed:g}, {args.rate:g} msgs/s of its clock); RSS "
-        f"{rss_mb():.1f} MB before"
+        f"{rss_mb(os.getpid()):.1f} MB before"
     )
     rows = asyncio.run(run(args, config))
     if args.csv:

@@ -4,7 +4,7 @@ Run from the repository root: ``python benchmarks/verdict_latency.py [--rate N]
 [--deployments 1000] [--duration 60] [--critical 5] [--broker kafka|tansu] [--json PATH]``.
 
 A private broker (``--broker``: one Apache Kafka node, ``support/kafka_broker.py``, by
-default; or tansu, ``support/brokers.py``; see ``benchmarks/broker.py`` for the settings that
+default; or tansu, ``support/brokers.py``; see ``harness/broker.py`` for the settings that
 differ) and the daemon as a **subprocess**
 (``python -m coalmine run``), on fresh topics. Every deployment sends, every ``--step``
 seconds of event time and for each of ``--instances`` instances of each cohort, two metric
@@ -51,9 +51,6 @@ Two measures of each verdict, after ``--warmup`` seconds:
 The issue's target (p99 <= 50 ms) is stated on the inside measure, its definition; the
 outside one adds the broker delivering both ways and is printed against the floor. The
 daemon's, the broker's and this process's CPU over the live run are printed beside them.
-
-The helpers under "shared" (the daemon subprocess, /metrics, histogram quantiles, the
-workload's messages) are used by ``memory.py`` and ``recovery.py`` too.
 """
 
 from __future__ import annotations
@@ -64,331 +61,50 @@ import contextlib
 import heapq
 import math
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import aiohttp
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import DefaultPartitioner
-from prometheus_client.parser import text_string_to_metric_families
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # support.brokers, this coalmine
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks, support, coalmine
 
-from benchmarks.broker import (
-    TANSU_FETCH_WAIT_MS,
-    BrokerKind,
+from benchmarks.harness.broker import (
     add_broker_option,
     consumer_fetch_wait_ms,
     daemon_fetch_wait_ms,
     describe,
-    machine_busy,
     start_broker,
 )
-from benchmarks.broker import idempotent_producer as broker_idempotent
-from coalmine.contract import format_time, parse_time
-from support.brokers import BrokerProcess, free_port
+from benchmarks.harness.daemon import (
+    READY_TIMEOUT,
+    ROOT,
+    DaemonProcess,
+    bench_profile,
+    daemon_broker_options,
+    daemon_config,
+)
+from benchmarks.harness.measure import bucket_quantile, buckets, percentile, total, write_json
+from benchmarks.harness.procfs import machine_busy, proc_cpu, rss_mb
+from benchmarks.harness.topics import Topics, create_topics
+from benchmarks.harness.workload import T0, Canary, Workload, fill, first_tick, fleet, tick_key
+from coalmine.contract import parse_time
+from support.brokers import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+if TYPE_CHECKING:
+    from support.brokers import BrokerProcess
 
-# == shared: the daemon subprocess, /metrics, workload ========================================
-
-T0 = 1_800_000_000
-"""Event time the workloads start at (2027-01-15), whole seconds."""
-READY_TIMEOUT = 90.0
-STOP_TIMEOUT = 30.0
-TICKS = os.sysconf("SC_CLK_TCK")
-
-CONFIG = """\
-log_level = "{log_level}"
-
-[kafka]
-bootstrap_servers = "{bootstrap}"
-group_id = "{group}"
-client_id = "{client_id}"
-session_timeout = "{session_timeout:g}s"
-max_poll_records = {max_poll_records}
-{broker_options}{group_instance}
-[topics]
-deployments = "{topics.deployments}"
-metrics = "{topics.metrics}"
-verdicts = "{topics.verdicts}"
-dead_letter = "{topics.dead_letter}"
-
-[http]
-enabled = true
-host = "127.0.0.1"
-port = {http_port}
-
-{profile}
-"""
-
-PROFILE = """\
-[profiles.default]
-interval = "{interval:g}s"
-min_duration = "{min_duration:g}s"
-max_duration = "{max_duration:g}s"
-
-[[profiles.default.metrics]]
-name = "latency_ms"
-kind = "distribution"
-direction = "increase"
-
-[[profiles.default.metrics]]
-name = "requests"
-kind = "ratio"
-objective = 0.999
-critical = true
-"""
-"""The benchmarks' profile: ``latency_ms`` plus the critical ``requests`` ratio."""
-
-
-def daemon_broker_options(kind: BrokerKind, fetch_max_wait_ms: int | None = None) -> dict:
-    """``daemon_config`` keywords for a daemon on ``kind``: tansu's workarounds, or none on
-    Apache Kafka. ``fetch_max_wait_ms`` overrides the broker's choice."""
-    if fetch_max_wait_ms is None and kind == "tansu":
-        fetch_max_wait_ms = TANSU_FETCH_WAIT_MS
-    return {
-        "fetch_max_wait_ms": fetch_max_wait_ms,
-        "idempotent_producer": broker_idempotent(kind),
-    }
-
-
-def bench_profile(interval: float, min_duration: float, max_duration: float | None = None) -> str:
-    """``PROFILE`` with its schedule (event seconds); ``max_duration`` defaults to the min."""
-    return PROFILE.format(
-        interval=interval,
-        min_duration=min_duration,
-        max_duration=min_duration if max_duration is None else max_duration,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Topics:
-    deployments: str
-    metrics: str
-    verdicts: str
-    dead_letter: str
-
-    @classmethod
-    def fresh(cls, prefix: str) -> Topics:
-        tag = f"{prefix}.{uuid.uuid4().hex[:6]}"
-        return cls(f"{tag}.deployments", f"{tag}.metrics", f"{tag}.verdicts", f"{tag}.dlq")
-
-    def layout(self, partitions: int) -> dict[str, int]:
-        """Topic -> partition count: deployments and metrics co-partitioned."""
-        return {
-            self.deployments: partitions,
-            self.metrics: partitions,
-            self.verdicts: partitions,
-            self.dead_letter: 1,
-        }
-
-
-async def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, count, 1) for name, count in topics.items()])
-        while not set(topics) <= set(await admin.list_topics()):
-            await asyncio.sleep(0.1)
-    finally:
-        await admin.close()
-
-
-def rss_mb(pid: int) -> float:
-    """Resident set size of a process in MB (0 once it is gone)."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    for line in text.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process (0 once it is gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text -> ``name{label=value,...}`` -> value (labels sorted)."""
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return out
-
-
-def total(metrics: dict[str, float], name: str) -> float | None:
-    """Sum of every sample of ``name`` (any labels); None if there is none."""
-    found = [v for k, v in metrics.items() if k == name or k.startswith(name + "{")]
-    return sum(found) if found else None
-
-
-def buckets(metrics: dict[str, float], histogram: str) -> list[tuple[float, float]]:
-    """``(le, cumulative count)`` of a histogram, by ``le``."""
-    prefix = histogram + "_bucket{le="
-    out = [(float(k[len(prefix) : -1]), v) for k, v in metrics.items() if k.startswith(prefix)]
-    return sorted(out)
-
-
-def bucket_quantile(
-    counts: list[tuple[float, float]], q: float
-) -> tuple[float, float, float] | None:
-    """(estimate, bucket low, bucket high) of quantile ``q``, as ``histogram_quantile``.
-
-    Linear interpolation inside the bucket holding the rank; in the +Inf bucket the
-    estimate is the highest finite bound (and the high bound is inf).
-    """
-    if not counts or counts[-1][1] <= 0:
-        return None
-    rank = q * counts[-1][1]
-    low, below = 0.0, 0.0
-    for le, cumulative in counts:
-        if cumulative >= rank:
-            if math.isinf(le):
-                return low, low, le
-            inside = cumulative - below
-            share = (rank - below) / inside if inside > 0 else 1.0
-            return low + (le - low) * share, low, le
-        low, below = le, cumulative
-    return None
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in 0..1) of unsorted values; nan if empty."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
-class DaemonProcess:
-    """``python -m coalmine run`` in a subprocess, with its /metrics and /proc at hand."""
-
-    def __init__(
-        self,
-        workdir: Path,
-        name: str,
-        config: str,
-        http_port: int,
-    ) -> None:
-        self.config = workdir / f"{name}.toml"
-        self.config.write_text(config)
-        self.log_path = workdir / f"{name}.log"
-        self.url = f"http://127.0.0.1:{http_port}"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.spawned = 0.0
-        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def spawn(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.spawned = time.monotonic()
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "coalmine", "run", "--config", str(self.config)],
-                cwd=ROOT,
-                env=os.environ | {"PYTHONPATH": str(ROOT)},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    async def get(self, path: str) -> tuple[int, str] | None:
-        try:
-            async with self.http.get(self.url + path) as response:
-                return response.status, await response.text()
-        except (aiohttp.ClientError, TimeoutError):
-            return None
-
-    async def scrape(self) -> dict[str, float]:
-        """The daemon's metrics; empty if it does not answer."""
-        answer = await self.get("/metrics")
-        return parse_metrics(answer[1]) if answer and answer[0] == 200 else {}
-
-    async def wait_ready(self) -> float:
-        """Seconds from spawn to ``/readyz`` 200; raises if it dies or takes too long."""
-        while True:
-            if not self.alive():
-                raise SystemExit(f"daemon exited before it was ready:\n{self.log_tail()}")
-            answer = await self.get("/readyz")
-            if answer is not None and answer[0] == 200:
-                return time.monotonic() - self.spawned
-            if time.monotonic() - self.spawned > READY_TIMEOUT:
-                raise SystemExit(f"daemon not ready after {READY_TIMEOUT:g} s:\n{self.log_tail()}")
-            await asyncio.sleep(0.05)
-
-    async def wait_for(self, test, what: str, timeout: float, every: float = 0.1) -> float:
-        """Poll /metrics until ``test(metrics)``; returns monotonic time it held."""
-        deadline = time.monotonic() + timeout
-        while True:
-            metrics = await self.scrape()
-            if metrics and test(metrics):
-                return time.monotonic()
-            if not self.alive():
-                raise SystemExit(f"daemon died waiting for {what}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise SystemExit(f"timed out ({timeout:g} s) waiting for {what}")
-            await asyncio.sleep(every)
-
-    def kill(self) -> None:
-        """SIGKILL, no chance to commit or flush."""
-        if self.alive():
-            assert self.process is not None
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-
-    async def stop(self) -> int | None:
-        """SIGTERM and wait (SIGKILL after ``STOP_TIMEOUT``); the exit code."""
-        with contextlib.suppress(Exception):
-            await self.http.close()
-        process = self.process
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(process.wait, STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
-
-    def log_tail(self, lines: int = 20) -> str:
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:]) or "(empty log)"
-
-    def log_problems(self) -> tuple[int, int]:
-        """(warning lines, error lines) of its log."""
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return (
-            sum(1 for line in text if "WARNING" in line),
-            sum(1 for line in text if "ERROR" in line or "Traceback" in line),
-        )
+PROBE_EVERY = 0.02
+"""Seconds between two messages of the bare round trip."""
+TARGET_P99 = 0.050
+"""Inside the daemon: receipt of the deciding message -> the broker's ack of its verdict."""
 
 
 class EchoProcess(DaemonProcess):
@@ -410,18 +126,6 @@ class EchoProcess(DaemonProcess):
             *("--max-poll-records", str(args.max_poll_records)),
         ]
 
-    def spawn(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.spawned = time.monotonic()
-            self.process = subprocess.Popen(
-                self.command,
-                cwd=ROOT,
-                env=os.environ | {"PYTHONPATH": str(ROOT)},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
     async def scrape(self) -> dict[str, float]:
         return {}
 
@@ -440,179 +144,7 @@ class EchoProcess(DaemonProcess):
         return time.monotonic() - self.spawned
 
 
-def daemon_config(  # noqa: PLR0913 - keyword options of one file
-    bootstrap: str,
-    topics: Topics,
-    http_port: int,
-    profile: str,
-    *,
-    group: str | None = None,
-    session_timeout: float = 3.0,
-    log_level: str = "WARNING",
-    max_poll_records: int = 2000,
-    fetch_max_wait_ms: int | None = TANSU_FETCH_WAIT_MS,
-    idempotent_producer: bool = False,
-    client_id: str = "coalmine-bench",
-    group_instance_id: str | None = None,
-) -> str:
-    """The daemon's TOML. The defaults suit tansu (no ``InitProducerId``, a fetch held for
-    its whole wait); ``fetch_max_wait_ms=None`` and ``idempotent_producer=True`` keep
-    coalmine's defaults, as on Apache Kafka (``daemon_broker_options``)."""
-    options = ""
-    if not idempotent_producer:
-        options += "idempotent_producer = false   # tansu has no InitProducerId\n"
-    if fetch_max_wait_ms is not None:
-        options += f'fetch_max_wait = "{fetch_max_wait_ms}ms"\n'
-    return CONFIG.format(
-        group_instance=""
-        if group_instance_id is None
-        else f'group_instance_id = "{group_instance_id}"\n',
-        log_level=log_level,
-        bootstrap=bootstrap,
-        group=group or f"coalmine-bench-{uuid.uuid4().hex[:6]}",
-        session_timeout=session_timeout,
-        max_poll_records=max_poll_records,
-        broker_options=options,
-        client_id=client_id,
-        topics=topics,
-        http_port=http_port,
-        profile=profile,
-    )
-
-
-@dataclass(slots=True)
-class Canary:
-    """One simulated deployment of the workload: a service, its start and its tick phase."""
-
-    index: int
-    service: str
-    started: float
-    """Event time of its ``started`` event (whole milliseconds)."""
-    phase: int
-    """Ticks fall at ``started + phase + j x step``, j >= 0."""
-    burst_from: float = math.inf
-    """Event time from which its canary fails 20% of its requests."""
-
-    @property
-    def deployment_id(self) -> str:
-        return f"{self.service}-v2"
-
-    def started_event(self) -> bytes:
-        return orjson.dumps(
-            {
-                "event": "started",
-                "deployment_id": self.deployment_id,
-                "service": self.service,
-                "time": format_time(self.started),
-                "baseline": {"version": "v1"},
-                "canary": {"version": "v2"},
-                "traffic_weight": 50,
-            }
-        )
-
-
-class Workload:
-    """Messages of the shape every benchmark here uses: latency samples and request counts.
-
-    Per tick and deployment: ``latency_ms`` (``values``) and ``requests`` (good/total) for
-    the baseline, then the same for the canary, which repeats the baseline's numbers
-    (unless it is bursting: then 20% of its requests fail).
-    """
-
-    def __init__(
-        self, samples: int, seed: int, instances: int = 1, error_ratio: float = 0.0
-    ) -> None:
-        self.samples = samples
-        self.instances = instances
-        self.error_ratio = error_ratio
-        self.rng = np.random.default_rng(seed)
-        self._pool = np.round(self.rng.lognormal(math.log(100.0), 0.5, 1 << 16), 1).tolist()
-        self._at = 0
-
-    def _values(self) -> list[float]:
-        if self._at + self.samples > len(self._pool):
-            self._at = int(self.rng.integers(0, 64))
-        out = self._pool[self._at : self._at + self.samples]
-        self._at += self.samples
-        return out
-
-    @property
-    def per_tick(self) -> int:
-        """Messages per deployment and tick."""
-        return 4 * self.instances
-
-    def tick(self, canary: Canary, at: float) -> list[bytes]:
-        """The messages of one tick, in the order they are sent.
-
-        Per instance: the baseline's ``latency_ms`` and ``requests``, then the canary's.
-        With one instance the messages carry no ``instance``; with more, each cohort's
-        instances are ``b0``, ``b1``, ... and ``c0``, ``c1``, ...
-        """
-        stamp = format_time(at)
-        out = []
-        for instance in range(self.instances):
-            values = self._values()
-            requests = int(self.rng.poisson(500))
-            errors = int(self.rng.binomial(requests, self.error_ratio)) if self.error_ratio else 0
-            bad = int(self.rng.binomial(requests, 0.2)) if at >= canary.burst_from else errors
-            for cohort, failed in (("baseline", errors), ("canary", bad)):
-                common: dict[str, object] = {
-                    "service": canary.service,
-                    "cohort": cohort,
-                    "time": stamp,
-                }
-                if self.instances > 1:
-                    common["instance"] = f"{cohort[0]}{instance}"
-                out.append(orjson.dumps({**common, "metric": "latency_ms", "values": values}))
-                out.append(
-                    orjson.dumps(
-                        {
-                            **common,
-                            "metric": "requests",
-                            "good": requests - failed,
-                            "total": requests,
-                        }
-                    )
-                )
-        return out
-
-
-def fleet(count: int, interval: int, step: int, seed: int, first: int = 0) -> list[Canary]:
-    """``count`` deployments started over one interval before ``T0``, ticks off the dues."""
-    rng = np.random.default_rng(seed)
-    return [
-        Canary(
-            index,
-            f"svc-{index:05d}",
-            T0 - int(rng.integers(1, interval * 1000 + 1)) / 1000,
-            step // 2 if step % 2 == 0 and interval % step == 0 else 0,
-        )
-        for index in range(first, first + count)
-    ]
-
-
-def tick_key(index: int, at: float) -> tuple[int, int]:
-    """A deployment's tick by its index and event time in whole milliseconds."""
-    return index, round(at * 1000)
-
-
-def first_tick(canary: Canary, after: float, step: int) -> float:
-    """Event time of the first tick of ``canary`` strictly after ``after``."""
-    base = canary.started + canary.phase
-    j = max(0, math.floor((after - base) / step) + 1)
-    return base + j * step
-
-
-def write_json(path: str | None, payload: dict) -> None:
-    """The figures for ``run_all.py``."""
-    if path:
-        Path(path).write_text(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode())
-
-
-# == this benchmark ============================================================================
-
-PROBE_EVERY = 0.02
-TARGET_P99 = 0.050
+# -- the live load and the verdicts read back ------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -903,66 +435,6 @@ async def probe_for(bootstrap: str, topic: str, seconds: float, fetch_wait_ms: i
 
 
 # -- the maximum rate --------------------------------------------------------------------------
-
-
-async def fill(
-    bootstrap: str,
-    topics: Topics,
-    canaries: list[Canary],
-    args,
-    minutes: float,
-    ends: dict[tuple[str, int], int] | None = None,
-    work: Workload | None = None,
-) -> int:
-    """The deploy events, then ``minutes`` of every deployment's ticks in event order.
-
-    ``ends`` gets, per (topic, partition), the highest acknowledged offset + 1; ``work``
-    makes the messages (by default one instance per cohort and no errors).
-    """
-    ends = {} if ends is None else ends
-
-    def note(future: asyncio.Future) -> None:
-        if not future.cancelled() and future.exception() is None:
-            meta = future.result()
-            key = (meta.topic, meta.partition)
-            ends[key] = max(ends.get(key, 0), meta.offset + 1)
-
-    if work is None:
-        work = Workload(args.samples_per_message, args.seed + 1)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks=1, linger_ms=5, max_batch_size=256 * 1024
-    )
-    await producer.start()
-    count = 0
-    try:
-        pending = [
-            await producer.send(topics.deployments, c.started_event(), key=c.service.encode())
-            for c in canaries
-        ]
-        for future in pending:
-            future.add_done_callback(note)
-        await asyncio.gather(*pending)
-        heap = [(first_tick(c, T0, args.step), c.index) for c in canaries]
-        heapq.heapify(heap)
-        by_index = {c.index: c for c in canaries}
-        end = T0 + minutes * 60
-        pending = []
-        while heap and heap[0][0] < end:
-            at, index = heapq.heappop(heap)
-            canary = by_index[index]
-            for value in work.tick(canary, at):
-                future = await producer.send(topics.metrics, value, key=canary.service.encode())
-                future.add_done_callback(note)
-                pending.append(future)
-            count += work.per_tick
-            heapq.heappush(heap, (at + args.step, index))
-            if len(pending) > 20_000:
-                await asyncio.gather(*pending)
-                pending = []
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-    return count
 
 
 async def max_rate(broker: BrokerProcess, args, workdir: Path) -> float:

@@ -1,4 +1,4 @@
-"""Real Apache Kafka for tests: one node or a three-node cluster, in KRaft mode.
+"""Real Apache Kafka for tests and benchmarks: one node or a three-node cluster, in KRaft mode.
 
 The broker runs from jars that Maven resolves from Maven Central once into a cache
 (``~/.cache/coalmine/kafka-VERSION/libs``, see :func:`kafka_classpath`); later runs reuse

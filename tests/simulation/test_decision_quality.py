@@ -188,7 +188,7 @@ def test_10_percent_latency_is_caught_with_a_tolerance_below_it() -> None:
     # only about half the time, by definition; a team that must catch +10% sets a smaller
     # tolerance (5% here) and a prior width matched to that effect (AUC shift ~0.05).
     # Measured on these 50 seeded runs: all caught within 60 min, median 10 min, 47 of 50
-    # (94%) within 30 min: the 95% part of the target is NOT met yet (docs/statistics.md).
+    # (94%) within 30 min: the 95% part of the target is not met (docs/statistics.md).
     # This guards what is achieved: >= 90% within 30 min (45 of 50), median <= 11 min.
     runs = run_all(
         {"lat+10": REGRESSION_RUNS},

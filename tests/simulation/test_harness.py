@@ -84,8 +84,9 @@ def _digest(run: SimulatedRun) -> str:
     return h.hexdigest()[:16]
 
 
-# sha256 of every array of simulate(scenario, 11, 600.0), recorded before the shapes,
-# fixed-traffic and override fields were added: those scenarios' results must not move.
+# sha256 of every array of simulate(scenario, 11, 600.0) for the scenarios that use none of
+# the simulator's shapes, fixed traffic or overrides: those options must leave their data,
+# and so their results, exactly as they are.
 _CHECKSUMS = {
     "aa": "4019933d51db429a",
     "lat+20": "da9232ae15797acf",

@@ -17,12 +17,7 @@ The settings that differ between them live here too:
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.*
 
 from support.brokers import Tansu
 from support.kafka_broker import KAFKA_VERSION, ApacheKafka
@@ -80,15 +75,6 @@ def daemon_fetch_wait_ms(kind: BrokerKind) -> int:
 def consumer_fetch_wait_ms(kind: BrokerKind) -> int:
     """``fetch_max_wait_ms`` of the benchmarks' own consumers on this broker."""
     return CONSUMER_FETCH_WAIT_MS if kind == "kafka" else TANSU_FETCH_WAIT_MS
-
-
-def machine_busy() -> float:
-    """CPU seconds the whole machine has been busy (every core, every process), from
-    /proc/stat: over a window, minus what a benchmark's own processes used, it tells how
-    much other work shared the cores."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def kafka_settings(kind: BrokerKind) -> dict[str, Any]:
