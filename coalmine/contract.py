@@ -146,6 +146,81 @@ def encode_verdict(verdict: Verdict) -> bytes:
     return orjson.dumps(verdict.to_dict())
 
 
+_VERDICT_HEAD = b'{"verdict_id":"'
+"""How :func:`encode_verdict` begins: ``Verdict.to_dict`` puts the id first."""
+
+
+class _VerdictId(msgspec.Struct):
+    """The one field of a verdict :func:`verdict_id_of` decodes (the rest is skipped)."""
+
+    verdict_id: str
+
+
+_decode_verdict_id = msgspec.json.Decoder(_VerdictId).decode
+
+
+def verdict_id_of(value: bytes) -> str | None:
+    """The ``verdict_id`` of an encoded verdict; None if it has none or is not JSON.
+
+    A verdict :func:`encode_verdict` wrote begins with its id, read there without parsing
+    the rest (a verdict with its detail is ~16 KB); any other encoding is decoded for the
+    id alone.
+    """
+    if value.startswith(_VERDICT_HEAD):
+        end = value.find(b'"', len(_VERDICT_HEAD))
+        head = value[len(_VERDICT_HEAD) : end]
+        if end > 0 and b"\\" not in head:
+            try:
+                return head.decode()
+            except UnicodeDecodeError:
+                pass
+    try:
+        return _decode_verdict_id(value).verdict_id
+    except msgspec.MsgspecError:
+        return None
+
+
+def encode_deploy_event(  # noqa: PLR0913 - one argument per field of the event
+    event: str,
+    deployment_id: str,
+    service: str,
+    *,
+    at: float,
+    baseline: str | None = None,
+    canary: str | None = None,
+    profile: str | None = None,
+    traffic_weight: float | None = None,
+    strategy: str | None = None,
+) -> bytes:
+    """A deploy event as a pipeline publishes it, validated; ``time`` is ``at`` to the ms.
+
+    Optional fields left None are left out (the daemon applies their defaults).
+
+    Raises:
+        ContractError: the event does not fit the contract (e.g. a ``started`` without
+            both versions, a weight outside 0-100).
+    """
+    obj: dict[str, Any] = {
+        "event": event,
+        "deployment_id": deployment_id,
+        "service": service,
+        "time": format_time(round(at, 3)),
+    }
+    if strategy is not None:
+        obj["strategy"] = strategy
+    if profile is not None:
+        obj["profile"] = profile
+    if baseline is not None:
+        obj["baseline"] = {"version": baseline}
+    if canary is not None:
+        obj["canary"] = {"version": canary}
+    if traffic_weight is not None:
+        obj["traffic_weight"] = traffic_weight
+    value = orjson.dumps(obj)
+    decode_deploy_event(value)  # raises ContractError when it does not fit
+    return value
+
+
 def look_of(verdict_id: str) -> int | None:
     """The judgement number ``k`` of a ``<deployment_id>/<k>`` verdict id, if it is one."""
     _, _, tail = verdict_id.rpartition("/")
@@ -410,7 +485,7 @@ def _optional_plain_text(value: object) -> bool:
     return value is None or (type(value) is str and value != "")
 
 
-def _plain_metric_event(obj: dict[str, Any], bools: bool) -> MetricEvent | None:  # noqa: C901, PLR0911, PLR0912 - one flat fast path
+def _plain_metric_event(obj: dict[str, Any], bools: bool) -> MetricEvent | None:
     """The event of an object parsed by ``orjson`` on the common path, or None.
 
     None means "not plainly valid": ``metric_event_from_mapping`` then decides, and names
@@ -431,68 +506,78 @@ def _plain_metric_event(obj: dict[str, Any], bools: bool) -> MetricEvent | None:
             return None
     else:
         return None
-    if time is None:
-        return None
     cohort, version = get("cohort"), get("version")
-    if cohort is None:
-        if type(version) is not str or not version:
-            return None
-    elif (cohort != "baseline" and cohort != "canary") or not _optional_plain_text(version):  # noqa: PLR1714 - cohort may be unhashable
-        return None
-    deployment_id, instance = get("deployment_id"), get("instance")
-    if not (_optional_plain_text(deployment_id) and _optional_plain_text(instance)):
-        return None
-    labels = get("labels")
-    if labels is not None and not (
-        isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())
+    deployment_id, instance, labels = get("deployment_id"), get("instance"), get("labels")
+    names = (
+        (type(version) is str and version != "")
+        if cohort is None
+        else (cohort == "baseline" or cohort == "canary") and _optional_plain_text(version)  # noqa: PLR1714 - cohort may be unhashable
+    )
+    if (
+        time is None
+        or not names
+        or not (_optional_plain_text(deployment_id) and _optional_plain_text(instance))
+        or (labels is not None and not _plain_labels(labels))
     ):
         return None
-    has_value, has_values = "value" in obj, "values" in obj
     if "good" in obj or "total" in obj:
         good, total = get("good"), get("total")
-        if has_value or has_values or type(good) is not int or type(total) is not int:
-            return None
-        if not 0 <= good <= total:
+        if (
+            "value" in obj
+            or "values" in obj
+            or type(good) is not int
+            or type(total) is not int
+            or not 0 <= good <= total
+        ):
             return None
         return _metric_event(
             service, metric, time, _EMPTY, good, total, True,
             deployment_id, cohort, version, instance,
         )  # fmt: skip
-    if has_value:
-        raw = obj["value"]
-        if has_values:
-            return None
-        if type(raw) is float:
-            if not math.isfinite(raw):
-                return None
-            values = np.array((raw,), dtype=np.float64)
-        elif type(raw) is int and -_EXACT_INT <= raw <= _EXACT_INT:
-            values = np.array((float(raw),), dtype=np.float64)
-        else:
-            return None
-    elif has_values:
-        raw = obj["values"]
-        if bools or type(raw) is not list or not raw:
-            return None
-        # Let numpy infer the dtype: float64 or integer means every item was a number (a
-        # null gives object, a string a str dtype, which float64 would parse or make NaN),
-        # and numbers from orjson are finite.
-        try:
-            values = np.asarray(raw)
-        except (TypeError, ValueError):
-            return None
-        if values.ndim != 1:
-            return None
-        if values.dtype != np.float64:
-            if values.dtype.kind not in "iu":
-                return None
-            values = values.astype(np.float64)
+    if "value" in obj:
+        values = None if "values" in obj else _plain_value(obj["value"])
     else:
+        values = None if bools else _plain_values(get("values"))
+    if values is None:
         return None
     return _metric_event(
         service, metric, time, values, 0, 0, False,
         deployment_id, cohort, version, instance,
     )  # fmt: skip
+
+
+def _plain_labels(labels: object) -> bool:
+    """Whether ``labels`` is a map of strings."""
+    return isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())
+
+
+def _plain_value(raw: object) -> NDArray[np.float64] | None:
+    """The sample of a plainly valid ``value``, else None."""
+    if type(raw) is float:
+        return np.array((raw,), dtype=np.float64) if math.isfinite(raw) else None
+    if type(raw) is int and -_EXACT_INT <= raw <= _EXACT_INT:
+        return np.array((float(raw),), dtype=np.float64)
+    return None
+
+
+def _plain_values(raw: object) -> NDArray[np.float64] | None:
+    """The samples of a plainly valid ``values`` without booleans, else None."""
+    if type(raw) is not list or not raw:
+        return None
+    # Let numpy infer the dtype: float64 or integer means every item was a number (a
+    # null gives object, a string a str dtype, which float64 would parse or make NaN),
+    # and numbers from orjson are finite.
+    try:
+        values = np.asarray(raw)
+    except (TypeError, ValueError):
+        return None
+    if values.ndim != 1:
+        return None
+    if values.dtype != np.float64:
+        if values.dtype.kind not in "iu":
+            return None
+        values = values.astype(np.float64)
+    return values
 
 
 _EXACT_INT = 2**53

@@ -1,8 +1,9 @@
 """The daemon: wires a transport to the router, publishes what it decides, commits.
 
 The loop is: fetch records -> hand them to the router, which takes the records that make
-a verdict first and pauses after them and every few hundred records (so the event loop
-keeps serving broker heartbeats and acknowledgements) -> queue their verdicts with the
+a verdict first and pauses after them, every few hundred records, and when a slice runs
+long (timed here: the router reads no clock), so the event loop keeps serving broker
+heartbeats and acknowledgements -> queue their verdicts with the
 :class:`~coalmine.daemon.publisher.Publisher` together, any later one the moment it is
 made, and the fetch's dead letters at its end; the publisher sends what is queued while
 the rest is judged -> about once a second, wait until everything queued is acknowledged
@@ -14,7 +15,8 @@ harmless duplicate).
 
 On Kafka, the log is the only state: when partitions are assigned (at start, or moved from
 another daemon), the daemon reads the verdict topic to learn what is already published,
-then re-reads its partitions from the committed floors, rebuilding their open deployments.
+then re-reads its partitions from the committed floors, rebuilding their open deployments
+(:class:`~coalmine.daemon.partitions.Partitions`, present only on a partitioned transport).
 """
 
 from __future__ import annotations
@@ -27,18 +29,16 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
-from coalmine._exceptions import (
-    CoalmineError,
-    ConfigError,
-    TransactionAbortedError,
-    TransportError,
-)
+from coalmine._exceptions import CoalmineError, TransactionAbortedError, TransportError
 from coalmine.bus.base import Partitioned
 from coalmine.daemon.directory import Directory
+from coalmine.daemon.health import Health
 from coalmine.daemon.http import HttpServer, build_app
+from coalmine.daemon.partitions import Partitions
 from coalmine.daemon.publisher import Publisher
+from coalmine.daemon.reload import reload_settings
 from coalmine.daemon.router import Router
-from coalmine.daemon.telemetry import Telemetry
+from coalmine.daemon.telemetry import Stopwatch, Telemetry
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -46,29 +46,32 @@ if TYPE_CHECKING:
     from coalmine.bus.base import Record, TopicPartition, Transport
     from coalmine.config.models import Profile
     from coalmine.config.settings import Settings
-    from coalmine.daemon.router import Effects
+    from coalmine.daemon.effects import Effects
 
 log = logging.getLogger(__name__)
 
 _FETCH_TIMEOUT = 0.5
 _EXPIRY_CHECK_EVERY = 1.0
-_STALL_AFTER = 60.0
 _MAX_BACKOFF = 30.0
 _MAX_PENDING = 2_000
 """Messages queued for publishing before the loop waits for the broker to catch up."""
 _FULL_COLLECTION_AFTER = 1_000
 """Collections of the middle generation before a full one (Python's default is 10)."""
+_PAUSE_AFTER = 0.01
+"""Seconds of judging after which the router is paused sooner (large judgements)."""
 _PAUSE_TURNS = 8
 """Loop turns at a pause while verdicts are in flight. A publish takes about four turns to
 reach the socket (publisher task, producer, sender, request) and as many for its
-acknowledgement to come back: with one turn a pause, a verdict waited four to six slices."""
+acknowledgement to come back: this many turns let a verdict handed over reach the broker
+before judging resumes."""
 
 
 class _RareFullCollections:
     """Python's full collections made rare while any daemon of this process runs.
 
-    Under load each full pass blocked the event loop ~35 ms every ~2 s (the verdict lag's
-    p99) and found almost no garbage: the daemon frees its objects by reference counting.
+    Under load a full pass blocks the event loop for tens of milliseconds every few seconds
+    (it sets the verdict lag's p99) and finds almost no garbage: the daemon frees its
+    objects by reference counting.
     """
 
     def __init__(self) -> None:
@@ -106,8 +109,6 @@ class Daemon:
         self.settings = settings
         self.transport = transport
         self.telemetry = telemetry or Telemetry()
-        self._misplaced: dict[str, int] = {}
-        """Misplaced records already counted in telemetry, per topic."""
         self._reload = reload
         self.router = self._new_router(settings.profiles)
         self.directory = Directory(settings.topics)
@@ -116,13 +117,9 @@ class Daemon:
         self._wall_clock = wall_clock
         self._commit_every = commit_every
         self._stopping = asyncio.Event()
-        self._started = False
-        self._last_beat = time.monotonic()
-        self._fetch_failing = False
+        self.health = Health(transport, self.telemetry, self._stopping)
         self._aborted = False
         """A commit's transaction was aborted: resume from the last committed one."""
-        self._unready: str | None = "starting"
-        """Why the daemon was last found not ready (None: ready), as logged."""
         # Held while a batch is handled, while committing, and while partitions move.
         self._busy = asyncio.Lock()
         self.publisher = Publisher(
@@ -133,8 +130,13 @@ class Daemon:
             stopping=self._stopping,
             acknowledged=self._acknowledged,
         )
+        self.partitions: Partitions | None = None
+        """What only a partitioned transport does: partition moves, the API's follower, lag."""
         if isinstance(transport, Partitioned):
-            transport.listen(before_revoke=self._before_revoke, after_assign=self._after_assign)
+            self.partitions = Partitions(transport, settings.topics, self.telemetry, wall_clock)
+            self.partitions.listen(
+                before_revoke=self._before_revoke, after_assign=self._after_assign
+            )
 
     def _acknowledged(self, effects: Effects) -> None:
         """What the broker acknowledged goes into the directory (the HTTP API)."""
@@ -150,35 +152,16 @@ class Daemon:
     def reload(self) -> bool:
         """Re-read the configuration (SIGHUP): new profiles for deployments started later.
 
-        Open deployments keep the profile they started with (its digest is in their
-        verdicts). An invalid configuration is rejected with every problem logged, and the
-        one in force is kept. Settings other than profiles need a restart.
+        See :mod:`coalmine.daemon.reload`; False if there is no configuration file or the
+        new one is invalid.
         """
         if self._reload is None:
             log.warning("reload requested, but this daemon has no configuration file")
             return False
-        try:
-            settings = self._reload()
-        except ConfigError as exc:
-            self.telemetry.config_reloads.labels("rejected").inc()
-            log.error("configuration reload rejected; keeping the one in force: %s", exc)
+        settings = reload_settings(self.settings, self._reload, self.telemetry)
+        if settings is None:
             return False
-        changed = [
-            name
-            for name in type(settings).model_fields
-            if name != "profiles" and getattr(settings, name) != getattr(self.settings, name)
-        ]
-        if changed:
-            log.warning(
-                "configuration reload: changes to %s take effect at the next restart",
-                ", ".join(changed),
-            )
-        self.router.profiles = dict(settings.profiles)
-        self.telemetry.config_reloads.labels("ok").inc()
-        log.info(
-            "configuration reloaded: profiles %s apply to deployments started from now on",
-            ", ".join(f"{n} ({p.digest()[:15]})" for n, p in settings.profiles.items()),
-        )
+        self.router.use_profiles(settings.profiles)
         return True
 
     def request_stop(self) -> None:
@@ -187,31 +170,20 @@ class Daemon:
             log.info("stopping: finishing in-flight work")
         self._stopping.set()
 
-    async def live(self) -> bool:
-        """The loop is turning (it beats at least every fetch timeout)."""
-        return time.monotonic() - self._last_beat < _STALL_AFTER
-
     async def ready(self) -> bool:
         """Started, and the broker reachable with its topics present."""
-        ok = (
-            self._started
-            and not self._stopping.is_set()
-            and not self._fetch_failing
-            and await self.transport.ready()
-        )
-        self.telemetry.ready.set(1 if ok else 0)
-        return ok
+        return await self.health.ready()
 
     async def run(self) -> None:
         """Run until ``request_stop``; return after a clean shutdown."""
         if self.settings.http.enabled:
             app = build_app(
                 self.telemetry,
-                live=self.live,
+                live=self.health.live,
                 ready=self.ready,
                 directory=self.directory,
                 api_token=self.settings.http.api_token,
-                why_not_ready=self._why_not_ready,
+                why_not_ready=self.health.why_not_ready,
             )
             self.http = HttpServer(app, self.settings.http.host, self.settings.http.port)
             await self.http.start()
@@ -225,8 +197,10 @@ class Daemon:
                 gc.freeze()
                 _rare_full_collections.enter()
                 collections_tuned = True
-                if self.settings.http.enabled and isinstance(self.transport, Partitioned):
-                    self._follower = asyncio.create_task(self._follow(self.transport))
+                if self.settings.http.enabled and self.partitions is not None:
+                    self._follower = asyncio.create_task(
+                        self.partitions.follow(self.directory, self._stopping)
+                    )
                 await self._loop()
         finally:
             if collections_tuned:
@@ -252,7 +226,7 @@ class Daemon:
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
-            self._started = True
+            self.health.connected()
             log.info("connected")
             return True
         return False
@@ -264,19 +238,18 @@ class Daemon:
         backoff = 0.5
         self.publisher.start()
         while not self._stopping.is_set():
-            self._last_beat = time.monotonic()
+            self.health.beat()
             try:
                 records = await self.transport.fetch(_FETCH_TIMEOUT)
             except TransportError as exc:
                 # The broker went away: the client reconnects; keep the state, report it.
-                self._fetch_failing = True
+                self.health.fetch_failed()
                 log.warning("fetch failed (%s); retrying in %.1fs", exc, backoff)
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
                 continue
-            if self._fetch_failing:
+            if self.health.fetched():
                 log.info("fetching again")
-                self._fetch_failing = False
             backoff = 0.5
             if records:
                 async with self._busy:
@@ -301,15 +274,16 @@ class Daemon:
         """Judge a fetch on the event loop a slice at a time, queueing verdicts as they come.
 
         The router takes the records that make a verdict first and pauses once their
-        verdicts are handed over, then after every few hundred records: at each pause the
-        loop publishes what was decided and serves the Kafka client (acknowledgements,
-        heartbeats, prefetching) and the HTTP probes. Judging on the loop rather than in a
-        worker thread: the two threads' contention for the GIL cost ~40% of the throughput.
+        verdicts are handed over, then after every few hundred records or ``_PAUSE_AFTER``
+        seconds: at each pause the loop publishes what was decided and serves the Kafka
+        client (acknowledgements, heartbeats, prefetching) and the HTTP probes.
         """
         received = self._wall_clock()
-        begun = time.perf_counter()
-        steps = self.router.steps(records, received, self.publisher.put)
+        handling = Stopwatch()
+        slice_ = Stopwatch(_PAUSE_AFTER)
+        steps = self.router.steps(records, received, self.publisher.put, overdue=slice_.overdue)
         while True:
+            slice_.restart()
             try:
                 next(steps)
             except StopIteration as done:
@@ -319,7 +293,7 @@ class Daemon:
             # and to take acknowledgements; otherwise one turn (heartbeats, prefetch, HTTP).
             for _ in range(_PAUSE_TURNS if self.publisher.pending else 1):
                 await asyncio.sleep(0)
-        self.telemetry.analysis_duration.observe(time.perf_counter() - begun)
+        self.telemetry.analysis_duration.observe(handling.elapsed())
         self.publisher.put(effects)
         if self.publisher.pending > _MAX_PENDING:
             await self.publisher.settle()
@@ -358,46 +332,8 @@ class Daemon:
                     len(dropped),
                     ", ".join(sorted(dropped)[:20]),
                 )
-            if not gained or not isinstance(self.transport, Partitioned):
-                return
-            self.router.handled_before.update(self.transport.handled())
-            deployments = self.settings.topics.deployments
-            assigned_ms = int(self._wall_clock() * 1000)
-            self.router.rebuilding = {
-                tp: (end, assigned_ms) for tp, end in gained.items() if tp[0] == deployments
-            }
-            verdicts = self.settings.topics.verdicts
-            try:
-                records = await self.transport.read_topic(verdicts)
-            except TransportError as exc:
-                # Without the ledger, re-made judgements are re-published: identical
-                # duplicates, except finals made by expiry (logged at that point).
-                log.error("cannot read %s to learn what is published: %s", verdicts, exc)
-                return
-            learned = self.router.recall(record.value for record in records)
-            log.info(
-                "rebuilding %d partition(s) from the log; %d published verdict(s) known",
-                len(gained),
-                learned,
-            )
-
-    async def _follow(self, transport: Partitioned) -> None:
-        """Keep the directory (the HTTP API) up to date with every daemon's deployments."""
-        topics = [
-            self.settings.topics.deployments,
-            self.settings.topics.verdicts,
-            self.settings.topics.dead_letter,
-        ]
-        backoff = 1.0
-        while not self._stopping.is_set():
-            try:
-                async for records in transport.follow(topics):
-                    self.directory.take(records)
-                    backoff = 1.0
-            except TransportError as exc:
-                log.warning("following %s for the API: %s", ", ".join(topics), exc)
-            await self._sleep(backoff)
-            backoff = min(backoff * 2, _MAX_BACKOFF)
+            if gained and self.partitions is not None:
+                await self.partitions.take_over(self.router, gained)
 
     async def _every_second(self) -> None:
         """Close silent deployments and report lag; then say readiness, outside the lock.
@@ -406,39 +342,19 @@ class Daemon:
         """
         async with self._busy:
             self.publisher.put(self.router.expire_silent(self._wall_clock()))
-            self._report_lag()
+            if self.partitions is not None:
+                self.partitions.report_lag()
         await self._say_readiness()
 
     async def _say_readiness(self) -> None:
         """Log once each time readiness changes, with the reason ``/readyz`` answers 503."""
-        reason = None if await self.ready() else self._why_not_ready()
-        if reason == self._unready:
+        reason = None if await self.ready() else self.health.why_not_ready()
+        if not self.health.changed(reason):
             return
         if reason is None:
             log.info("ready: judging")
         else:
             log.warning("not ready: %s", reason)
-        self._unready = reason
-
-    def _why_not_ready(self) -> str:
-        """Why :meth:`ready` answered False (call it after :meth:`ready`)."""
-        if not self._started:
-            return "connecting"
-        if self._stopping.is_set():
-            return "stopping"
-        if self._fetch_failing:
-            return "fetching fails"
-        return getattr(self.transport, "unready", None) or "the bus is not ready"
-
-    def _report_lag(self) -> None:
-        if isinstance(self.transport, Partitioned):
-            for topic, behind in self.transport.lag().items():
-                self.telemetry.consumer_lag.labels(topic).set(behind)
-            for topic, count in self.transport.misplaced().items():
-                counted = self._misplaced.get(topic, 0)
-                if count > counted:
-                    self.telemetry.misplaced_records.labels(topic).inc(count - counted)
-                    self._misplaced[topic] = count
 
     async def _resume_from_committed(self) -> None:
         """A transaction was aborted: start again from the last committed one.

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 
 from coalmine._exceptions import ContractError
-from coalmine.contract import decode_deploy_event, format_time, look_of
-from coalmine.formats import decode_cloudevent, is_cloudevent
+from coalmine.contract import format_time, look_of, verdict_id_of
+from coalmine.formats import decode_deploy_message
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -32,8 +32,6 @@ __all__ = ["Directory"]
 log = logging.getLogger(__name__)
 
 State = Literal["open", "final", "ended", "rejected"]
-_ID_HEAD = b'{"verdict_id":"'
-"""How a verdict encoded by coalmine begins (``Verdict.to_dict`` puts the id first)."""
 
 
 @dataclass(slots=True)
@@ -217,23 +215,14 @@ class Directory:
         return views[0] if views else None
 
     def _holds(self, value: bytes) -> bool:
-        """Whether a verdict as coalmine encodes it is one already held, or an older one.
+        """Whether a verdict as published is one already held, or an older one.
 
         A daemon's follower reads back every verdict its own daemon published and the
-        directory already took; the id at the head of the JSON tells without parsing it.
-        Anything else (another encoder, an escaped id) is parsed as usual.
+        directory already took; its id tells, without parsing the whole verdict.
         """
-        if not value.startswith(_ID_HEAD):
-            return False
-        end = value.find(b'"', len(_ID_HEAD))
-        if end < 0:
-            return False
-        try:
-            verdict_id = value[len(_ID_HEAD) : end].decode()
-        except UnicodeDecodeError:
-            return False
-        look = look_of(verdict_id)
-        if look is None or "\\" in verdict_id:
+        verdict_id = verdict_id_of(value)
+        look = None if verdict_id is None else look_of(verdict_id)
+        if verdict_id is None or look is None:
             return False
         entry = self._entries.get(verdict_id.rpartition("/")[0])
         return (
@@ -255,13 +244,8 @@ def _deploy_event(record: Record) -> DeployEvent | None:
 
 def _deploy_event_of(value: bytes, headers: Headers) -> DeployEvent | None:
     """The deploy event of a record (native or CloudEvent), or None if it is not one."""
-    found: tuple[tuple[str, bytes | None], ...] = headers
     try:
-        if is_cloudevent(found) or b'"specversion"' in value[:4096]:
-            if not is_cloudevent(found):
-                found = (*found, ("content-type", b"application/cloudevents+json"))
-            event, _ = decode_cloudevent(value, found)
-            return event
-        return decode_deploy_event(value)
+        event, _ = decode_deploy_message(value, headers)
     except ContractError:
         return None
+    return event

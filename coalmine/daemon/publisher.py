@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from coalmine.bus.base import Outgoing, Transport
     from coalmine.config.models import TopicsSettings
-    from coalmine.daemon.router import Effects
+    from coalmine.daemon.effects import Effects
     from coalmine.daemon.telemetry import Telemetry
 
 log = logging.getLogger(__name__)

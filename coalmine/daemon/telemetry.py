@@ -1,13 +1,18 @@
-"""coalmine's own Prometheus metrics, on a registry per daemon instance."""
+"""coalmine's own Prometheus metrics, on a registry per daemon instance.
+
+Also the stopwatch the shell times its work with: the pure core reads no clock.
+"""
 
 from __future__ import annotations
 
+import math
+import time
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
@@ -23,7 +28,19 @@ class Telemetry:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        r = self.registry
+        # Registered in this order, which is the order of the exposition.
+        self._register_flow(self.registry)
+        self._register_outcomes(self.registry)
+        self._register_bus_and_inputs(self.registry)
+        # ``Counter.labels`` validates and takes a lock on every call (~1 us): the hot
+        # paths keep each label's child, per counter, and increment it directly.
+        self._consumed: dict[str, Callable[[float], None]] = {}
+        self._dropped: dict[str, Callable[[float], None]] = {}
+        self._ignored: dict[str, Callable[[float], None]] = {}
+        self._ended: dict[str, Callable[[float], None]] = {}
+
+    def _register_flow(self, r: CollectorRegistry) -> None:
+        """Messages in, verdicts out, and how long handling and publishing take."""
         self.events_consumed = Counter(
             "coalmine_events_consumed", "Messages consumed, per topic.", ["topic"], registry=r
         )
@@ -57,6 +74,9 @@ class Telemetry:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+
+    def _register_outcomes(self, r: CollectorRegistry) -> None:
+        """What was not analysed or not published, and readiness."""
         self.dropped_samples = Counter(
             "coalmine_dropped_samples",
             "Valid observations not analysed, per reason (no open deployment, metric not in "
@@ -85,6 +105,9 @@ class Telemetry:
             "Judgements re-made while rebuilding from the log and already on the verdict topic.",
             registry=r,
         )
+
+    def _register_bus_and_inputs(self, r: CollectorRegistry) -> None:
+        """Consumer lag and placement, limits, recovery, foreign inputs, reloads."""
         self.consumer_lag = Gauge(
             "coalmine_consumer_lag",
             "Records between the consumer position and the end of the log, per topic.",
@@ -129,13 +152,6 @@ class Telemetry:
             registry=r,
         )
 
-        # ``Counter.labels`` validates and takes a lock on every call (~1 us): the hot
-        # paths keep each label's child, per counter, and increment it directly.
-        self._consumed: dict[str, Callable[[float], None]] = {}
-        self._dropped: dict[str, Callable[[float], None]] = {}
-        self._ignored: dict[str, Callable[[float], None]] = {}
-        self._ended: dict[str, Callable[[float], None]] = {}
-
     def consumed(self, topic: str, count: int = 1) -> None:
         """Count messages consumed from ``topic``."""
         inc = self._consumed.get(topic)
@@ -163,3 +179,31 @@ class Telemetry:
         if inc is None:
             inc = self._ended[event] = self.ended_deployments.labels(event).inc
         inc(1)
+
+    def input_news(self, topic: str, skipped: Mapping[str, int], resets: int) -> None:
+        """Count what a foreign-format input's decoder skipped (per reason) and reset."""
+        for reason, count in skipped.items():
+            self.input_points_skipped.labels(topic, reason).inc(count)
+        if resets > 0:
+            self.input_counter_resets.labels(topic).inc(resets)
+
+
+class Stopwatch:
+    """Wall time since the last :meth:`restart`, for the shell: the core reads no clock."""
+
+    def __init__(self, limit: float = math.inf) -> None:
+        self.limit = limit
+        """Seconds after which :meth:`overdue` answers True."""
+        self._since = time.perf_counter()
+
+    def restart(self) -> None:
+        """Start timing again from now."""
+        self._since = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds since the last restart."""
+        return time.perf_counter() - self._since
+
+    def overdue(self) -> bool:
+        """Whether more than :attr:`limit` seconds passed since the last restart."""
+        return time.perf_counter() - self._since > self.limit

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 
 from coalmine._exceptions import TransportError
-from coalmine.contract import decode_deploy_event, format_time
+from coalmine.contract import decode_deploy_event, encode_deploy_event
 from coalmine.contract import look_of as _look_of_id
 
 if TYPE_CHECKING:
@@ -92,25 +92,17 @@ def deploy_event(  # noqa: PLR0913 - one argument per field of the event
         ContractError: the event does not fit the contract (e.g. a ``started`` without
             both versions, a weight outside 0-100).
     """
-    obj: dict[str, Any] = {
-        "event": event,
-        "deployment_id": deployment_id,
-        "service": service,
-        "time": format_time(round(time.time() if at is None else at, 3)),
-    }
-    if strategy is not None:
-        obj["strategy"] = strategy
-    if profile is not None:
-        obj["profile"] = profile
-    if baseline is not None:
-        obj["baseline"] = {"version": baseline}
-    if canary is not None:
-        obj["canary"] = {"version": canary}
-    if traffic_weight is not None:
-        obj["traffic_weight"] = traffic_weight
-    value = orjson.dumps(obj)
-    decode_deploy_event(value)  # raises ContractError when it does not fit
-    return value
+    return encode_deploy_event(
+        event,
+        deployment_id,
+        service,
+        at=time.time() if at is None else at,
+        baseline=baseline,
+        canary=canary,
+        profile=profile,
+        traffic_weight=traffic_weight,
+        strategy=strategy,
+    )
 
 
 # ------------------------------------------------------------------------ publishing

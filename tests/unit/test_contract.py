@@ -11,10 +11,12 @@ from coalmine.contract import (
     Window,
     decode_deploy_event,
     decode_metric_events,
+    encode_deploy_event,
     encode_verdict,
     format_time,
     metric_event_from_mapping,
     parse_time,
+    verdict_id_of,
 )
 
 STARTED = {
@@ -348,3 +350,93 @@ def test_values_hold_json_numbers_only_and_the_error_names_the_item(
         decode_metric_events(orjson.dumps(event))
     assert raised.value.reason == "wrong_type"
     assert item in raised.value.message
+
+
+def a_verdict(verdict_id: str = "checkout-v42/7") -> Verdict:
+    return Verdict(
+        verdict_id=verdict_id,
+        deployment_id="checkout-v42",
+        service="checkout",
+        decision="continue",
+        final=False,
+        score=None,
+        summary="",
+        metrics=(),
+        window=Window(0.0, 60.0),
+        time=60.0,
+        config_digest="sha256:abc",
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        encode_verdict(a_verdict()),  # as the contract writes it: the id first
+        orjson.dumps({"decision": "continue", "verdict_id": "checkout-v42/7"}),  # any order
+        b'{"verdict_id": "checkout-v42/7", "final": false}',  # spaces
+    ],
+)
+def test_the_verdict_id_is_read_from_any_encoding(value: bytes) -> None:
+    assert verdict_id_of(value) == "checkout-v42/7"
+
+
+def test_an_escaped_verdict_id_is_unescaped() -> None:
+    value = encode_verdict(a_verdict('checkout "v42"/7'))
+    assert verdict_id_of(value) == 'checkout "v42"/7'
+
+
+@pytest.mark.parametrize(
+    "value", [b"not json", b'{"verdict_id": 7}', b'{"deployment_id": "checkout-v42"}', b"[]"]
+)
+def test_no_verdict_id_is_none(value: bytes) -> None:
+    assert verdict_id_of(value) is None
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"event": "started", "baseline": "v41", "canary": "v42"},
+        {
+            "event": "started",
+            "baseline": "v41",
+            "canary": "v42",
+            "profile": "checkout",
+            "strategy": "blue_green",
+            "traffic_weight": 10,
+        },
+        {"event": "step", "traffic_weight": 25.5},
+        {"event": "completed"},
+        {"event": "aborted", "strategy": "feature_flag"},
+    ],
+)
+def test_an_encoded_deploy_event_decodes_to_what_was_given(fields: dict) -> None:
+    kind = fields.pop("event")
+    value = encode_deploy_event(kind, "checkout-v42", "checkout", at=1_796_000_000.12345, **fields)
+    event = decode_deploy_event(value)
+    assert (event.event, event.deployment_id, event.service) == (kind, "checkout-v42", "checkout")
+    assert event.time == 1_796_000_000.123  # to the millisecond
+    assert event.baseline_version == fields.get("baseline")
+    assert event.canary_version == fields.get("canary")
+    assert event.profile == fields.get("profile", "default")
+    assert event.strategy == fields.get("strategy", "canary")
+    assert event.traffic_weight == fields.get("traffic_weight")
+    assert set(orjson.loads(value)) == {"event", "deployment_id", "service", "time"} | {
+        {"baseline": "baseline", "canary": "canary"}.get(name, name) for name in fields
+    }  # fields not given are left out
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"event": "started", "baseline": "v41"}, "missing_field"),
+        ({"event": "step"}, "missing_field"),
+        ({"event": "step", "traffic_weight": 120}, "out_of_range"),
+        ({"event": "paused"}, "unknown_event"),
+        ({"event": "completed", "strategy": "big_bang"}, "wrong_type"),
+    ],
+)
+def test_a_deploy_event_that_does_not_fit_is_not_encoded(fields: dict, reason: str) -> None:
+    kind = fields.pop("event")
+    with pytest.raises(ContractError) as caught:
+        encode_deploy_event(kind, "checkout-v42", "checkout", at=0.0, **fields)
+    assert caught.value.reason == reason

@@ -7,8 +7,8 @@ from coalmine.bus.memory import MemoryBroker, MemoryTransport
 from coalmine.config.models import TopicsSettings
 from coalmine.config.settings import Settings
 from coalmine.daemon.app import Daemon
+from coalmine.daemon.effects import Effects
 from coalmine.daemon.publisher import Publisher
-from coalmine.daemon.router import Effects
 from coalmine.daemon.telemetry import Telemetry
 from coalmine.tools.simulator import simulate, three_deployments
 from support.scenario import PROFILE, T0

@@ -1,4 +1,3 @@
-import math
 from pathlib import Path
 
 import orjson
@@ -421,7 +420,7 @@ def test_batch_positions_floors_and_counts_do_not_depend_on_record_order():
     shuffled = router()
     shuffled.handle(records, now=0.0)
     for r in (ordered, shuffled):
-        assert r._positions == {  # what a restart re-reads from
+        assert r.recovery.positions == {  # what a restart re-reads from
             (TOPICS.metrics, 2): 10,
             (TOPICS.metrics, 1): 4,
             (TOPICS.deployments, 2): 5,
@@ -483,7 +482,7 @@ def test_steps_pause_after_the_deciding_records_and_every_slice():
     r = router()
     _three_open(r)
     handed: list = []
-    steps = r.steps(batch, now=0.0, emit=handed.append, pause_after=math.inf)
+    steps = r.steps(batch, now=0.0, emit=handed.append)
     next(steps)  # the first pause: the deciding record is taken, its verdict handed over
     assert [v.deployment_id for e in handed for v in e.verdicts] == ["checkout-v1"]
     assert r.deployments["search-v1"].watermark == T0 + 10  # none of search's taken yet
@@ -501,4 +500,4 @@ def test_steps_pause_after_the_deciding_records_and_every_slice():
     # Or sooner, when judging takes long: here after every record.
     again = router()
     _three_open(again)
-    assert sum(1 for _ in again.steps(batch, now=0.0, pause_after=-1.0)) == len(batch) + 1
+    assert sum(1 for _ in again.steps(batch, now=0.0, overdue=lambda: True)) == len(batch) + 1

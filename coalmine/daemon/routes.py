@@ -1,0 +1,153 @@
+"""Routing proper: each decoded event to the open deployment it belongs to.
+
+Deploy events open, step and end deployments (:class:`OpenDeployments`); a metric event
+goes to the deployment of its ``deployment_id``, or of its service and version. An event
+with no open deployment is held a while (:class:`~coalmine.daemon.recovery.UnroutedMetrics`:
+its ``started`` may come late); samples no deployment can use are counted and explained
+(:class:`~coalmine.daemon.dropped.DroppedSamples`). Pure: no clock, no socket.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from coalmine._exceptions import ContractError
+from coalmine.daemon.dropped import DroppedSamples
+from coalmine.daemon.recovery import UnroutedEvent, UnroutedMetrics
+
+if TYPE_CHECKING:
+    from coalmine.bus.base import Record
+    from coalmine.contract import Cohort, DeployEvent, MetricEvent, Verdict
+    from coalmine.daemon.deployment import Deployment
+    from coalmine.daemon.open_deployments import OpenDeployments
+    from coalmine.daemon.recovery import RecoveryFloors, TopicPartition
+
+__all__ = ["Routes"]
+
+_Routed = tuple["Deployment", "MetricEvent", "Cohort"]
+
+
+class Routes:
+    """Feeds each deploy and metric event to the open deployment it belongs to."""
+
+    def __init__(
+        self, deployments: OpenDeployments, recovery: RecoveryFloors, deployments_topic: str
+    ) -> None:
+        self.open = deployments
+        self.stream_time = -math.inf
+        """The latest event time of the metric events read: the stream's time."""
+        self._recovery = recovery
+        self._telemetry = deployments.telemetry
+        self._unrouted = UnroutedMetrics()
+        self._dropped = DroppedSamples(self._telemetry, deployments_topic, deployments.ended_here)
+
+    def held_floors(self) -> dict[TopicPartition, int]:
+        """Per partition, the oldest offset of the events held for a later ``started``."""
+        return self._unrouted.floors()
+
+    def release(self, partitions: set[TopicPartition]) -> list[str]:
+        """Drop the deployments started, and the events held, from ``partitions``."""
+        dropped = self._recovery.started_from(partitions)
+        self.open.hand_over(dropped)
+        self._unrouted.release(partitions)
+        return dropped
+
+    def deploy(self, event: DeployEvent, now: float, record: Record) -> list[Verdict]:
+        """Open, step or end a deployment; ``record`` is the deploy record it came in.
+
+        A deployment that opens takes the events held for it.
+
+        Raises:
+            ContractError: a ``started`` of an unknown profile, or one too many open.
+        """
+        if event.event != "started":
+            self.open.follow(event, now)
+            return []
+        if not self.open.start(event, now, record):
+            return []
+        return self._apply_held(event, now, record)
+
+    def metrics(
+        self, events: list[MetricEvent], now: float, record: Record | None
+    ) -> list[Verdict]:
+        """Feed events to their deployments; ``record`` is the one they came in (if any).
+
+        Raises:
+            ContractError: an event fits no cohort or kind of its deployment (the whole
+                message is refused: no event of it is taken).
+        """
+        latest = max(event.time for event in events) if events else -math.inf
+        self.stream_time = max(self.stream_time, latest)
+        verdicts: list[Verdict] = []
+        observe = self.open.observe
+        for deployment, event, cohort in self._route_all(events, record):
+            if deployment.is_open:
+                verdicts.extend(observe(deployment, event, cohort, now))
+        return verdicts
+
+    def _route_all(self, events: list[MetricEvent], record: Record | None) -> list[_Routed]:
+        """Resolve every event before applying any: a message is taken or rejected whole."""
+        routed: list[_Routed] = []
+        if len(events) == 1:
+            target = self._route(events[0], record)
+            if target is not None:
+                routed.append(target)
+            return routed
+        for index, event in enumerate(events):
+            try:
+                target = self._route(event, record)
+            except ContractError as exc:
+                raise ContractError(exc.reason, f"item {index}: {exc.message}") from None
+            if target is not None:
+                routed.append(target)
+        return routed
+
+    def _route(self, event: MetricEvent, record: Record | None) -> _Routed | None:
+        deployment = self.open.deployment_for(event)
+        if deployment is None:
+            self._hold(event, record)
+            return None
+        if event.time < deployment.started:
+            self._dropped.drop("before_started", event, deployment)
+            return None
+        cohort = deployment.cohort_of(event)
+        if cohort is None:
+            raise ContractError(
+                "unknown_cohort",
+                f"version {event.version!r} is neither baseline {deployment.baseline_version!r}"
+                f" nor canary {deployment.canary_version!r} of {deployment.deployment_id}",
+            )
+        spec = deployment.profile.metric(event.metric)
+        if spec is None:
+            self._dropped.drop("metric_not_in_profile", event, deployment)
+            return None
+        if (spec.kind == "ratio") != event.is_ratio:
+            wanted = "'good' and 'total'" if spec.kind == "ratio" else "'value' or 'values'"
+            raise ContractError(
+                "kind_mismatch", f"{event.metric} is a {spec.kind} metric: it needs {wanted}"
+            )
+        return deployment, event, cohort
+
+    def _hold(self, event: MetricEvent, record: Record | None) -> None:
+        """Keep an event with no open deployment a while: its ``started`` may be late."""
+        if record is None or (
+            event.deployment_id is not None and event.deployment_id in self.open.finished
+        ):
+            self._dropped.drop("no_open_deployment", event, None)
+            return
+        source = (record.topic, record.partition)
+        for item in self._unrouted.add(UnroutedEvent(source, record.offset, event)):
+            self._dropped.drop("no_open_deployment", item.event, None)
+
+    def _apply_held(self, event: DeployEvent, now: float, record: Record) -> list[Verdict]:
+        """Hand a starting deployment the events that arrived before its ``started``."""
+        held = self._unrouted.take(event.deployment_id, event.service, event.time)
+        verdicts: list[Verdict] = []
+        for item in held:
+            self._recovery.held_from(event.deployment_id, item.source, item.offset)
+            try:
+                verdicts.extend(self.metrics([item.event], now, record))
+            except ContractError:
+                self._telemetry.dropped("held_event_invalid", item.event.size)
+        return verdicts
