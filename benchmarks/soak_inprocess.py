@@ -41,7 +41,8 @@ from benchmarks.harness.workload import T0
 from coalmine.bus.base import Record
 from coalmine.config import load_settings
 from coalmine.daemon.directory import Directory
-from coalmine.daemon.router import Router, deploys_first
+from coalmine.daemon.ordering import deploys_first
+from coalmine.daemon.router import Router
 
 
 class Bus:

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from coalmine.daemon.recovery import TopicPartition
     from coalmine.formats.mapping import InputSettings
 
-__all__ = ["Router", "deploys_first"]
+__all__ = ["Router"]
 
 _SLICE = 200
 """Records taken between two pauses of :meth:`Router.steps` (a few milliseconds)."""
