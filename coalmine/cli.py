@@ -1,7 +1,7 @@
 """The ``coalmine`` command: the daemon, the demo, and the SRE and pipeline tools.
 
-Commands: ``run``, ``demo``, ``check``, ``replay``, ``record``, ``report``, ``start``,
-``send``, ``finish``, ``wait``.
+Commands: ``run``, ``demo``, ``check``, ``topics``, ``replay``, ``record``, ``report``,
+``start``, ``step``, ``send``, ``finish``, ``wait``.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration; ``wait`` also
 exits 1 rollback, 3 inconclusive, 4 timeout (docs/cli.md).
@@ -503,6 +503,12 @@ def _is_number(text: str) -> bool:
     return True
 
 
+_phase_option = click.option(
+    "--phase",
+    default=None,
+    help="The phase the change enters: a migration's (expand, backfill, ...) or a"
+    " blue-green deployment's (preview, switched).",
+)
 _time_option = click.option(
     "--time",
     "at",
@@ -517,8 +523,8 @@ _time_option = click.option(
 @_config_option
 @_deployment_option
 @_service_option
-@click.option("--baseline", required=True, help="The baseline's version.")
-@click.option("--canary", required=True, help="The canary's version.")
+@click.option("--baseline", default=None, help="The baseline's version (not for a migration).")
+@click.option("--canary", default=None, help="The canary's version (not for a migration).")
 @click.option("--profile", default=None, help="Analysis profile (the daemon's default: default).")
 @click.option(
     "--traffic-weight",
@@ -528,23 +534,29 @@ _time_option = click.option(
 )
 @click.option(
     "--strategy",
-    type=click.Choice(["canary", "blue_green", "feature_flag"]),
+    type=click.Choice(["canary", "blue_green", "migration", "feature_flag"]),
     default=None,
     help="Deployment strategy (default: canary).",
 )
+@_phase_option
 @_time_option
 def start(  # noqa: PLR0913 - one parameter per option
     config_path: Path | None,
     deployment_id: str,
     service: str,
-    baseline: str,
-    canary: str,
+    baseline: str | None,
+    canary: str | None,
     profile: str | None,
     traffic_weight: float | None,
     strategy: str | None,
+    phase: str | None,
     at: float | None,
 ) -> None:
-    """Announce a deployment: publish its `started` event (time: --time, or now)."""
+    """Announce a deployment: publish its `started` event (time: --time, or now).
+
+    A migration phase (--strategy migration --phase NAME) needs no versions: it is judged
+    against the service's own past.
+    """
     settings = _load(config_path)
     value = _deploy_event(
         event="started",
@@ -556,6 +568,7 @@ def start(  # noqa: PLR0913 - one parameter per option
         profile=profile,
         traffic_weight=traffic_weight,
         strategy=strategy,
+        phase=phase,
     )
     if profile is not None and profile not in settings.profiles:
         click.echo(
@@ -564,7 +577,52 @@ def start(  # noqa: PLR0913 - one parameter per option
             err=True,
         )
     where = _announce(settings, value, service)
-    click.echo(f"started {deployment_id} ({service} {baseline} -> {canary}) on {where}")
+    change = f"{baseline} -> {canary}" if baseline and canary else f"phase {phase or '-'}"
+    click.echo(f"started {deployment_id} ({service} {change}) on {where}")
+
+
+@main.command()
+@_config_option
+@_deployment_option
+@_service_option
+@click.option(
+    "--traffic-weight",
+    type=click.FloatRange(0, 100),
+    default=None,
+    help="Percent of traffic to the canary from now on.",
+)
+@_phase_option
+@_time_option
+def step(
+    config_path: Path | None,
+    deployment_id: str,
+    service: str,
+    traffic_weight: float | None,
+    phase: str | None,
+    at: float | None,
+) -> None:
+    """Announce a traffic step or a phase (a blue-green `--phase switched`): publish `step`."""
+    if traffic_weight is None and phase is None:
+        raise click.UsageError("give --traffic-weight, --phase or both")
+    settings = _load(config_path)
+    value = _deploy_event(
+        event="step",
+        deployment_id=deployment_id,
+        service=service,
+        at=at,
+        traffic_weight=traffic_weight,
+        phase=phase,
+    )
+    where = _announce(settings, value, service)
+    what = ", ".join(
+        part
+        for part in (
+            None if traffic_weight is None else f"weight {traffic_weight:g}%",
+            None if phase is None else f"phase {phase}",
+        )
+        if part
+    )
+    click.echo(f"step {deployment_id} ({what}) on {where}")
 
 
 @main.command()

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from coalmine.analyzers.result import MetricResult
 
 DeployEventKind = Literal["started", "step", "completed", "aborted"]
-Strategy = Literal["canary", "blue_green", "feature_flag"]
+Strategy = Literal["canary", "blue_green", "migration", "feature_flag"]
 Cohort = Literal["baseline", "canary"]
 Decision = Literal["continue", "promote", "rollback", "inconclusive"]
 
@@ -52,6 +52,7 @@ class DeployEvent:
     canary_version: str | None = None
     traffic_weight: float | None = None
     baseline_weight: float | None = None
+    phase: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +192,7 @@ def encode_deploy_event(  # noqa: PLR0913 - one argument per field of the event
     profile: str | None = None,
     traffic_weight: float | None = None,
     strategy: str | None = None,
+    phase: str | None = None,
 ) -> bytes:
     """A deploy event as a pipeline publishes it, validated; ``time`` is ``at`` to the ms.
 
@@ -216,6 +218,8 @@ def encode_deploy_event(  # noqa: PLR0913 - one argument per field of the event
         obj["canary"] = {"version": canary}
     if traffic_weight is not None:
         obj["traffic_weight"] = traffic_weight
+    if phase is not None:
+        obj["phase"] = phase
     value = orjson.dumps(obj)
     decode_deploy_event(value)  # raises ContractError when it does not fit
     return value
@@ -337,10 +341,11 @@ def deploy_event_from_mapping(obj: Mapping[str, Any]) -> DeployEvent:
     baseline_weight = _weight(baseline_obj) if isinstance(baseline_obj, Mapping) else None
     baseline = _version(obj, "baseline")
     canary = _version(obj, "canary")
-    if kind == "started" and (baseline is None or canary is None):
+    phase = _optional_text(obj, "phase")
+    if kind == "started" and strategy != "migration" and (baseline is None or canary is None):
         raise ContractError("missing_field", "a 'started' event needs baseline and canary")
-    if kind == "step" and weight is None:
-        raise ContractError("missing_field", "a 'step' event needs 'traffic_weight'")
+    if kind == "step" and weight is None and phase is None:
+        raise ContractError("missing_field", "a 'step' event needs 'traffic_weight' or 'phase'")
     return DeployEvent(
         event=kind,
         deployment_id=deployment_id,
@@ -352,6 +357,7 @@ def deploy_event_from_mapping(obj: Mapping[str, Any]) -> DeployEvent:
         canary_version=canary,
         traffic_weight=weight,
         baseline_weight=baseline_weight,
+        phase=phase,
     )
 
 
@@ -509,7 +515,7 @@ def _plain_metric_event(obj: dict[str, Any], bools: bool) -> MetricEvent | None:
     cohort, version = get("cohort"), get("version")
     deployment_id, instance, labels = get("deployment_id"), get("instance"), get("labels")
     names = (
-        (type(version) is str and version != "")
+        (version is None or (type(version) is str and version != ""))
         if cohort is None
         else (cohort == "baseline" or cohort == "canary") and _optional_plain_text(version)  # noqa: PLR1714 - cohort may be unhashable
     )
@@ -644,7 +650,7 @@ def _typed_event(typed: _TypedMetricEvent) -> MetricEvent | None:
     """
     when = typed.time
     time = _plain_time(when) if isinstance(when, str) else when if when >= 0 else None
-    if time is None or (typed.cohort is None and typed.version is None):
+    if time is None:
         return None  # msgspec's floats are finite; a negative one is the validator's
     value, values, good, total = typed.value, typed.values, typed.good, typed.total
     if good is not _UNSET or total is not _UNSET:
@@ -684,8 +690,6 @@ def metric_event_from_mapping(obj: Mapping[str, Any]) -> MetricEvent:
     if cohort is not None and not _one_of(cohort, _COHORTS):
         raise ContractError("unknown_cohort", "'cohort' must be 'baseline' or 'canary'")
     version = _optional_text(obj, "version")
-    if cohort is None and version is None:
-        raise ContractError("missing_cohort", "either 'cohort' or 'version' is required")
     deployment_id = _optional_text(obj, "deployment_id")
     instance = _optional_text(obj, "instance")
     labels = obj.get("labels")

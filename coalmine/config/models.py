@@ -240,6 +240,9 @@ class LimitSettings(_Section):
     """Largest message accepted, in bytes; a larger one is dead-lettered, truncated."""
     max_instances_per_cohort: int = Field(default=1_000, gt=0)
     """Most instances tracked per cohort for instance-level analysis; more are counted."""
+    max_history_events_per_service: int = Field(default=5_000, gt=0)
+    """Most recent metric events kept per service for baselines from the past (only when a
+    profile has a ``reference``); beyond it the oldest go first."""
 
 
 class MetricSpec(_Section):
@@ -355,6 +358,15 @@ class MetricSpec(_Section):
         return DEFAULT_ALLOWED_CHANGE[self.kind]
 
 
+class ReferenceSpec(_Section):
+    """A baseline from the service's own past, for changes with no concurrent baseline."""
+
+    before: Duration = Field(default=1800.0, gt=0)
+    """Length of the reference window just before the change (a migration phase's
+    ``started``, a blue-green ``switched`` step); the daemon keeps that much of each
+    service's recent metrics."""
+
+
 class Profile(_Section):
     """How a deployment is analysed: its schedule, thresholds and metrics."""
 
@@ -382,6 +394,9 @@ class Profile(_Section):
     """Level of the sample-ratio-mismatch check (reported, never a rollback)."""
     metrics: tuple[MetricSpec, ...] = Field(min_length=1)
     """The metrics compared, at least one, names unique."""
+    reference: ReferenceSpec | None = None
+    """Compare with the service's own past (``[profiles.NAME.reference]``): migrations need
+    it; a blue-green switch uses it (else the 30 minutes before the switch)."""
 
     # Cross-field checks are field validators on the later field (``info.data`` holds the
     # earlier ones), so each problem gets its own key and all are reported together.

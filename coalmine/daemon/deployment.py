@@ -30,6 +30,7 @@ from coalmine.analyzers.instances import InstanceMeans
 from coalmine.analyzers.registry import analyzer_for
 from coalmine.analyzers.sample_ratio import sample_ratio_check
 from coalmine.contract import Cohort, DeployEvent, MetricEvent, Verdict, Window
+from coalmine.daemon.past import PastBaseline, RecentEvents
 from coalmine.daemon.samples import EventCounts, InstanceTally, SampleReservoir
 from coalmine.judge import Judgement, judge
 
@@ -50,6 +51,11 @@ class AnalysisLimits:
 
     max_samples_per_cohort: int = 200_000
     max_instances_per_cohort: int = 1_000
+    max_history_events: int = 5_000
+
+
+DEFAULT_REFERENCE = 1800.0
+"""The reference window of a blue-green switch whose profile and event name none."""
 
 
 class _Observations:
@@ -204,6 +210,29 @@ class _CohortData:
         return InstanceMeans(*tally.means(), names=tally.names)
 
 
+class TrafficWeights:
+    """The canary's announced traffic weight over event time, from its steps."""
+
+    __slots__ = ("_steps",)
+
+    def __init__(self, start: float, weight: float | None) -> None:
+        self._steps: list[tuple[float, float | None]] = [(start, weight)]
+
+    def add(self, time: float, weight: float | None) -> None:
+        """A step to ``weight`` at ``time`` (steps may be read out of order)."""
+        self._steps.append((time, weight))
+        self._steps.sort(key=lambda step: step[0])
+
+    def at(self, time: float) -> float | None:
+        """The weight in force at ``time``."""
+        weight = self._steps[0][1]
+        for at, value in self._steps:
+            if at > time:
+                break
+            weight = value
+        return weight
+
+
 def _analyzers(profile: Profile) -> dict[str, Analyzer]:
     """A fresh analyzer per metric of the profile, by its kind."""
     return {spec.name: analyzer_for(spec) for spec in profile.metrics}
@@ -229,16 +258,24 @@ class Deployment:
         self.started = started.time
         self.baseline_version = started.baseline_version
         self.canary_version = started.canary_version
+        self._versions = (started.baseline_version, started.canary_version)
         self.status: Status = "open"
         self.watermark = started.time
         self.ends_at: float | None = None
         self.end_reason: str | None = None
-        self._steps: list[tuple[float, float | None]] = [(started.time, started.traffic_weight)]
+        self._weights = TrafficWeights(started.time, started.traffic_weight)
         self.last_verdict: Verdict | None = None
         self._look = 1
         self._analyzers = _analyzers(profile)
-        self._data = _Observations(started.deployment_id, limits or AnalysisLimits())
+        self._limits = limits or AnalysisLimits()
+        self._data = _Observations(started.deployment_id, self._limits)
         self.baseline_weight = started.baseline_weight
+        self.phase = started.phase
+        self._first_look = 1
+        self.past = _past_of(started, profile)
+        """Set when the baseline is the service's own past (a reference, a switch)."""
+        self._preview = _preview_of(started, profile, self._limits)  # blue's recent events
+        self.switch_at: float | None = None  # a ``switched`` step read, not yet reached
 
     @property
     def is_open(self) -> bool:
@@ -259,7 +296,9 @@ class Deployment:
         return self._data.limits_hit
 
     def cohort_of(self, event: MetricEvent) -> Cohort | None:
-        """The event's cohort: its ``cohort`` field, or its ``version`` matched to ours."""
+        """The event's cohort: its ``cohort``, its ``version``, or (past baseline) its time."""
+        if self.past is not None:
+            return self.past.cohort_of(event)
         if event.cohort is not None:
             return event.cohort
         if event.version == self.canary_version:
@@ -304,6 +343,8 @@ class Deployment:
         if not self.is_open or spec is None:
             return verdicts
         stored = self._data.add(event, cohort)
+        if self._preview is not None and cohort == "baseline":
+            self._preview.add(event, None, 0)
         analyzer = self._analyzers[spec.name]
         if analyzer.observe(event.time, cohort == "canary", event.good, event.total, stored):
             if self.ends_at is not None and event.time > self.ends_at:
@@ -316,6 +357,12 @@ class Deployment:
     def advance(self, time: float) -> list[Verdict]:
         """Move event time to ``time``; return the judgements that fell due."""
         verdicts: list[Verdict] = []
+        switch_at = self.switch_at
+        if switch_at is not None and time >= switch_at:
+            self.switch_at = None
+            verdicts = self.advance(switch_at)  # the preview's judgements first
+            if self.is_open:
+                self._switch(switch_at)
         self.watermark = max(self.watermark, time)
         while self.is_open and self.watermark > self._due(self._look):
             due = self._due(self._look)
@@ -330,9 +377,31 @@ class Deployment:
         return verdicts
 
     def step(self, event: DeployEvent) -> None:
-        """Record a traffic change at its event time; analysis goes on."""
-        self._steps.append((event.time, event.traffic_weight))
-        self._steps.sort(key=lambda step: step[0])
+        """A traffic change (or blue-green switch) taking effect at its event time."""
+        if event.phase == "switched" and self._preview is not None:
+            if self.switch_at is None or event.time < self.switch_at:
+                self.switch_at = event.time
+            return
+        if event.traffic_weight is not None:
+            self._weights.add(event.time, event.traffic_weight)
+        if event.phase is not None:
+            self.phase = event.phase
+
+    def _switch(self, at: float) -> None:
+        """Green takes all traffic: judge it afresh against blue's reference window.
+
+        Durations count from the switch; judgements go on numbering.
+        """
+        preview, self._preview, self.phase = self._preview, None, "switched"
+        assert preview is not None  # noqa: S101 - step() checks
+        self.past = PastBaseline(at, preview.span, *self._versions)
+        self.started = at
+        self._first_look = self._look
+        self._weights = TrafficWeights(at, None)
+        self._data = _Observations(self.deployment_id, self._limits)
+        self._analyzers = _analyzers(self.profile)
+        for past, _, _ in preview.between(self.past.start, self.past.change):
+            self._data.add(past, "baseline")
 
     def end(self, event: DeployEvent) -> None:
         """The pipeline completed or aborted the deployment: nothing is judged after its time."""
@@ -365,15 +434,11 @@ class Deployment:
 
     def weight_at(self, time: float) -> float | None:
         """The announced traffic weight in force at event time ``time``."""
-        weight = self._steps[0][1]
-        for at, value in self._steps:
-            if at > time:
-                break
-            weight = value
-        return weight
+        return self._weights.at(time)
 
     def _due(self, look: int) -> float:
-        return min(self.started + look * self.profile.interval, self.end_time)
+        since = look - self._first_look + 1
+        return min(self.started + since * self.profile.interval, self.end_time)
 
     def _last_look(self, look: int) -> bool:
         return self._due(look) >= self.end_time
@@ -415,24 +480,18 @@ class Deployment:
         results = self._analyze_all(time)
         at_end = self._last_look(look)
         judgement = judge(self.profile, results, elapsed=time - self.started, at_end=at_end)
+        if self._preview is not None and judgement.decision == "promote":
+            why = f"{judgement.summary}; a preview waits for the switch"
+            judgement = Judgement("continue", False, judgement.score, why)
         return self._verdict(look, time, results, judgement)
 
     def _checks(self, time: float) -> dict[str, dict[str, DetailValue]]:
-        """Deployment-level checks reported with every verdict (sample-ratio mismatch)."""
-        canary_weight = self.weight_at(time)
-        if canary_weight is None:
-            return {}
-        baseline_weight = self.baseline_weight
-        if baseline_weight is None:
-            baseline_weight = 100.0 - canary_weight
-        if canary_weight + baseline_weight <= 0:
-            return {}
-        observed = self._data.split()
-        if observed is None:
-            return {}
-        expected = canary_weight / (canary_weight + baseline_weight)
-        check = sample_ratio_check(*observed, expected, self.profile.sample_ratio_alpha)
-        return {"sample_ratio": check}
+        """Checks each verdict reports: the past it compared with, or the split's (SRM)."""
+        if self.past is not None:
+            return {"reference": self.past.describe()}
+        return _split_check(
+            self.weight_at(time), self.baseline_weight, self._data.split(), self.profile
+        )
 
     def _verdict(
         self, look: int, time: float, results: tuple[MetricResult, ...], judgement: Judgement
@@ -474,3 +533,45 @@ class Deployment:
         self.status = status
         self._data.clear()
         self._analyzers = _analyzers(self.profile)
+
+
+def _past_of(started: DeployEvent, profile: Profile) -> PastBaseline | None:
+    """The baseline from the past of a migration phase or an already switched blue-green."""
+    switched = started.strategy == "blue_green" and started.phase == "switched"
+    if started.strategy != "migration" and not switched:
+        return None
+    before = _reference_length(profile) or (DEFAULT_REFERENCE if switched else None)
+    if before is None:
+        return None
+    return PastBaseline(started.time, before, started.baseline_version, started.canary_version)
+
+
+def _preview_of(
+    started: DeployEvent, profile: Profile, limits: AnalysisLimits
+) -> RecentEvents | None:
+    """A blue-green preview keeps blue's recent events for the reference of its switch."""
+    if started.strategy != "blue_green" or started.phase == "switched":
+        return None
+    before = _reference_length(profile) or DEFAULT_REFERENCE
+    return RecentEvents(before, limits.max_history_events)
+
+
+def _reference_length(profile: Profile) -> float | None:
+    return None if profile.reference is None else profile.reference.before
+
+
+def _split_check(
+    canary_weight: float | None,
+    baseline_weight: float | None,
+    observed: tuple[int, int] | None,
+    profile: Profile,
+) -> dict[str, dict[str, DetailValue]]:
+    """The sample-ratio check of the announced split against the counts ``observed``."""
+    if canary_weight is None or observed is None:
+        return {}
+    if baseline_weight is None:
+        baseline_weight = 100.0 - canary_weight
+    if canary_weight + baseline_weight <= 0:
+        return {}
+    expected = canary_weight / (canary_weight + baseline_weight)
+    return {"sample_ratio": sample_ratio_check(*observed, expected, profile.sample_ratio_alpha)}

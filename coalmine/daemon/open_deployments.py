@@ -62,8 +62,11 @@ class OpenDeployments:
         self._ledger = VerdictLedger()
         self._max_open = limits.max_open_deployments
         self._analysis_limits = AnalysisLimits(
-            limits.max_samples_per_cohort, limits.max_instances_per_cohort
+            limits.max_samples_per_cohort,
+            limits.max_instances_per_cohort,
+            limits.max_history_events_per_service,
         )
+        self.max_history_events = limits.max_history_events_per_service
         self._by_service: dict[str, list[str]] = {}
         self._last_seen: dict[str, float] = {}
         self._closing: list[tuple[float, str]] = []
@@ -121,6 +124,12 @@ class OpenDeployments:
         profile = self.profiles.get(event.profile)
         if profile is None:
             raise ContractError("unknown_profile", f"no profile named {event.profile!r}")
+        if event.strategy == "migration" and profile.reference is None:
+            raise ContractError(
+                "no_reference",
+                f"a migration is judged against the service's past: profile {event.profile!r}"
+                f" needs a reference ([profiles.{event.profile}.reference] before = ...)",
+            )
         if len(self.deployments) >= self._max_open:
             raise ContractError(
                 "too_many_deployments",
@@ -194,6 +203,8 @@ class OpenDeployments:
                 continue
             verdicts.extend(deployment.advance(stream_time))
             self._forget_if_ended(deployment)
+            if deployment.is_open and deployment.end_time > stream_time:
+                self._close_at(deployment, deployment.end_time)  # a blue-green switch moved it
         return self.settle(verdicts) if verdicts else verdicts
 
     def expire_silent(self, now: float) -> list[Verdict]:

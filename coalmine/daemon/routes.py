@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from coalmine._exceptions import ContractError
 from coalmine.daemon.dropped import DroppedSamples
+from coalmine.daemon.past import RecentEvents
 from coalmine.daemon.recovery import UnroutedEvent, UnroutedMetrics
 
 if TYPE_CHECKING:
@@ -41,6 +42,12 @@ class Routes:
         self._telemetry = deployments.telemetry
         self._unrouted = UnroutedMetrics()
         self._dropped = DroppedSamples(self._telemetry, deployments_topic, deployments.ended_here)
+        self._history: dict[str, RecentEvents] = {}
+        """Per service, its recent metric events, while a profile has a ``reference``."""
+        self._made: list[Verdict] = []
+        """Judgements made while routing (a blue-green switch reached), in order."""
+        self._history_for: object = None
+        self._span = 0.0
 
     def held_floors(self) -> dict[TopicPartition, int]:
         """Per partition, the oldest offset of the events held for a later ``started``."""
@@ -66,10 +73,15 @@ class Routes:
             return []
         if not self.open.start(event, now, record):
             return []
-        return self._apply_held(event, now, record)
+        return self._apply_past(event, now) + self._apply_held(event, now, record)
 
     def metrics(
-        self, events: list[MetricEvent], now: float, record: Record | None
+        self,
+        events: list[MetricEvent],
+        now: float,
+        record: Record | None,
+        *,
+        remember: bool = True,
     ) -> list[Verdict]:
         """Feed events to their deployments; ``record`` is the one they came in (if any).
 
@@ -79,11 +91,56 @@ class Routes:
         """
         latest = max(event.time for event in events) if events else -math.inf
         self.stream_time = max(self.stream_time, latest)
-        verdicts: list[Verdict] = []
+        routed = self._route_all(events, record)
+        if remember and record is not None and self.history_span() > 0:
+            self._remember(events, record)
+        verdicts, self._made = self._made, []
         observe = self.open.observe
-        for deployment, event, cohort in self._route_all(events, record):
+        for deployment, event, cohort in routed:
             if deployment.is_open:
                 verdicts.extend(observe(deployment, event, cohort, now))
+        return verdicts
+
+    def history_span(self) -> float:
+        """How much of each service's recent metrics is kept: the longest profile reference."""
+        profiles = self.open.profiles
+        if profiles is not self._history_for:
+            self._history_for = profiles
+            self._span = max(
+                (p.reference.before for p in profiles.values() if p.reference is not None),
+                default=0.0,
+            )
+        return self._span
+
+    def _remember(self, events: list[MetricEvent], record: Record) -> None:
+        """Keep the events in their service's history, for deployments that start later."""
+        source = (record.topic, record.partition)
+        for event in events:
+            recent = self._history.get(event.service)
+            if recent is None:
+                limit = self.open.max_history_events
+                recent = self._history[event.service] = RecentEvents(self._span, limit)
+            recent.span = self._span
+            recent.add(event, source, record.offset)
+
+    def _apply_past(self, event: DeployEvent, now: float) -> list[Verdict]:
+        """Hand a deployment judged against the past its service's reference window.
+
+        The events come from the history in the order they were read; recovery learns
+        where the oldest was read, so a restart re-reads the window.
+        """
+        deployment = self.open.deployments[event.deployment_id]
+        recent = self._history.get(event.service)
+        past = deployment.past
+        if past is None or recent is None:
+            return []
+        verdicts: list[Verdict] = []
+        for item, source, offset in recent.between(past.start, past.change):
+            if source is not None:
+                self._recovery.held_from(event.deployment_id, source, offset)
+            cohort = deployment.cohort_of(item)
+            if cohort is not None and deployment.profile.metric(item.metric) is not None:
+                verdicts.extend(self.open.observe(deployment, item, cohort, now))
         return verdicts
 
     def _route_all(self, events: list[MetricEvent], record: Record | None) -> list[_Routed]:
@@ -108,10 +165,21 @@ class Routes:
         if deployment is None:
             self._hold(event, record)
             return None
-        if event.time < deployment.started:
+        if deployment.switch_at is not None and event.time >= deployment.switch_at:
+            self._made.extend(deployment.advance(event.time))
+        if deployment.past is None and event.time < deployment.started:
             self._dropped.drop("before_started", event, deployment)
             return None
         cohort = deployment.cohort_of(event)
+        if cohort is None and deployment.past is not None:
+            self._dropped.drop("outside_reference", event, deployment)
+            return None
+        if cohort is None and event.version is None:
+            raise ContractError(
+                "missing_cohort",
+                f"either 'cohort' or 'version' is required: {deployment.deployment_id}"
+                " compares two cohorts running side by side",
+            )
         if cohort is None:
             raise ContractError(
                 "unknown_cohort",
@@ -138,7 +206,10 @@ class Routes:
             return
         source = (record.topic, record.partition)
         for item in self._unrouted.add(UnroutedEvent(source, record.offset, event)):
-            self._dropped.drop("no_open_deployment", item.event, None)
+            held = item.event
+            untagged = held.cohort is None and held.version is None
+            reason = "history_only" if untagged and self._span > 0 else "no_open_deployment"
+            self._dropped.drop(reason, held, None)
 
     def _apply_held(self, event: DeployEvent, now: float, record: Record) -> list[Verdict]:
         """Hand a starting deployment the events that arrived before its ``started``."""
@@ -147,7 +218,7 @@ class Routes:
         for item in held:
             self._recovery.held_from(event.deployment_id, item.source, item.offset)
             try:
-                verdicts.extend(self.metrics([item.event], now, record))
+                verdicts.extend(self.metrics([item.event], now, record, remember=False))
             except ContractError:
                 self._telemetry.dropped("held_event_invalid", item.event.size)
         return verdicts

@@ -85,6 +85,7 @@ def deploy_event(  # noqa: PLR0913 - one argument per field of the event
     profile: str | None = None,
     traffic_weight: float | None = None,
     strategy: str | None = None,
+    phase: str | None = None,
 ) -> bytes:
     """A deploy event of the contract, validated (``time`` = ``at``, or now).
 
@@ -102,6 +103,7 @@ def deploy_event(  # noqa: PLR0913 - one argument per field of the event
         profile=profile,
         traffic_weight=traffic_weight,
         strategy=strategy,
+        phase=phase,
     )
 
 

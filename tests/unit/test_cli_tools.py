@@ -171,6 +171,9 @@ def test_cli_start_and_finish_exit_1_when_kafka_is_unreachable():
         ["report", "d"],  # no --output
         ["report", "d", "--output", "r.html", "--input", __file__, "--from-kafka"],  # both
         ["wait"],  # no --deployment
+        ["step", "--deployment", "d", "--service", "s"],  # neither --traffic-weight nor --phase
+        ["step", "--deployment", "d", "--service", "s", "--traffic-weight", "120"],
+        ["start", "--deployment", "d", "--service", "s", "--strategy", "blue_green"],  # versions
     ],
 )
 def test_cli_tools_usage_errors_exit_2(args):
@@ -268,3 +271,19 @@ def test_report_without_input_reads_the_configured_kafka(tmp_path):
     result = invoke("report", "d", "--output", str(tmp_path / "r.html"), "--config", str(mqtt))
     assert result.exit_code == 2
     assert "give --input FILE" in result.output
+
+
+def test_step_and_migration_events_carry_their_phase():
+    from coalmine.contract import decode_deploy_event  # noqa: PLC0415
+    from coalmine.tools.pipeline import deploy_event  # noqa: PLC0415
+
+    step = decode_deploy_event(deploy_event("step", "d", "s", at=T0, phase="switched"))
+    assert (step.event, step.phase, step.traffic_weight) == ("step", "switched", None)
+    started = decode_deploy_event(
+        deploy_event("started", "m", "db", at=T0, strategy="migration", phase="expand")
+    )
+    assert (started.strategy, started.phase, started.baseline_version) == (
+        "migration",
+        "expand",
+        None,
+    )

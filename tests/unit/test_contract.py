@@ -142,7 +142,6 @@ METRIC = {"service": "s", "cohort": "canary", "metric": "m", "time": 5, "value":
         (dumps({k: v for k, v in METRIC.items() if k != "metric"}), "missing_field"),
         (dumps({k: v for k, v in METRIC.items() if k != "time"}), "missing_field"),
         (dumps({**METRIC, "cohort": "control"}), "unknown_cohort"),
-        (dumps({k: v for k, v in METRIC.items() if k != "cohort"}), "missing_cohort"),
         (dumps({**METRIC, "values": [1.0]}), "ambiguous_payload"),
         (dumps({k: v for k, v in METRIC.items() if k != "value"}), "ambiguous_payload"),
         (dumps({**METRIC, "value": "1.0"}), "wrong_type"),
@@ -440,3 +439,9 @@ def test_a_deploy_event_that_does_not_fit_is_not_encoded(fields: dict, reason: s
     with pytest.raises(ContractError) as caught:
         encode_deploy_event(kind, "checkout-v42", "checkout", at=0.0, **fields)
     assert caught.value.reason == reason
+
+
+def test_a_metric_event_without_cohort_or_version_is_valid_its_deployment_decides():
+    event = decode_metric_events(dumps({k: v for k, v in METRIC.items() if k != "cohort"}))[0]
+    assert event.cohort is None
+    assert event.version is None

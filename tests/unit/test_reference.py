@@ -205,6 +205,8 @@ def _plain(value: Any) -> Any:
 def _value_at(settings: Settings, path: tuple[str, ...]) -> Any:
     value: Any = settings
     for part in path:
+        if value is None:  # inside an optional table that is unset by default
+            return None
         value = value[part] if isinstance(value, dict) else getattr(value, part)
     return value
 
