@@ -30,9 +30,12 @@ consumer fronts its subscription state, fetcher and group coordinator:
 - ``producer``: publishing and transactions; ``commits``: committing positions;
 - ``readiness``: whether the brokers answer and the topics exist;
 - ``readers``: reading topics outside the group (the ledger, the API, the tools).
+- ``history``: one service's metrics over an event-time window, read by time (a baseline
+  from the past that the daemon did not keep in memory).
 """
 
 from coalmine.bus.kafka.clients import kafka_client_options, to_record
+from coalmine.bus.kafka.history import WindowRead, read_window
 from coalmine.bus.kafka.readers import follow, read_partitions, read_topic
 from coalmine.bus.kafka.topics import PartitioningError, ensure_topics, partition_counts
 from coalmine.bus.kafka.transport import KafkaTransport
@@ -40,11 +43,13 @@ from coalmine.bus.kafka.transport import KafkaTransport
 __all__ = [
     "KafkaTransport",
     "PartitioningError",
+    "WindowRead",
     "ensure_topics",
     "follow",
     "kafka_client_options",
     "partition_counts",
     "read_partitions",
     "read_topic",
+    "read_window",
     "to_record",
 ]
