@@ -9,10 +9,12 @@ its ``started`` may come late); samples no deployment can use are counted and ex
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING
 
 from coalmine._exceptions import ContractError
+from coalmine.contract import format_time
 from coalmine.daemon.dropped import DroppedSamples
 from coalmine.daemon.past import RecentEvents
 from coalmine.daemon.recovery import UnroutedEvent, UnroutedMetrics
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     from coalmine.daemon.recovery import RecoveryFloors, TopicPartition
 
 __all__ = ["Routes"]
+
+log = logging.getLogger(__name__)
 
 _Routed = tuple["Deployment", "MetricEvent", "Cohort"]
 
@@ -73,7 +77,22 @@ class Routes:
             return []
         if not self.open.start(event, now, record):
             return []
+        self._warn_if_past_its_end(self.open.deployments[event.deployment_id])
         return self._apply_past(event, now) + self._apply_held(event, now, record)
+
+    def _warn_if_past_its_end(self, deployment: Deployment) -> None:
+        """Say so when a deployment starts too far behind the stream to be judged on data."""
+        close = deployment.end_time + deployment.profile.final_grace
+        if self.stream_time > close:
+            log.warning(
+                "deployment %s starts at %s, but events up to %s were read already: past its"
+                " max_duration and final_grace, it is judged to its end at once, on the data"
+                " read so far; give `started` the time the canary began serving, close to"
+                " the times its metrics carry",
+                deployment.deployment_id,
+                format_time(deployment.started),
+                format_time(self.stream_time),
+            )
 
     def metrics(
         self,

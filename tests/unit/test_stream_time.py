@@ -75,3 +75,27 @@ def test_closing_on_stream_time_is_the_same_in_one_batch_or_many() -> None:
     ]
     assert sorted(at_once) == sorted(record_by_record)
     assert any(b'"checkout-v42"' in v and b'"final":true' in v for v in at_once)
+
+
+def test_a_started_older_than_the_stream_by_more_than_its_span_says_why_it_ends_at_once(caplog):
+    from coalmine.tools.simulator import started_event  # noqa: PLC0415
+
+    router = Router({"default": LONG}, TOPICS, LimitSettings())
+    today = T0 + 10 * 86_400
+    ahead = {"service": "other", "cohort": "canary", "metric": "latency_ms", "value": 1.0}
+    router.handle([Record(TOPICS.metrics, orjson.dumps(ahead | {"time": today}), b"other")], 0.0)
+    effects = router.handle([Record(TOPICS.deployments, started_event(QUIET, T0), b"c")], 1.0)
+    assert [v.decision for v in effects.verdicts if v.final] == ["inconclusive"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("checkout-v42 starts at" in w and "judged to its end at once" in w for w in warnings)
+
+
+def test_a_started_within_the_streams_span_gets_no_such_warning(caplog):
+    from coalmine.tools.simulator import started_event  # noqa: PLC0415
+
+    router = Router({"default": LONG}, TOPICS, LimitSettings())
+    ahead = {"service": "other", "cohort": "canary", "metric": "latency_ms", "value": 1.0}
+    at = T0 + LONG.max_duration  # inside max_duration + final_grace of the start
+    router.handle([Record(TOPICS.metrics, orjson.dumps(ahead | {"time": at}), b"other")], 0.0)
+    router.handle([Record(TOPICS.deployments, started_event(QUIET, T0), b"c")], 1.0)
+    assert not [r for r in caplog.records if "judged to its end at once" in r.getMessage()]
