@@ -57,6 +57,8 @@ class Look:
     """Each metric's share of the profile's false-alarm budget."""
     window: BurnWindow
     """Event time of the look, time since the start, planned length, traffic share."""
+    past: bool = False
+    """The baseline is the service's own past (a reference window), not a cohort beside it."""
 
 
 class Analyzer(Protocol):

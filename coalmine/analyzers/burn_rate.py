@@ -64,6 +64,8 @@ class RatioEvidence:
 
     rate: RateRatioEProcess
     guard_max_log_e: dict[str, float] = field(default_factory=dict)
+    past: bool = False
+    """The baseline is a reference window before the change: see :func:`_relative_e_fails`."""
     times: list[float] = field(default_factory=list)
     cumulative: list[tuple[int, int, int, int]] = field(default_factory=list)
 
@@ -405,9 +407,37 @@ def _relative_e_fails(
         return False
     bad_b = baseline_total - baseline_good
     bad_c = canary_total - canary_good
-    return evidence.rate.max_log_e >= math.log(1.0 / (RELATIVE_SHARE * alpha)) and (
+    if evidence.past:
+        max_log_e = _past_log_e(spec, counts, alpha, evidence)
+    else:
+        max_log_e = evidence.rate.max_log_e
+    return max_log_e >= math.log(1.0 / (RELATIVE_SHARE * alpha)) and (
         _rate_ratio(bad_c, canary_total, bad_b, baseline_total) > 1.0 + spec.tolerance
     )
+
+
+def _past_log_e(
+    spec: MetricSpec, counts: tuple[int, int, int, int], alpha: float, evidence: RatioEvidence
+) -> float:
+    """Evidence that the canary's rate is beyond the tolerance of a reference window's.
+
+    The rate-ratio e-process conditions on each batch's split between the cohorts, and a
+    reference window before the change shares no batch with the canary. Instead the
+    reference's rate is bounded from above (Clopper-Pearson at half the relative share of
+    ``alpha``) and the canary's cumulative counts are tested against ``1 + tolerance``
+    times that bound by the binomial mixture, its running maximum kept: by the union bound,
+    a false alarm at most the relative share. Returns the e-value on the same scale as
+    the other test's (already doubled, so both compare with ``1 / (share x alpha)``).
+    """
+    baseline_good, baseline_total, canary_good, canary_total = counts
+    half = RELATIVE_SHARE * alpha / 2.0
+    level = (1.0 + spec.tolerance) * _clopper_pearson_upper(
+        baseline_total - baseline_good, baseline_total, half
+    )
+    log_e = binomial_guard_log_e(canary_total - canary_good, canary_total, min(level, 0.5))
+    best = max(evidence.guard_max_log_e.get("past", 0.0), log_e - math.log(2.0))
+    evidence.guard_max_log_e["past"] = best
+    return best
 
 
 def _rate_ratio(bad_c: int, total_c: int, bad_b: int, total_b: int) -> float:
@@ -691,6 +721,7 @@ class RatioAnalyzer:
 
     def analyze(self, baseline: CohortData, canary: CohortData, look: Look) -> MetricResult:
         """``analyze_ratio`` on the cohorts' counts."""
+        self.evidence.past = look.past
         return analyze_ratio(
             self.spec,
             baseline.good,
@@ -704,6 +735,7 @@ class RatioAnalyzer:
 
     def fails(self, baseline: CohortData, canary: CohortData, look: Look) -> bool:
         """``ratio_fails`` on the cohorts' counts: the decision without the detail."""
+        self.evidence.past = look.past
         return ratio_fails(
             self.spec,
             baseline.good,

@@ -453,7 +453,7 @@ class Deployment:
             canary_share=None if weight is None else weight / 100.0,
             period=self.profile.slo_period,
         )
-        return Look(alpha=self.profile.metric_alpha, window=window)
+        return Look(alpha=self.profile.metric_alpha, window=window, past=self.past is not None)
 
     def _analyze_all(self, time: float) -> tuple[MetricResult, ...]:
         look = self._look_at(time)

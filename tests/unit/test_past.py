@@ -294,3 +294,24 @@ def test_green_slower_after_the_switch_is_switched_back(seed):
 
 def orjson_time(text: str) -> float:
     return parse_time(text)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_green_with_five_times_the_errors_is_switched_back_on_the_ratio_alone(seed):
+    preview_at, switch_at = T0, T0 + 600
+    blue = traffic(preview_at, switch_at, seed=seed, version="blue", errors=0.001)
+    mirrored = traffic(preview_at, switch_at, seed=seed + 100, version="green", errors=0.001)
+    green = traffic(switch_at, switch_at + 900, seed=seed + 200, version="green", errors=0.005)
+    metrics = sorted(blue + mirrored + green, key=lambda x: x[0])
+    live, replay = live_and_replay(blue_green(preview_at, switch_at), metrics)
+    verdicts = run(live)
+    final = verdicts[-1]
+    assert final["decision"] == "rollback"
+    # 50 req/s per version here, half the benchmark's: within 5 minutes (the benchmark's
+    # median at 100 req/s is 0.8 min).
+    assert orjson_time(final["time"]) <= switch_at + 300
+    requests = next(m for m in final["metrics"] if m["metric"] == "requests")
+    assert requests["outcome"] == "fail"
+    latency = next(m for m in final["metrics"] if m["metric"] == "latency_ms")
+    assert latency["outcome"] != "fail"  # the errors alone decide it
+    assert run(replay) == verdicts
