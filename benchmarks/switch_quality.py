@@ -14,8 +14,9 @@ to event time. Feeding stops at the deployment's final verdict.
 
 Profiles (interval 60 s, min_duration 10 min, max_duration 30 min, alpha 0.05): blue-green,
 ``latency_ms`` (distribution, increase, tolerance 0.10, default tails p90 / p99) and
-``requests`` (ratio, objective 0.999, critical), no ``reference`` (coalmine's default: 30 min
-before the switch); migration, ``query_ms`` (tail tested at p99, tail_allowed_change 0.10,
+``requests`` (ratio, objective 0.999, critical), ``reference.before = 30m`` (so the daemon
+keeps the service's history and the switch compares with blue's last 30 minutes, the
+preview's and before it); migration, ``query_ms`` (tail tested at p99, tail_allowed_change 0.10,
 effect ``shift``), ``requests``, ``reference.before = 30m``. The same-hours-yesterday
 reference (``healthy-switch-peak``) is not in coalmine: that scenario runs on the default.
 
@@ -128,7 +129,7 @@ def header(args: argparse.Namespace, elapsed: float, cpu: float) -> str:
         f"machine: {os.cpu_count()} CPU(s) {model}; python {platform.python_version()},"
         f" numpy {np.__version__}; commit {commit} (working tree, may hold uncommitted work)\n"
         "profiles: interval 60s, min 10m, max 30m, alpha 0.05; blue-green: latency_ms"
-        " (tails p90/p99), requests (ratio 0.999, critical), no reference (default 30m);"
+        " (tails p90/p99), requests (ratio 0.999, critical), reference.before 30m;"
         " migration: query_ms (tail p99, +10%), requests, reference.before 30m\n"
     )
 

@@ -289,10 +289,7 @@ class Deployment:
 
     @property
     def limits_hit(self) -> list[str]:
-        """Caps reached since the owner last looked: ``"<limit>: <metric> <cohort>"``.
-
-        The owner clears the list once it has reported them.
-        """
+        """Caps reached since last looked (``"<limit>: <metric> <cohort>"``); owner clears."""
         return self._data.limits_hit
 
     def cohort_of(self, event: MetricEvent) -> Cohort | None:
@@ -324,11 +321,7 @@ class Deployment:
         return self._due(look)
 
     def is_critical_burn(self, event: MetricEvent) -> bool:
-        """Does a canary event of a critical metric call for judging it before others?
-
-        Its analyzer says (a ratio metric's counts burning the budget fast on their own);
-        the router takes these first. Cheap and without effect.
-        """
+        """Does this canary event call for judging first? Its analyzer says; no effect."""
         analyzer = self._analyzers.get(event.metric)
         return (
             analyzer is not None
@@ -386,6 +379,16 @@ class Deployment:
             self._weights.add(event.time, event.traffic_weight)
         if event.phase is not None:
             self.phase = event.phase
+
+    def keeps_for_switch(self, event: MetricEvent) -> bool:
+        """Keep a blue event from before a preview began, for the reference of its switch."""
+        preview = self._preview
+        if preview is None or event.time < self.started - preview.span:
+            return False
+        if event.cohort != "canary" and event.version in (None, self.baseline_version):
+            preview.add(event, None, 0)
+            return True
+        return False
 
     def _switch(self, at: float) -> None:
         """Green takes all traffic: judge it afresh against blue's reference window.

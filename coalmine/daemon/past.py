@@ -18,7 +18,11 @@ if TYPE_CHECKING:
     from coalmine.analyzers.result import DetailValue
     from coalmine.contract import Cohort, MetricEvent
 
-__all__ = ["PastBaseline", "RecentEvents"]
+__all__ = ["HISTORY_MARGIN", "PastBaseline", "RecentEvents"]
+
+HISTORY_MARGIN = 300.0
+"""Event time kept beyond the span: metrics read before the ``started`` they follow (up to
+this much later in event time) do not push the start of its window out of the history."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,16 +59,17 @@ class PastBaseline:
 
 
 class RecentEvents:
-    """The newest metric events of one source, ``span`` seconds of event time at most.
+    """The newest metric events of one source: ``span`` (plus ``margin``) of event time.
 
     Holds at most ``max_events`` (the oldest go first). Each event keeps the partition and
     offset it was read at, so a deployment that takes events from here can tell recovery
     how far back a restart must re-read.
     """
 
-    def __init__(self, span: float, max_events: int) -> None:
+    def __init__(self, span: float, max_events: int, margin: float = HISTORY_MARGIN) -> None:
         self.span = span
         self.max_events = max_events
+        self.margin = margin
         self._events: deque[tuple[MetricEvent, tuple[str, int] | None, int]] = deque()
         self._newest = float("-inf")
 
@@ -76,7 +81,7 @@ class RecentEvents:
         events = self._events
         events.append((event, source, offset))
         self._newest = max(self._newest, event.time)
-        horizon = self._newest - self.span
+        horizon = self._newest - self.span - self.margin
         while events and (events[0][0].time < horizon or len(events) > self.max_events):
             events.popleft()
 

@@ -110,8 +110,9 @@ class Routes:
         """
         latest = max(event.time for event in events) if events else -math.inf
         self.stream_time = max(self.stream_time, latest)
+        span = self.history_span()
         routed = self._route_all(events, record)
-        if remember and record is not None and self.history_span() > 0:
+        if remember and record is not None and span > 0:
             self._remember(events, record)
         verdicts, self._made = self._made, []
         observe = self.open.observe
@@ -150,6 +151,10 @@ class Routes:
         """
         deployment = self.open.deployments[event.deployment_id]
         recent = self._history.get(event.service)
+        if recent is not None and deployment.strategy == "blue_green" and deployment.past is None:
+            for item, source, offset in recent.between(-math.inf, deployment.started):
+                if deployment.keeps_for_switch(item) and source is not None:
+                    self._recovery.held_from(deployment.deployment_id, source, offset)
         past = deployment.past
         if past is None or recent is None:
             return []
@@ -187,7 +192,8 @@ class Routes:
         if deployment.switch_at is not None and event.time >= deployment.switch_at:
             self._made.extend(deployment.advance(event.time))
         if deployment.past is None and event.time < deployment.started:
-            self._dropped.drop("before_started", event, deployment)
+            if not (self._span > 0 and deployment.keeps_for_switch(event)):
+                self._dropped.drop("before_started", event, deployment)
             return None
         cohort = deployment.cohort_of(event)
         if cohort is None and deployment.past is not None:

@@ -29,7 +29,11 @@ TOPICS = TopicsSettings()
 REPLAY_FETCH = 500
 REQUESTS = MetricSpec(name="requests", kind="ratio", objective=0.999, critical=True)
 TIMING = {"interval": 60, "min_duration": 600, "max_duration": 1800, "alpha": 0.05}
-BLUE_GREEN = Profile(**TIMING, metrics=(MetricSpec(name="latency_ms"), REQUESTS))
+BLUE_GREEN = Profile(
+    **TIMING,
+    metrics=(MetricSpec(name="latency_ms"), REQUESTS),
+    reference=ReferenceSpec(before=1800),
+)
 MIGRATION = Profile(
     **TIMING,
     metrics=(

@@ -39,10 +39,11 @@ MIGRATION = Profile(
     reference=ReferenceSpec(before=1800),
 )
 BLUE_GREEN = Profile(interval=60, min_duration=300, max_duration=900, metrics=METRICS)
+SWITCH = BLUE_GREEN.model_copy(update={"reference": ReferenceSpec(before=1800)})
 
 
 def router() -> Router:
-    profiles = {"default": BLUE_GREEN, "migration": MIGRATION}
+    profiles = {"default": BLUE_GREEN, "migration": MIGRATION, "switch": SWITCH}
     return Router(profiles, TOPICS, LimitSettings())
 
 
@@ -315,3 +316,19 @@ def test_green_with_five_times_the_errors_is_switched_back_on_the_ratio_alone(se
     latency = next(m for m in final["metrics"] if m["metric"] == "latency_ms")
     assert latency["outcome"] != "fail"  # the errors alone decide it
     assert run(replay) == verdicts
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_with_a_profile_reference_a_switch_compares_with_blue_from_before_the_preview(seed):
+    preview_at, switch_at = T0, T0 + 600
+    deploys = blue_green(preview_at, switch_at)
+    for _, obj in deploys:
+        obj["profile"] = "switch"
+    earlier = traffic(T0 - 1200, preview_at, seed=seed + 300, version="blue")
+    metrics = sorted(earlier + switch_traffic(preview_at, switch_at, seed=seed), key=lambda x: x[0])
+    live, replay = live_and_replay(deploys, metrics)
+    verdicts = run(live)
+    assert verdicts == run(replay)
+    switched = [v for v in verdicts if orjson_time(v["time"]) > switch_at]
+    latency = next(m for m in switched[0]["metrics"] if m["metric"] == "latency_ms")
+    assert latency["n_baseline"] == 180 * 20  # blue's last 30 minutes: 20 before the preview
