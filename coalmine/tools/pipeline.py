@@ -319,7 +319,15 @@ async def _follow_kafka(
     topic, key = settings.topics.verdicts, deployment_id.encode()
     # The topic may not exist yet (the daemon creates nothing): follow looks again until
     # it does, never asking for it by name (a broker may auto-create it wrongly).
-    async with contextlib.aclosing(follow(settings.kafka, [topic])) as batches:
+    # With transactions, only verdicts whose transaction committed: an aborted one is
+    # published again, and a pipeline must not act on the copy that was thrown away.
+    committed = settings.kafka.transactional_id is not None
+    reading = follow(
+        settings.kafka,
+        [topic],
+        isolation_level="read_committed" if committed else "read_uncommitted",
+    )
+    async with contextlib.aclosing(reading) as batches:
         async for records in batches:
             for record in records:
                 if record.key is not None and record.key != key:

@@ -287,3 +287,32 @@ def test_step_and_migration_events_carry_their_phase():
         "expand",
         None,
     )
+
+
+@pytest.mark.parametrize(
+    ("transactional_id", "isolation"),
+    [(None, "read_uncommitted"), ("coalmine-1", "read_committed")],
+)
+async def test_wait_reads_only_committed_verdicts_when_the_daemon_uses_transactions(
+    monkeypatch, transactional_id, isolation
+):
+    import orjson  # noqa: PLC0415
+
+    from coalmine.bus import kafka  # noqa: PLC0415
+    from coalmine.bus.base import Record  # noqa: PLC0415
+    from coalmine.config.models import KafkaSettings  # noqa: PLC0415
+    from coalmine.config.settings import Settings  # noqa: PLC0415
+    from coalmine.tools.pipeline import wait_for_verdict  # noqa: PLC0415
+
+    seen = []
+    final = {"verdict_id": "d/1", "deployment_id": "d", "decision": "promote", "final": True}
+
+    async def follow(_settings, topics, *, isolation_level):
+        seen.append(isolation_level)
+        yield [Record(topics[0], orjson.dumps(final), b"d")]
+
+    monkeypatch.setattr(kafka, "follow", follow)
+    settings = Settings(kafka=KafkaSettings(transactional_id=transactional_id))
+    result = await wait_for_verdict(settings, "d", 5.0)
+    assert seen == [isolation]
+    assert result.final == final
