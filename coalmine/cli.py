@@ -14,7 +14,7 @@ import contextlib
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, NoReturn
 
 import click
 import orjson
@@ -132,7 +132,17 @@ def run(config_path: Path | None) -> None:
     help="Play the demo on the Kafka this configuration names (its topics must exist)"
     " instead of the in-memory bus.",
 )
-def demo(speed: float, seed: int, config_path: Path | None) -> None:
+@click.option(
+    "--strategy",
+    type=click.Choice(["canary", "blue_green"]),
+    default="canary",
+    show_default=True,
+    help="canary: two canaries beside their baselines; blue_green: two blue-green switches,"
+    " one switched back to blue, one promoted.",
+)
+def demo(
+    speed: float, seed: int, config_path: Path | None, strategy: Literal["canary", "blue_green"]
+) -> None:
     """Run coalmine with a built-in traffic simulator; --config: on your Kafka.
 
     Without --config, on the in-memory bus: no broker needed.
@@ -141,7 +151,7 @@ def demo(speed: float, seed: int, config_path: Path | None) -> None:
 
     logging.basicConfig(level=logging.WARNING)
     if config_path is None:
-        asyncio.run(run_demo(speed=speed, seed=seed))
+        asyncio.run(run_demo(speed=speed, seed=seed, strategy=strategy))
         return
     settings = _load(config_path)
     if "kafka" not in settings.bus.consume or "kafka" not in settings.bus.publish:
@@ -150,7 +160,7 @@ def demo(speed: float, seed: int, config_path: Path | None) -> None:
             " consume and publish on it; on MQTT, use `coalmine run` with `coalmine send`"
         )
     try:
-        asyncio.run(run_demo(speed=speed, seed=seed, settings=settings))
+        asyncio.run(run_demo(speed=speed, seed=seed, settings=settings, strategy=strategy))
     except CoalmineError as exc:
         _runtime_error(exc)
 
