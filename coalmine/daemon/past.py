@@ -12,6 +12,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from coalmine.contract import format_time
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
@@ -55,7 +57,11 @@ class PastBaseline:
 
     def describe(self) -> dict[str, DetailValue]:
         """What a verdict compared with, for its ``checks``."""
-        return {"baseline": "past", "window_start": self.start, "window_end": self.change}
+        return {
+            "baseline": "past",
+            "window_start": format_time(self.start),
+            "window_end": format_time(self.change),
+        }
 
 
 class RecentEvents:

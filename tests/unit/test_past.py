@@ -278,7 +278,9 @@ def test_a_healthy_switch_is_promoted_and_the_preview_never_is(seed):
     assert preview
     assert all(v["decision"] == "continue" for v in preview)
     switched = [v for v in verdicts if orjson_time(v["time"]) > switch_at]
-    assert switched[0]["checks"]["reference"]["window_end"] == switch_at
+    reference = switched[0]["checks"]["reference"]
+    assert orjson_time(reference["window_end"]) == switch_at
+    assert orjson_time(reference["window_start"]) == switch_at - 1800
     assert orjson_time(verdicts[-1]["time"]) == switch_at + 300  # min_duration from the switch
 
 
