@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, NoReturn
 
@@ -476,12 +477,13 @@ def _announce(settings: Settings, value: bytes, service: str) -> str:
         _runtime_error(exc)
 
 
-def _deploy_event(**fields: Any) -> bytes:
+def _deploy_event(*, at: float | None, **fields: Any) -> bytes:
+    """A validated deploy event of ``fields``, timed ``at`` (or now)."""
     from coalmine._exceptions import ContractError  # noqa: PLC0415
-    from coalmine.tools.pipeline import deploy_event  # noqa: PLC0415
+    from coalmine.contract import encode_deploy_event  # noqa: PLC0415
 
     try:
-        return deploy_event(**fields)
+        return encode_deploy_event(at=time.time() if at is None else at, **fields)
     except ContractError as exc:
         raise click.UsageError(f"not a valid deploy event: {exc}") from None
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 
 from coalmine._exceptions import TransportError
-from coalmine.contract import decode_deploy_event, encode_deploy_event
+from coalmine.contract import decode_deploy_event
 from coalmine.contract import look_of as _look_of_id
 
 if TYPE_CHECKING:
@@ -43,7 +43,6 @@ __all__ = [
     "Prepared",
     "WaitResult",
     "announce",
-    "deploy_event",
     "describe",
     "exit_code",
     "look_of",
@@ -72,39 +71,6 @@ def look_of(verdict: dict[str, Any]) -> int | None:
     """The judgement index ``k`` of a verdict id ``<deployment_id>/<k>``."""
     verdict_id = verdict.get("verdict_id")
     return _look_of_id(verdict_id) if isinstance(verdict_id, str) else None
-
-
-def deploy_event(  # noqa: PLR0913 - one argument per field of the event
-    event: str,
-    deployment_id: str,
-    service: str,
-    *,
-    at: float | None = None,
-    baseline: str | None = None,
-    canary: str | None = None,
-    profile: str | None = None,
-    traffic_weight: float | None = None,
-    strategy: str | None = None,
-    phase: str | None = None,
-) -> bytes:
-    """A deploy event of the contract, validated (``time`` = ``at``, or now).
-
-    Raises:
-        ContractError: the event does not fit the contract (e.g. a ``started`` without
-            both versions, a weight outside 0-100).
-    """
-    return encode_deploy_event(
-        event,
-        deployment_id,
-        service,
-        at=time.time() if at is None else at,
-        baseline=baseline,
-        canary=canary,
-        profile=profile,
-        traffic_weight=traffic_weight,
-        strategy=strategy,
-        phase=phase,
-    )
 
 
 # ------------------------------------------------------------------------ publishing

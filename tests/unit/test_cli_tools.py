@@ -11,11 +11,10 @@ from click.testing import CliRunner
 import coalmine.tools.pipeline
 from coalmine._exceptions import ContractError
 from coalmine.cli import main
-from coalmine.contract import decode_deploy_event
+from coalmine.contract import decode_deploy_event, encode_deploy_event
 from coalmine.tools.pipeline import (
     EXIT_TIMEOUT,
     WaitResult,
-    deploy_event,
     describe,
     exit_code,
     look_of,
@@ -109,7 +108,7 @@ def test_cli_wait_rejects_a_bad_timeout_with_exit_2():
 
 def test_deploy_events_fit_the_contract():
     started = orjson.loads(
-        deploy_event(
+        encode_deploy_event(
             "started",
             "checkout-v42",
             "checkout",
@@ -130,10 +129,10 @@ def test_deploy_events_fit_the_contract():
         "canary": {"version": "v42"},
         "traffic_weight": 5,
     }
-    event = decode_deploy_event(deploy_event("aborted", "checkout-v42", "checkout"))
+    event = decode_deploy_event(encode_deploy_event("aborted", "checkout-v42", "checkout", at=T0))
     assert event.event == "aborted"
     with pytest.raises(ContractError):
-        deploy_event("started", "checkout-v42", "checkout", baseline="v41")
+        encode_deploy_event("started", "checkout-v42", "checkout", at=T0, baseline="v41")
 
 
 START = ("start", "--deployment", "d1", "--service", "s", "--baseline", "v1", "--canary", "v2")
@@ -274,13 +273,10 @@ def test_report_without_input_reads_the_configured_kafka(tmp_path):
 
 
 def test_step_and_migration_events_carry_their_phase():
-    from coalmine.contract import decode_deploy_event  # noqa: PLC0415
-    from coalmine.tools.pipeline import deploy_event  # noqa: PLC0415
-
-    step = decode_deploy_event(deploy_event("step", "d", "s", at=T0, phase="switched"))
+    step = decode_deploy_event(encode_deploy_event("step", "d", "s", at=T0, phase="switched"))
     assert (step.event, step.phase, step.traffic_weight) == ("step", "switched", None)
     started = decode_deploy_event(
-        deploy_event("started", "m", "db", at=T0, strategy="migration", phase="expand")
+        encode_deploy_event("started", "m", "db", at=T0, strategy="migration", phase="expand")
     )
     assert (started.strategy, started.phase, started.baseline_version) == (
         "migration",
