@@ -236,7 +236,8 @@ class _Tail:
     p_value: float
     failed: bool
     leaning: bool
-    """The evidence at this look points to a tail worse than tolerated (e-value above 1)."""
+    """The evidence at this look points to a tail worse than tolerated: an e-value above 1,
+    or the tail mean's change beyond the tolerance."""
 
 
 def _judge(
@@ -560,7 +561,11 @@ def _tail_tests(
             log_e = auc_log_e(test.effect, test.variance, tau, one_sided=True)
             p_value = float(special.ndtr(-test.z))
         name = _quantile_name(spec.direction, q)
-        out.append(_Tail(name, changes[q], p_value, p_value < alpha, leaning=log_e > 0.0))
+        # Leaning: the evidence favours a tail worse than tolerated, or the tail mean's
+        # estimate is beyond the tolerance (a few dozen canary samples can leave the
+        # e-value under 1 while the estimate shows the regression).
+        leaning = log_e > 0.0 or changes[q].relative_change > tol
+        out.append(_Tail(name, changes[q], p_value, p_value < alpha, leaning=leaning))
     return out
 
 

@@ -327,3 +327,25 @@ def test_a_failure_within_critical_change_is_not_critical() -> None:
     severe = analyze_distribution(spec, _lognormal(37, 800), _lognormal(38, 800, 3.0), 0.05)
     assert severe.outcome == "fail"
     assert severe.critical
+
+
+def test_a_tail_estimated_beyond_tolerance_blocks_promotion_before_its_test_leans() -> None:
+    # Evenly spread lognormal quantiles, so only the canary's slowest 1% differs: 16% slower
+    # is an estimate beyond the 10% tail tolerance on 20 samples, too few for the rank
+    # statistic's evidence to lean either way.
+    spec = MetricSpec(name="query_ms", quantiles=(0.99,), tail_allowed_change=0.1)
+
+    def spread(n: int) -> np.ndarray:
+        return 20 * np.exp(0.5 * stats.norm.ppf((np.arange(n) + 0.5) / n))
+
+    same, slower = spread(2000), spread(2000)
+    slower[-20:] *= 1.16
+    healthy = analyze_distribution(spec, spread(6000), same, 0.05)
+    assert healthy.outcome == "pass"
+    assert healthy.measured
+    regressed = analyze_distribution(spec, spread(6000), slower, 0.05)
+    assert regressed.outcome == "pass"
+    assert regressed.detail["p99_tail_change"] > 0.15
+    assert regressed.detail["p99_p_value"] > 0.1
+    assert not regressed.measured
+    assert "p99 tail leaning worse" in regressed.reason
