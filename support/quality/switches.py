@@ -595,21 +595,47 @@ def green_latency_20(seed: int) -> SwitchRun:
     )
 
 
-def migration_p99_30(seed: int) -> SwitchRun:
+QUERY_SAMPLES_PER_MINUTE = 600.0
+"""Query latencies a migration's metrics carry per minute: one query in ten at 100 per second."""
+
+
+def migration_p99_30(seed: int, samples_per_minute: float = QUERY_SAMPLES_PER_MINUTE) -> SwitchRun:
     """A migration phase making the slowest 2% of queries 30% slower: p99 +30%, p95 unchanged.
 
-    Queries: median 20 ms at the base rate; reference: the 30 min before the phase.
+    Queries: median 20 ms at the base rate, ``samples_per_minute`` of them sampled;
+    reference: the 30 min before the phase.
     """
     rng = np.random.default_rng(seed)
-    load = Load(median_ms=20.0)
+    load = Load(median_ms=20.0, samples_per_minute=samples_per_minute)
+    sparse = samples_per_minute != QUERY_SAMPLES_PER_MINUTE
     return migration(
         rng,
         start_at=_time_of_day(rng, load.step),
         load=load,
         regression=Regression(tail_factor=1.3, tail_fraction=0.02),
         phase="backfill",
-        name="migration-p99-30",
-        description="migration phase raising p99 query latency by 30%",
+        name="migration-p99-30-sparse" if sparse else "migration-p99-30",
+        description=f"migration phase raising p99 query latency by 30%,"
+        f" {samples_per_minute:g} samples/min",
+    )
+
+
+def migration_p99_30_sparse(seed: int) -> SwitchRun:
+    """The same phase with a third of the samples (200 a minute): harder, reported only."""
+    return migration_p99_30(seed, samples_per_minute=200.0)
+
+
+def healthy_migration(seed: int) -> SwitchRun:
+    """A migration phase that changes nothing, at a random time of day: the control."""
+    rng = np.random.default_rng(seed)
+    load = Load(median_ms=20.0, samples_per_minute=QUERY_SAMPLES_PER_MINUTE)
+    return migration(
+        rng,
+        start_at=_time_of_day(rng, load.step),
+        load=load,
+        phase="expand",
+        name="healthy-migration",
+        description="healthy migration phase, reference = previous 30 min",
     )
 
 
@@ -619,5 +645,7 @@ SCENARIOS: dict[str, Callable[[int], SwitchRun]] = {
     "green-errors-5x": green_errors_5x,
     "green-latency-20": green_latency_20,
     "migration-p99-30": migration_p99_30,
+    "migration-p99-30-sparse": migration_p99_30_sparse,
+    "healthy-migration": healthy_migration,
 }
 """The issue's target scenarios by name, each a function of the seed."""

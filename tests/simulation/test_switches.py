@@ -344,6 +344,8 @@ def test_scenarios_and_their_expected_decisions() -> None:
         "green-errors-5x": "rollback",
         "green-latency-20": "rollback",
         "migration-p99-30": "rollback",
+        "migration-p99-30-sparse": "rollback",
+        "healthy-migration": "promote",
     }
     runs = {name: make(11) for name, make in SCENARIOS.items()}
     assert {name: run.expected for name, run in runs.items()} == expected
@@ -353,6 +355,9 @@ def test_scenarios_and_their_expected_decisions() -> None:
     assert runs["green-latency-20"].load.samples_per_minute == 200.0
     assert runs["green-latency-20"].regression.latency_factor == 1.2
     assert runs["migration-p99-30"].strategy == "migration"
+    assert runs["migration-p99-30"].load.samples_per_minute == 600.0
+    assert runs["migration-p99-30-sparse"].load.samples_per_minute == 200.0
+    assert runs["healthy-migration"].regression.worse is False
     assert runs["healthy-switch"].reference == {"before": "30m"}
     # Changes fall on the metric grid, at seed-dependent times of day.
     for run in runs.values():
