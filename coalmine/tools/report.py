@@ -11,6 +11,11 @@ metrics, and returns an HTML document with no external resource and no script:
   burn rates of the fast and slow windows against their thresholds;
 * the verdict timeline.
 
+A deployment judged against the service's own past (a blue-green switch, a migration phase:
+``checks.reference`` with ``"baseline": "past"``) has its reference window drawn on the time
+axes, shaded and labelled, beside the live window from the change to the verdict, and the
+header states the window it was compared with.
+
 Plots are inline SVG drawn here. Verdicts come from the bus and are untrusted: every string
 taken from them is escaped, every number is checked (``None``, NaN, ``"inf"``, a string where
 a number belongs, a key missing in a verdict of an older version all render as a gap or a
@@ -24,6 +29,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -92,11 +98,12 @@ def render_report(
     names.extend(name for name in given if isinstance(name, str) and name not in names)
     decision = _decision(shown)
     title = f"coalmine report: {deployment_id} \u2014 {decision.upper()}"
+    style = _PAST_CSS if history.references else ""
     parts = [
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n',
         _CSP,
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n',
-        f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n",
+        f"<title>{_esc(title)}</title>\n<style>{_CSS}{style}</style>\n</head>\n<body>\n",
         _header(deployment_id, shown, history),
         "<main>\n",
         _overview(shown),
@@ -239,6 +246,23 @@ def _limit(entry: Mapping[str, Any]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class _Reference:
+    """A reference window from the past that verdicts compared with, on the time axes.
+
+    ``start`` and ``end`` bound the reference window (``end`` is the change); the live
+    window runs from ``end`` to ``live_end``, the last verdict that named this reference.
+    ``text`` is the window in UTC, ``window_start`` / ``window_end`` as the verdicts give it.
+    """
+
+    start: float
+    end: float
+    live_end: float
+    text: str
+    window_start: str
+    window_end: str
+
+
+@dataclass(frozen=True, slots=True)
 class _History:
     """The deployment's verdicts in order, each with its x position on the time axes."""
 
@@ -246,6 +270,8 @@ class _History:
     xs: tuple[float, ...]
     timed: bool
     """``xs`` are seconds since the deployment started; otherwise verdict numbers 1..n."""
+    references: tuple[_Reference, ...] = ()
+    """The past reference windows the verdicts name, each once (only when ``timed``)."""
 
     @classmethod
     def of(cls, deployment_id: str, verdicts: Iterable[object]) -> _History:
@@ -264,7 +290,8 @@ class _History:
         known = [t for t in times if t is not None]
         if ordered and len(known) == len(ordered):
             origin = next((s for s in starts if s is not None), min(known))
-            return cls(ordered, tuple(t - origin for t in known), timed=True)
+            xs = tuple(t - origin for t in known)
+            return cls(ordered, xs, timed=True, references=_references(ordered, xs, origin))
         return cls(ordered, tuple(float(i + 1) for i in range(len(ordered))), timed=False)
 
     def headline_verdict(self) -> Mapping[str, Any] | None:
@@ -297,6 +324,58 @@ class _History:
 
     def x_format(self) -> Callable[[float], str]:
         return _duration if self.timed else (lambda x: f"#{x:.0f}")
+
+
+def _references(
+    verdicts: Sequence[Mapping[str, Any]], xs: Sequence[float], origin: float
+) -> tuple[_Reference, ...]:
+    """The distinct past reference windows of ``verdicts``, in x coordinates from ``origin``."""
+    last: dict[tuple[float, float], tuple[float, Mapping[str, Any]]] = {}
+    for x, verdict in zip(xs, verdicts, strict=True):
+        window = _past_window(verdict)
+        if window is not None:
+            last[window] = (x, _past_reference(verdict) or {})
+    return tuple(
+        _Reference(
+            start - origin,
+            end - origin,
+            x,
+            _clock_span(start, end),
+            str(reference.get("window_start")),
+            str(reference.get("window_end")),
+        )
+        for (start, end), (x, reference) in last.items()
+    )
+
+
+def _past_reference(verdict: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """A verdict's ``checks.reference`` when it names a baseline from the past."""
+    reference = _mapping(_mapping(_mapping(verdict).get("checks")).get("reference"))
+    return reference if reference.get("baseline") == "past" else None
+
+
+def _past_window(verdict: Mapping[str, Any] | None) -> tuple[float, float] | None:
+    """The reference window of a past baseline as Unix seconds, when it is a usable one."""
+    reference = _past_reference(verdict)
+    if reference is None:
+        return None
+    start, end = _time(reference.get("window_start")), _time(reference.get("window_end"))
+    if start is None or end is None or not end > start:
+        return None
+    return start, end
+
+
+def _clock_span(start: float, end: float) -> str:
+    """A window in UTC: ``2026-11-26 09:30\u201310:00 UTC`` (dates twice if they differ)."""
+    try:
+        first, last = datetime.fromtimestamp(start, tz=UTC), datetime.fromtimestamp(end, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return f"{_g(start)}s\u2013{_g(end)}s (Unix time)"
+    clock = "%H:%M:%S" if first.second or last.second else "%H:%M"
+    begin = first.strftime(f"%Y-%m-%d {clock}")
+    if first.date() == last.date():
+        return f"{begin}{_DASH}{last.strftime(clock)} UTC"
+    return f"{begin} {_DASH} {last.strftime(f'%Y-%m-%d {clock}')} UTC"
 
 
 def _entries(verdict: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
@@ -433,9 +512,28 @@ def _facts(deployment_id: str, verdict: Mapping[str, Any], history: _History) ->
         ("canary traffic", _DASH if weight is None else f"{weight:g}%"),
         ("verdicts", str(len(history.verdicts))),
     ]
+    checks = _mapping(verdict.get("checks"))
+    compared = _compared_with(verdict)
+    if compared is not None:  # stated as a fact, not repeated among the checks
+        rows.insert(6, ("compared with", compared))
+        checks = {name: check for name, check in checks.items() if name != "reference"}
     items = "".join(f"<div><dt>{_esc(k)}</dt><dd>{_esc(v)}</dd></div>" for k, v in rows)
-    checks = _checks(_mapping(verdict.get("checks")))
-    return f'<dl class="facts">{items}</dl>\n{checks}'
+    return f'<dl class="facts">{items}</dl>\n{_checks(checks)}'
+
+
+def _compared_with(verdict: Mapping[str, Any]) -> str | None:
+    """What a verdict judged against the service's own past compared with, else None."""
+    reference = _past_reference(verdict)
+    if reference is None:
+        return None
+    window = _past_window(verdict)
+    if window is None:
+        start, end = reference.get("window_start", _DASH), reference.get("window_end", _DASH)
+        return f"the service's own past, {start} \u2192 {end}"
+    span = _clock_span(*window)
+    return (
+        f"the service's own past, {span} (the {_duration(window[1] - window[0])} before the change)"
+    )
 
 
 def _checks(checks: Mapping[str, Any]) -> str:
@@ -1038,6 +1136,7 @@ def _estimate_plot(
     # whatever its ratio to a tiny baseline: then the ratio's zone is not a regression zone.
     budgeted = ratio and latest.get("within_budget") is True and points[-1].outcome == "pass"
     body = [
+        _reference_marks(frame, history),
         _tolerance_marks(frame, limits, shade=not budgeted),
         _axes(frame, x_axis, y_axis),
         _hline("zero", frame, reference),
@@ -1061,6 +1160,7 @@ def _estimate_plot(
             " The canary's error ratio is shown within its error budget, which passes it"
             " whatever the ratio to the baseline: the ratio's zone is not shaded."
         )
+    description += _reference_note(history)
     title = f"{name}: estimate and interval over time"
     scales = ("linear", "log" if ratio else "linear")
     return _svg("estimate", index, name, title, description, "".join(body), scales=scales)
@@ -1070,10 +1170,58 @@ def _x_domain(history: _History) -> tuple[float, float]:
     lo, hi = min(history.xs, default=0.0), max(history.xs, default=1.0)
     if history.timed:
         lo = min(lo, 0.0)
+    for reference in history.references:
+        lo, hi = min(lo, reference.start), max(hi, reference.end)
     span = hi - lo
     if span <= 0:
         return lo - 1.0, hi + 1.0
     return lo - span * 0.03, hi + span * 0.03
+
+
+def _reference_marks(frame: _Frame, history: _History) -> str:
+    """Each past reference window as a shaded band, the live window beside it from the change.
+
+    Drawn first, under the data. The bands carry the window as the verdicts give it
+    (``data-start``, ``data-end``); the live band ends at the last verdict that named it.
+    """
+    out = []
+    height = frame.bottom - frame.top
+    for reference in history.references:
+        x0, x1 = frame.x(reference.start), frame.x(reference.end)
+        out.append(
+            f'<g class="past-reference" data-start="{_esc(reference.window_start)}"'
+            f' data-end="{_esc(reference.window_end)}">'
+            f'<rect class="window-band reference" x="{x0:.1f}" y="{frame.top:.1f}"'
+            f' width="{x1 - x0:.1f}" height="{height:.1f}">'
+            f"<title>{_esc(f'reference window (the baseline): {reference.text}')}</title></rect>"
+            f'<text class="window-label reference" x="{x0 + 4:.1f}" y="{frame.top + 13:.1f}">'
+            "reference</text>"
+        )
+        x2 = frame.x(reference.live_end)
+        if x2 > x1:
+            out.append(
+                f'<rect class="window-band live" x="{x1:.1f}" y="{frame.top:.1f}"'
+                f' width="{x2 - x1:.1f}" height="{height:.1f}">'
+                "<title>live window (the canary): from the change to the verdict</title></rect>"
+                f'<text class="window-label live" x="{x1 + 4:.1f}" y="{frame.top + 13:.1f}">'
+                "live</text>"
+            )
+        out.append(
+            f'<line class="change" x1="{x1:.1f}" y1="{frame.top:.1f}" x2="{x1:.1f}"'
+            f' y2="{frame.bottom:.1f}"/></g>'
+        )
+    return "".join(out)
+
+
+def _reference_note(history: _History) -> str:
+    """What a time plot's description adds for a deployment judged against its own past."""
+    if not history.references:
+        return ""
+    spans = "; ".join(reference.text for reference in history.references)
+    return (
+        f" Compared with the service's own past: the shaded reference window ({spans}) before"
+        " the change, beside the live window from the change on."
+    )
 
 
 def _x_ticks(history: _History, domain: tuple[float, float]) -> list[float]:
@@ -1203,11 +1351,12 @@ def _burn_plot(
     ticks, step = _linear_ticks(0.0, hi, 5)
     fmt = _number_label(step)
     body = [
+        _reference_marks(frame, history),
         _axes(
             frame,
             _Axis(_x_ticks(history, x_domain), history.x_format(), history.x_label()),
             _Axis(ticks, lambda v: fmt(v) + "x", "burn rate (x the error budget)"),
-        )
+        ),
     ]
     body.extend(
         _hline(f"threshold {rule}", frame, value, f' data-value="{value:g}"')
@@ -1224,6 +1373,7 @@ def _burn_plot(
         f"{name}: burn rates of the canary's error budget at each verdict, over all data and"
         f" over the fast and slow windows, with the thresholds "
         + (", ".join(f"{rule} {value:g}x" for rule, value in thresholds) or "not reported")
+        + _reference_note(history)
     )
     return _svg("burn", index, name, f"{name}: burn rates over time", description, "".join(body))
 
@@ -1337,3 +1487,15 @@ table.detail th { font-weight: 500; color: #4b5563; }
 .no-samples, .empty { color: #6b7280; font-style: italic; }
 """,
 )
+
+_PAST_CSS = re.sub(
+    r"\s*\n\s*",
+    "",
+    """
+.window-band.reference { fill: #64748b; fill-opacity: 0.16; stroke: none; }
+.window-band.live { fill: #facc15; fill-opacity: 0.14; stroke: none; }
+svg.plot .window-label { font-size: 11px; font-weight: 600; fill: #475569; }
+.change { stroke: #475569; stroke-width: 1.5; stroke-dasharray: 2 3; }
+""",
+)
+"""Style of the reference and live windows: only pages with a past baseline carry it."""

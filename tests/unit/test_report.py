@@ -27,8 +27,8 @@ import orjson
 import pytest
 
 from coalmine.bus.base import Record
-from coalmine.config.models import TopicsSettings
-from coalmine.contract import encode_verdict, parse_time
+from coalmine.config.models import ReferenceSpec, TopicsSettings
+from coalmine.contract import encode_verdict, format_time, parse_time
 from coalmine.daemon.router import Router
 from coalmine.tools.report import MAX_CURVE_POINTS, render_report
 from coalmine.tools.simulator import simulate, three_deployments
@@ -560,3 +560,225 @@ def test_a_ratio_passing_within_its_budget_is_not_drawn_in_a_regression_zone(
     # A failing ratio keeps its shaded zone.
     failing = Dom(page(played, "payments-v3"))
     assert failing.inside(failing.plots()["estimate", "requests"], "rect", "tolerance-band")
+
+
+# ------------------------------------------------------------ a baseline from the past
+
+PAST_PROFILE = PROFILE.model_copy(update={"reference": ReferenceSpec(before=1800)})
+
+
+def _service_traffic(start: float, end: float, version: str | None, seed: int) -> list[Record]:
+    """Metric messages of service orders every 10 s (no cohort: told apart by time)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for at in np.arange(start, end, 10.0):
+        base = {"service": "orders", "time": format_time(float(at))}
+        if version is not None:
+            base["version"] = version
+        batch = [
+            base | {"metric": "latency_ms", "values": rng.lognormal(4.6, 0.3, 20).tolist()},
+            base | {"metric": "requests", "good": 500, "total": 500},
+        ]
+        out.append(Record(TopicsSettings().metrics, orjson.dumps(batch), b"orders"))
+    return out
+
+
+def judge_past(deploys: list[tuple[float, dict[str, Any]]], metrics: list[Record]) -> list[Any]:
+    """Verdicts (as published) of deploy events and metric records, in event-time order."""
+    topics = TopicsSettings()
+    router = Router({"default": PAST_PROFILE}, topics)
+    timed = [(t, 0, Record(topics.deployments, orjson.dumps(obj), b"orders")) for t, obj in deploys]
+    timed += [(parse_time(orjson.loads(r.value)[0]["time"]), 1, r) for r in metrics]
+    verdicts = []
+    for _, _, record in sorted(timed, key=lambda item: (item[0], item[1])):
+        effects = router.handle([record], now=0.0)
+        verdicts.extend(orjson.loads(encode_verdict(v)) for v in effects.verdicts)
+    return verdicts
+
+
+@pytest.fixture(scope="module")
+def migration() -> list[dict[str, Any]]:
+    """A migration phase at T0 + 30 min, judged against the 30 minutes before it."""
+    change = T0 + 1800
+    started = {
+        "event": "started",
+        "deployment_id": "orders-expand",
+        "service": "orders",
+        "time": format_time(change),
+        "strategy": "migration",
+        "phase": "expand",
+    }
+    return judge_past([(change, started)], _service_traffic(T0, change + 600, None, seed=5))
+
+
+@pytest.fixture(scope="module")
+def switch() -> list[dict[str, Any]]:
+    """A blue-green deployment: a 10-minute preview from T0, then the switch to green."""
+    at = T0 + 600
+    base = {"deployment_id": "orders-green", "service": "orders", "strategy": "blue_green"}
+    preview = base | {
+        "event": "started",
+        "time": format_time(T0),
+        "phase": "preview",
+        "baseline": {"version": "blue"},
+        "canary": {"version": "green"},
+        "traffic_weight": 0,
+    }
+    switched = base | {"event": "step", "time": format_time(at), "phase": "switched"}
+    metrics = [
+        *_service_traffic(T0 - 1200, at, "blue", seed=6),
+        *_service_traffic(T0, at, "green", seed=7),
+        *_service_traffic(at, at + 600, "green", seed=8),
+    ]
+    return judge_past([(T0, preview), (at, switched)], metrics)
+
+
+def svg_text(text: str, svg: Element) -> str:
+    """The markup of one plot."""
+    start = text.index(f'id="{svg.attrs["id"]}"')
+    return text[start : text.index("</svg>", start)]
+
+
+def x_ticks(text: str, svg: Element) -> dict[str, float]:
+    """A plot's x tick labels and their pixel positions."""
+    found = re.findall(
+        r'<text class="tick x" x="([\d.]+)"[^>]*>([^<]*)</text>', svg_text(text, svg)
+    )
+    return {html.unescape(label): float(x) for x, label in found}
+
+
+def last_verdict_x(dom: Dom, svg: Element) -> float:
+    """Where a time plot draws the last verdict: its last marker, or its burn line's end."""
+    markers = dom.inside(svg, "circle", "estimate")
+    if markers:
+        return float(markers[-1].attrs["cx"])
+    (line,) = [e for e in dom.inside(svg, "polyline") if e.attrs.get("data-key") == "burn_canary"]
+    return max(float(x) for x in re.findall(r"([\d.]+),[\d.]+", line.attrs["points"]))
+
+
+def facts(text: str) -> dict[str, str]:
+    found = re.findall(r"<dt>([^<]*)</dt><dd>([^<]*)</dd>", text)
+    return {html.unescape(k): html.unescape(v) for k, v in found}
+
+
+TIME_PLOTS = (("estimate", "latency_ms"), ("estimate", "requests"), ("burn", "requests"))
+
+
+def test_a_migration_draws_its_reference_window_before_the_change(
+    migration: list[dict[str, Any]],
+) -> None:
+    reference = migration[-1]["checks"]["reference"]
+    assert reference == {
+        "baseline": "past",
+        "window_start": format_time(T0),
+        "window_end": format_time(T0 + 1800),
+    }
+    text = render_report("orders-expand", migration)
+    assert facts(text)["compared with"] == (
+        "the service's own past, 2027-01-15 08:00\u201308:30 UTC (the 30m before the change)"
+    )
+    assert "window_start" not in text  # stated as a fact, not as a raw check
+    dom = Dom(text)
+    plots = dom.plots()
+    for key in TIME_PLOTS:
+        svg = plots[key]
+        ticks = x_ticks(text, svg)
+        (group,) = dom.inside(svg, "g", "past-reference")
+        assert (group.attrs["data-start"], group.attrs["data-end"]) == (
+            reference["window_start"],
+            reference["window_end"],
+        )
+        (band,) = dom.inside(svg, "rect", "reference")
+        left, width = float(band.attrs["x"]), float(band.attrs["width"])
+        assert left == pytest.approx(ticks["\u221230m"], abs=0.11)  # the window's start
+        assert left + width == pytest.approx(ticks["0s"], abs=0.11)  # the change
+        (live,) = dom.inside(svg, "rect", "live")
+        assert float(live.attrs["x"]) == pytest.approx(ticks["0s"], abs=0.11)
+        end = float(live.attrs["x"]) + float(live.attrs["width"])
+        assert end == pytest.approx(last_verdict_x(dom, svg), abs=0.11)
+        described = html.unescape(svg_text(text, svg))
+        assert "the shaded reference window (2027-01-15 08:00\u201308:30 UTC)" in described
+    assert ".window-band.reference" in text  # its style
+
+
+def test_a_switch_draws_the_reference_before_the_switch_and_the_preview_has_none(
+    switch: list[dict[str, Any]],
+) -> None:
+    preview = [v for v in switch if "reference" not in v["checks"]]
+    switched = [v for v in switch if "reference" in v["checks"]]
+    assert preview
+    assert switched
+    assert switch[: len(preview)] == preview  # the preview comes first
+    text = render_report("orders-green", switch)
+    assert facts(text)["compared with"] == (
+        "the service's own past, 2027-01-15 07:40\u201308:10 UTC (the 30m before the change)"
+    )
+    dom = Dom(text)
+    estimate = dom.plots()["estimate", "latency_ms"]
+    ticks = x_ticks(text, estimate)
+    (band,) = dom.inside(estimate, "rect", "reference")
+    (live,) = dom.inside(estimate, "rect", "live")
+    (change,) = dom.inside(estimate, "line", "change")
+    # The axis counts from the preview's start: the reference runs from 20 minutes before
+    # it to the switch, 10 minutes after it; the live window from the switch on.
+    assert float(band.attrs["x"]) == pytest.approx(ticks["\u221220m"], abs=0.11)
+    switch_x = float(band.attrs["x"]) + float(band.attrs["width"])
+    assert switch_x == pytest.approx(ticks["10m"], abs=0.11)
+    assert float(live.attrs["x"]) == float(change.attrs["x1"]) == pytest.approx(switch_x, abs=0.11)
+    markers = [float(c.attrs["cx"]) for c in dom.inside(estimate, "circle", "estimate")]
+    assert len(markers) == len(switch)
+    assert all(x < switch_x for x in markers[: len(preview)])
+    assert all(x > switch_x for x in markers[len(preview) :])
+    assert float(live.attrs["x"]) + float(live.attrs["width"]) == pytest.approx(
+        markers[-1], abs=0.11
+    )
+    # The page of the preview alone compared side by side: no reference window.
+    during = render_report("orders-green", preview)
+    assert "past-reference" not in during
+    assert "compared with" not in during
+
+
+def test_a_concurrent_baseline_has_no_reference_window(played: Played) -> None:
+    for dep_id in played.verdicts:
+        text = page(played, dep_id)
+        assert "compared with" not in text
+        assert "window-band" not in text  # neither a band nor its style
+        dom = Dom(text)
+        for svg in dom.plots().values():
+            assert not dom.inside(svg, "g", "past-reference")
+            assert not [t for t in x_ticks(text, svg) if t.startswith("\u2212")]
+
+
+def test_a_malformed_or_untimed_reference_draws_no_band(migration: list[dict[str, Any]]) -> None:
+    spoilt = copy.deepcopy(migration)
+    for verdict in spoilt:
+        verdict["checks"]["reference"]["window_start"] = EVIL
+    text = render_report("orders-expand", spoilt)
+    assert "<script" not in text.lower()
+    assert facts(text)["compared with"] == (
+        f"the service's own past, {EVIL} \u2192 {format_time(T0 + 1800)}"
+    )
+    assert "past-reference" not in text
+
+    inverted = copy.deepcopy(migration)
+    for verdict in inverted:
+        reference = verdict["checks"]["reference"]
+        reference["window_start"], reference["window_end"] = (
+            reference["window_end"],
+            reference["window_start"],
+        )
+    assert "past-reference" not in render_report("orders-expand", inverted)
+
+    untimed = copy.deepcopy(migration)
+    untimed[0]["time"] = "yesterday"  # the x axes count verdicts: no time to place it on
+    text = render_report("orders-expand", untimed)
+    assert "past-reference" not in text
+    assert facts(text)["compared with"].startswith("the service's own past, 2027-01-15 08:00")
+
+    other = copy.deepcopy(migration)
+    for verdict in other:
+        verdict["checks"]["reference"]["baseline"] = "elsewhere"
+    text = render_report("orders-expand", other)
+    assert "compared with" not in text
+    assert "past-reference" not in text
+    assert "reference: baseline elsewhere, window_start" in html.unescape(text)
