@@ -358,13 +358,51 @@ class MetricSpec(_Section):
         return DEFAULT_ALLOWED_CHANGE[self.kind]
 
 
+DAY = 86400.0
+"""Seconds in a day: the step of a reference's ``days``."""
+
+MAX_REFERENCE_DAYS = 28
+"""The furthest back a ``days`` reference reaches."""
+
+
 class ReferenceSpec(_Section):
     """A baseline from the service's own past, for changes with no concurrent baseline."""
 
-    before: Duration = Field(default=1800.0, gt=0)
+    before: Duration | None = Field(default=None, gt=0)
     """Length of the reference window just before the change (a migration phase's
     ``started``, a blue-green ``switched`` step); the daemon keeps that much of each
-    service's recent metrics."""
+    service's recent metrics. 30 minutes when neither this nor ``days`` is set; none when
+    only ``days`` is."""
+    days: tuple[int, ...] = ()
+    """The same hours this many days earlier, e.g. ``[1]`` (yesterday) or ``[1, 7]``: for
+    each ``d``, the service's metrics from ``change - d days`` to ``now - d days``, a
+    window that grows with the live one, so the daily cycle is compared like with like.
+    Read by time from the metrics topic on Kafka; from the per-service history otherwise."""
+
+    @field_validator("days")
+    @classmethod
+    def _whole_days_back(cls, days: tuple[int, ...]) -> tuple[int, ...]:
+        if any(d < 1 or d > MAX_REFERENCE_DAYS for d in days):
+            raise ValueError(f"days must be whole days from 1 to {MAX_REFERENCE_DAYS}")
+        if len(set(days)) != len(days):
+            raise ValueError("days must not repeat")
+        return tuple(sorted(days))
+
+    @property
+    def window_before(self) -> float:
+        """Seconds of the window just before the change (0: only ``days``)."""
+        if self.before is not None:
+            return self.before
+        return 0.0 if self.days else DEFAULT_REFERENCE_BEFORE
+
+    @property
+    def span(self) -> float:
+        """How far back from the change the reference reaches."""
+        return max(self.window_before, max(self.days, default=0) * DAY)
+
+
+DEFAULT_REFERENCE_BEFORE = 1800.0
+"""The window before the change when a reference sets neither ``before`` nor ``days``."""
 
 
 class Profile(_Section):

@@ -30,11 +30,14 @@ from coalmine.analyzers.instances import InstanceMeans
 from coalmine.analyzers.registry import analyzer_for
 from coalmine.analyzers.sample_ratio import sample_ratio_check
 from coalmine.contract import Cohort, DeployEvent, MetricEvent, Verdict, Window
-from coalmine.daemon.past import PastBaseline, RecentEvents
+from coalmine.daemon.past import PastBaseline, SameHours
 from coalmine.daemon.samples import EventCounts, InstanceTally, SampleReservoir
+from coalmine.daemon.switch import Preview
 from coalmine.judge import Judgement, judge
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import numpy as np
     from numpy.typing import NDArray
 
@@ -238,6 +241,52 @@ def _analyzers(profile: Profile) -> dict[str, Analyzer]:
     return {spec.name: analyzer_for(spec) for spec in profile.metrics}
 
 
+class Schedule:
+    """When judgements fall due: every ``interval`` of event time from the start.
+
+    Judgement ``k`` (1-based, counted from the start) falls due at ``start + k x interval``
+    and the last one at ``start + length``. A restart (a blue-green switch) counts the
+    durations from a new start while the judgements go on numbering.
+    """
+
+    __slots__ = ("_first", "interval", "length", "look", "start")
+
+    def __init__(self, start: float, interval: float, length: float) -> None:
+        self.start = start
+        self.interval = interval
+        self.length = length
+        self.look = 1
+        """The number of the next judgement."""
+        self._first = 1
+
+    @property
+    def end(self) -> float:
+        """Event time of the last judgement."""
+        return self.start + self.length
+
+    def due(self, look: int) -> float:
+        """Event time judgement ``look`` falls due."""
+        return min(self.start + (look - self._first + 1) * self.interval, self.end)
+
+    def is_last(self, look: int) -> bool:
+        """Is judgement ``look`` the last one?"""
+        return self.due(look) >= self.end
+
+    def next_due(self, watermark: float) -> float:
+        """Event time the first judgement after ``watermark`` falls due (inf: none left)."""
+        look = self.look
+        while watermark > self.due(look):
+            if self.is_last(look):
+                return math.inf
+            look += 1
+        return self.due(look)
+
+    def restart(self, at: float) -> None:
+        """Count durations from ``at`` on; the next judgement keeps its number."""
+        self.start = at
+        self._first = self.look
+
+
 class Deployment:
     """The analysis of one deployment, from ``started`` to its final verdict."""
 
@@ -255,7 +304,7 @@ class Deployment:
         self.profile_name = profile_name
         self.profile = profile
         self.digest = profile.digest()
-        self.started = started.time
+        self.schedule = Schedule(started.time, profile.interval, profile.max_duration)
         self.baseline_version = started.baseline_version
         self.canary_version = started.canary_version
         self._versions = (started.baseline_version, started.canary_version)
@@ -265,17 +314,24 @@ class Deployment:
         self.end_reason: str | None = None
         self._weights = TrafficWeights(started.time, started.traffic_weight)
         self.last_verdict: Verdict | None = None
-        self._look = 1
         self._analyzers = _analyzers(profile)
         self._limits = limits or AnalysisLimits()
         self._data = _Observations(started.deployment_id, self._limits)
         self.baseline_weight = started.baseline_weight
         self.phase = started.phase
-        self._first_look = 1
         self.past = _past_of(started, profile)
         """Set when the baseline is the service's own past (a reference, a switch)."""
-        self._preview = _preview_of(started, profile, self._limits)  # blue's recent events
-        self.switch_at: float | None = None  # a ``switched`` step read, not yet reached
+        self.same_hours = _same_hours_of(self.past, profile)
+        """The same hours days earlier, when the profile's reference asks for them."""
+        self._held: list[tuple[MetricEvent | None, Cohort, float]] = []
+        """What came while the same hours were being read: events, and times reached."""
+        self.preview = _preview_of(started, profile, self._limits)
+        """A blue-green preview until its switch is reached."""
+
+    @property
+    def awaiting_past(self) -> bool:
+        """The same hours days earlier are being read: nothing is judged until they are."""
+        return self.same_hours is not None and not self.same_hours.loaded
 
     @property
     def is_open(self) -> bool:
@@ -283,9 +339,14 @@ class Deployment:
         return self.status == "open"
 
     @property
+    def started(self) -> float:
+        """Event time durations count from: ``started``, or the blue-green switch."""
+        return self.schedule.start
+
+    @property
     def end_time(self) -> float:
         """Event time of the last judgement (``started + max_duration``)."""
-        return self.started + self.profile.max_duration
+        return self.schedule.end
 
     @property
     def limits_hit(self) -> list[str]:
@@ -313,12 +374,7 @@ class Deployment:
         """
         if not self.is_open:
             return math.inf
-        look, watermark = self._look, max(self.watermark, after)
-        while watermark > self._due(look):
-            if self._last_look(look):
-                return math.inf
-            look += 1
-        return self._due(look)
+        return self.schedule.next_due(max(self.watermark, after))
 
     def is_critical_burn(self, event: MetricEvent) -> bool:
         """Does this canary event call for judging first? Its analyzer says; no effect."""
@@ -331,15 +387,19 @@ class Deployment:
 
     def observe(self, event: MetricEvent, cohort: Cohort) -> list[Verdict]:
         """Take one metric event; return the verdicts it made due, in order."""
+        if self.awaiting_past:
+            self._held.append((event, cohort, event.time))
+            return []
         verdicts = self.advance(event.time)
         spec = self.profile.metric(event.metric)
         if not self.is_open or spec is None:
             return verdicts
-        stored = self._data.add(event, cohort)
-        if self._preview is not None and cohort == "baseline":
-            self._preview.add(event, None, 0)
-        analyzer = self._analyzers[spec.name]
-        if analyzer.observe(event.time, cohort == "canary", event.good, event.total, stored):
+        if self.awaiting_past:  # a switch reached: its same hours are being read
+            self._held.append((event, cohort, event.time))
+            return verdicts
+        if self.preview is not None and cohort == "baseline":
+            self.preview.recent.add(event, None, 0)
+        if self._store(event, cohort):
             if self.ends_at is not None and event.time > self.ends_at:
                 return verdicts
             verdict = self._check_critical(spec, max(event.time, self.started))
@@ -347,22 +407,39 @@ class Deployment:
                 verdicts.append(verdict)
         return verdicts
 
+    def take_past(self, events: Iterable[MetricEvent]) -> list[Verdict]:
+        """The same hours days earlier, read: judge what waited for them, in order."""
+        if self.same_hours is None or self.same_hours.loaded:
+            return []
+        self.same_hours.load(events)
+        held, self._held = self._held, []
+        verdicts: list[Verdict] = []
+        for event, cohort, time in held:
+            verdicts += self.advance(time) if event is None else self.observe(event, cohort)
+        return verdicts
+
     def advance(self, time: float) -> list[Verdict]:
         """Move event time to ``time``; return the judgements that fell due."""
+        if self.awaiting_past:
+            self._held.append((None, "baseline", time))
+            return []
         verdicts: list[Verdict] = []
-        switch_at = self.switch_at
-        if switch_at is not None and time >= switch_at:
-            self.switch_at = None
+        switch_at = None if self.preview is None else self.preview.switch_at
+        if switch_at is not None and time >= switch_at and self.preview is not None:
+            self.preview.switch_at = None
             verdicts = self.advance(switch_at)  # the preview's judgements first
             if self.is_open:
                 self._switch(switch_at)
+            if self.awaiting_past:  # the switch's same hours are read first
+                return verdicts + self.advance(time)
         self.watermark = max(self.watermark, time)
-        while self.is_open and self.watermark > self._due(self._look):
-            due = self._due(self._look)
+        schedule = self.schedule
+        while self.is_open and self.watermark > schedule.due(schedule.look):
+            due = schedule.due(schedule.look)
             if self.ends_at is not None and due > self.ends_at:
                 break
-            verdicts.append(self._judge(self._look, due))
-            self._look += 1
+            verdicts.append(self._judge(schedule.look, due))
+            schedule.look += 1
         # At ends_at itself it closes too, whether `completed` was read before or after the
         # metrics of its own time: end() closes there as well.
         if self.is_open and self.ends_at is not None and self.watermark >= self.ends_at:
@@ -371,40 +448,29 @@ class Deployment:
 
     def step(self, event: DeployEvent) -> None:
         """A traffic change (or blue-green switch) taking effect at its event time."""
-        if event.phase == "switched" and self._preview is not None:
-            if self.switch_at is None or event.time < self.switch_at:
-                self.switch_at = event.time
+        if event.phase == "switched" and self.preview is not None:
+            self.preview.announce(event)
             return
         if event.traffic_weight is not None:
             self._weights.add(event.time, event.traffic_weight)
         if event.phase is not None:
             self.phase = event.phase
 
-    def keeps_for_switch(self, event: MetricEvent) -> bool:
-        """Keep a blue event from before a preview began, for the reference of its switch."""
-        preview = self._preview
-        if preview is None or event.time < self.started - preview.span:
-            return False
-        if event.cohort != "canary" and event.version in (None, self.baseline_version):
-            preview.add(event, None, 0)
-            return True
-        return False
-
     def _switch(self, at: float) -> None:
         """Green takes all traffic: judge it afresh against blue's reference window.
 
         Durations count from the switch; judgements go on numbering.
         """
-        preview, self._preview, self.phase = self._preview, None, "switched"
+        preview, self.preview, self.phase = self.preview, None, "switched"
         assert preview is not None  # noqa: S101 - step() checks
-        self.past = PastBaseline(at, preview.span, *self._versions)
-        self.started = at
-        self._first_look = self._look
-        self._weights = TrafficWeights(at, None)
+        self.past, blue = preview.reference(at, self._versions, _reference_days(self.profile))
+        self.same_hours = _same_hours_of(self.past, self.profile)
+        self.schedule.restart(at)
+        self._weights = TrafficWeights(at, preview.weight)
         self._data = _Observations(self.deployment_id, self._limits)
         self._analyzers = _analyzers(self.profile)
-        for past, _, _ in preview.between(self.past.start, self.past.change):
-            self._data.add(past, "baseline")
+        for event in blue:
+            self._data.add(event, "baseline")
 
     def end(self, event: DeployEvent) -> None:
         """The pipeline completed or aborted the deployment: nothing is judged after its time."""
@@ -428,7 +494,10 @@ class Deployment:
             f"({self.profile.max_duration:g}s of wall time) since the last one"
         )
         return self._verdict(
-            self._look, self.watermark, results, Judgement("inconclusive", True, None, silent)
+            self.schedule.look,
+            self.watermark,
+            results,
+            Judgement("inconclusive", True, None, silent),
         )
 
     def metric_sizes(self) -> dict[str, tuple[int, int]]:
@@ -438,13 +507,6 @@ class Deployment:
     def weight_at(self, time: float) -> float | None:
         """The announced traffic weight in force at event time ``time``."""
         return self._weights.at(time)
-
-    def _due(self, look: int) -> float:
-        since = look - self._first_look + 1
-        return min(self.started + since * self.profile.interval, self.end_time)
-
-    def _last_look(self, look: int) -> bool:
-        return self._due(look) >= self.end_time
 
     def _look_at(self, time: float) -> Look:
         """What the analyzers judge at event time ``time``: alpha and the canary's window."""
@@ -458,7 +520,21 @@ class Deployment:
         )
         return Look(alpha=self.profile.metric_alpha, window=window, past=self.past is not None)
 
+    def _store(self, event: MetricEvent, cohort: Cohort) -> bool:
+        """Keep an event of a profile metric; True when its analyzer says it may decide."""
+        stored = self._data.add(event, cohort)
+        analyzer = self._analyzers[event.metric]
+        return analyzer.observe(event.time, cohort == "canary", event.good, event.total, stored)
+
+    def _reveal(self, time: float) -> None:
+        """Let the same hours days earlier into the baseline, up to event time ``time``."""
+        if self.same_hours is not None:
+            for event in self.same_hours.due(time):
+                if event.metric in self._analyzers:
+                    self._store(event, "baseline")
+
     def _analyze_all(self, time: float) -> tuple[MetricResult, ...]:
+        self._reveal(time)
         look = self._look_at(time)
         return tuple(
             self._analyzers[spec.name].analyze(*self._data.cohorts(spec.name), look)
@@ -468,64 +544,36 @@ class Deployment:
     def _check_critical(self, spec: MetricSpec, time: float) -> Verdict | None:
         """A rollback verdict if the critical metric ``spec`` fails now and the judge agrees."""
         analyzer = self._analyzers[spec.name]
+        self._reveal(time)
         if not analyzer.fails(*self._data.cohorts(spec.name), self._look_at(time)):
             return None
         results = self._analyze_all(time)
         elapsed = time - self.started
         judgement = judge(
-            self.profile, results, elapsed=elapsed, at_end=self._last_look(self._look)
+            self.profile, results, elapsed=elapsed, at_end=self.schedule.is_last(self.schedule.look)
         )
         if judgement.decision != "rollback":  # failing within its critical_change: wait
             return None
-        return self._verdict(self._look, time, results, judgement)
+        return self._verdict(self.schedule.look, time, results, judgement)
 
     def _judge(self, look: int, time: float) -> Verdict:
         results = self._analyze_all(time)
-        at_end = self._last_look(look)
+        at_end = self.schedule.is_last(look)
         judgement = judge(self.profile, results, elapsed=time - self.started, at_end=at_end)
-        if self._preview is not None and judgement.decision == "promote":
+        if self.preview is not None and judgement.decision == "promote":
             why = f"{judgement.summary}; a preview waits for the switch"
             judgement = Judgement("continue", False, judgement.score, why)
         return self._verdict(look, time, results, judgement)
 
-    def _checks(self, time: float) -> dict[str, dict[str, DetailValue]]:
-        """Checks each verdict reports: the past it compared with, or the split's (SRM)."""
-        if self.past is not None:
-            return {"reference": self.past.describe()}
-        return _split_check(
-            self.weight_at(time), self.baseline_weight, self._data.split(), self.profile
-        )
-
     def _verdict(
         self, look: int, time: float, results: tuple[MetricResult, ...], judgement: Judgement
     ) -> Verdict:
-        checks = self._checks(time)
-        summary = judgement.summary
-        mismatch = checks.get("sample_ratio", {})
-        if mismatch.get("mismatch"):
-            summary += (
-                f"; sample-ratio mismatch: canary has {mismatch['observed_share']:.1%} of the"
-                f" traffic, {mismatch['expected_share']:.1%} announced"
-            )
-        verdict = Verdict(
-            verdict_id=f"{self.deployment_id}/{look}",
-            deployment_id=self.deployment_id,
-            service=self.service,
-            decision=judgement.decision,
-            final=judgement.final,
-            score=None
-            if judgement.score is None or math.isnan(judgement.score)
-            else judgement.score,
-            summary=summary,
-            metrics=results,
-            window=Window(self.started, time),
-            time=time,
-            config_digest=self.digest,
-            checks=checks,
-            profile=self.profile_name,
-            strategy=self.strategy,
-            traffic_weight=self.weight_at(time),
-        )
+        if self.past is not None:
+            checks = {"reference": self.past.describe(time)}
+        else:
+            split = self._data.split()
+            checks = _split_check(self.weight_at(time), self.baseline_weight, split, self.profile)
+        verdict = _compose(self, look, time, results, judgement, checks)
         self.last_verdict = verdict
         if verdict.final:
             self._close("final")
@@ -538,29 +586,81 @@ class Deployment:
         self._analyzers = _analyzers(self.profile)
 
 
+def _compose(
+    deployment: Deployment,
+    look: int,
+    time: float,
+    results: tuple[MetricResult, ...],
+    judgement: Judgement,
+    checks: dict[str, dict[str, DetailValue]],
+) -> Verdict:
+    """Judgement ``look`` of ``deployment`` at event time ``time``, as published."""
+    summary = judgement.summary
+    mismatch = checks.get("sample_ratio", {})
+    if mismatch.get("mismatch"):
+        summary += (
+            f"; sample-ratio mismatch: canary has {mismatch['observed_share']:.1%} of the"
+            f" traffic, {mismatch['expected_share']:.1%} announced"
+        )
+    score = judgement.score
+    return Verdict(
+        verdict_id=f"{deployment.deployment_id}/{look}",
+        deployment_id=deployment.deployment_id,
+        service=deployment.service,
+        decision=judgement.decision,
+        final=judgement.final,
+        score=None if score is None or math.isnan(score) else score,
+        summary=summary,
+        metrics=results,
+        window=Window(deployment.started, time),
+        time=time,
+        config_digest=deployment.digest,
+        checks=checks,
+        profile=deployment.profile_name,
+        strategy=deployment.strategy,
+        traffic_weight=deployment.weight_at(time),
+    )
+
+
 def _past_of(started: DeployEvent, profile: Profile) -> PastBaseline | None:
     """The baseline from the past of a migration phase or an already switched blue-green."""
     switched = started.strategy == "blue_green" and started.phase == "switched"
     if started.strategy != "migration" and not switched:
         return None
-    before = _reference_length(profile) or (DEFAULT_REFERENCE if switched else None)
-    if before is None:
+    if profile.reference is None and not switched:
         return None
-    return PastBaseline(started.time, before, started.baseline_version, started.canary_version)
+    return PastBaseline(
+        started.time,
+        _reference_length(profile),
+        started.baseline_version,
+        started.canary_version,
+        _reference_days(profile),
+    )
 
 
-def _preview_of(
-    started: DeployEvent, profile: Profile, limits: AnalysisLimits
-) -> RecentEvents | None:
+def _preview_of(started: DeployEvent, profile: Profile, limits: AnalysisLimits) -> Preview | None:
     """A blue-green preview keeps blue's recent events for the reference of its switch."""
     if started.strategy != "blue_green" or started.phase == "switched":
         return None
-    before = _reference_length(profile) or DEFAULT_REFERENCE
-    return RecentEvents(before, limits.max_history_events)
+    span = _reference_length(profile)
+    return Preview(span, limits.max_history_events, started.time, started.baseline_version)
 
 
-def _reference_length(profile: Profile) -> float | None:
-    return None if profile.reference is None else profile.reference.before
+def _same_hours_of(past: PastBaseline | None, profile: Profile) -> SameHours | None:
+    """The same hours days earlier of a past baseline whose profile asks for them."""
+    if past is None or not past.days:
+        return None
+    return SameHours(past, profile.max_duration)
+
+
+def _reference_length(profile: Profile) -> float:
+    """The window just before the change (the blue-green default without a reference)."""
+    reference = profile.reference
+    return DEFAULT_REFERENCE if reference is None else reference.window_before
+
+
+def _reference_days(profile: Profile) -> tuple[int, ...]:
+    return () if profile.reference is None else profile.reference.days
 
 
 def _split_check(

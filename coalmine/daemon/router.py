@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from coalmine.daemon.deployment import Deployment
     from coalmine.daemon.finished import FinishedDeployments
     from coalmine.daemon.ordering import Work
+    from coalmine.daemon.past_reads import PastRead
     from coalmine.daemon.recovery import TopicPartition
     from coalmine.formats.mapping import InputSettings
 
@@ -58,6 +59,8 @@ class Router:
         limits: LimitSettings | None = None,
         telemetry: Telemetry | None = None,
         inputs: Sequence[InputSettings] = (),
+        *,
+        past_from_history: bool = True,
     ) -> None:
         self.topics = topics or TopicsSettings()
         self.limits = limits or LimitSettings()
@@ -65,6 +68,7 @@ class Router:
         self.recovery = RecoveryFloors(self.topics)
         self.open = OpenDeployments(profiles, self.limits, self.telemetry, self.recovery)
         self.routes = Routes(self.open, self.recovery, self.topics.deployments)
+        self.routes.past_from_history = past_from_history
         max_bytes = self.limits.max_message_bytes
         self._inputs = InputDecoder(self.topics, max_bytes, inputs)
         self._dead_letters = DeadLetters(self.topics.dead_letter, max_bytes, self.telemetry)
@@ -182,6 +186,40 @@ class Router:
         """Close, as ``inconclusive``, deployments with no events for ``max_duration``."""
         effects = Effects()
         effects.add(self.open.expire_silent(now), now)
+        return effects
+
+    def past_reads(self) -> list[PastRead]:
+        """The same hours days earlier deployments now wait for, each asked for once.
+
+        Only with ``past_from_history`` off (the daemon on Kafka): hand each its records,
+        read from the metrics topic by time, with :meth:`load_past`.
+        """
+        return self.routes.past_reads.pending(self.deployments)
+
+    def load_past(self, deployment_id: str, records: Iterable[Record], now: float) -> Effects:
+        """Hand a waiting deployment the records of its past windows; what it then judged.
+
+        Records that do not decode are skipped (they were dead-lettered when first read),
+        and so are other services' events.
+        """
+        deployment = self.deployments.get(deployment_id)
+        events: list[MetricEvent] = []
+        for record in records:
+            try:
+                found = self._inputs.metric_events(record.topic, record.value)
+            except ContractError:
+                continue
+            events += found or ()
+        if deployment is None:
+            return Effects()
+        return self._take_past(
+            deployment, [e for e in events if e.service == deployment.service], now
+        )
+
+    def _take_past(self, deployment: Deployment, events: list[MetricEvent], now: float) -> Effects:
+        effects = Effects()
+        self.routes.past_reads.loaded(deployment.deployment_id)
+        effects.add(self.open.settle(deployment.take_past(events)), now)
         return effects
 
     def open_deployments(self) -> list[Deployment]:

@@ -17,6 +17,7 @@ from coalmine._exceptions import ContractError
 from coalmine.contract import format_time
 from coalmine.daemon.dropped import DroppedSamples
 from coalmine.daemon.past import RecentEvents
+from coalmine.daemon.past_reads import PastReads
 from coalmine.daemon.recovery import UnroutedEvent, UnroutedMetrics
 
 if TYPE_CHECKING:
@@ -52,6 +53,10 @@ class Routes:
         """Judgements made while routing (a blue-green switch reached), in order."""
         self._history_for: object = None
         self._span = 0.0
+        self.past_reads = PastReads()
+        """Deployments waiting for the same hours days earlier."""
+        self.past_from_history = True
+        """Hand those their windows from the history at once (else the daemon reads them)."""
 
     def held_floors(self) -> dict[TopicPartition, int]:
         """Per partition, the oldest offset of the events held for a later ``started``."""
@@ -78,7 +83,9 @@ class Routes:
         if not self.open.start(event, now, record):
             return []
         self._warn_if_past_its_end(self.open.deployments[event.deployment_id])
-        return self._apply_past(event, now) + self._apply_held(event, now, record)
+        self.past_reads.started(self.open.deployments[event.deployment_id], record.partition)
+        verdicts = self._apply_past(event, now) + self._apply_held(event, now, record)
+        return verdicts + self._past_from_history()
 
     def _warn_if_past_its_end(self, deployment: Deployment) -> None:
         """Say so when a deployment starts too far behind the stream to be judged on data."""
@@ -119,6 +126,25 @@ class Routes:
         for deployment, event, cohort in routed:
             if deployment.is_open:
                 verdicts.extend(observe(deployment, event, cohort, now))
+        return verdicts + self._past_from_history()
+
+    def _past_from_history(self) -> list[Verdict]:
+        """Hand deployments that now wait for days windows those windows from the history.
+
+        Called once each message is taken; a deployment is served once the stream has
+        reached its change (read in order, its windows, all before the change, are in the
+        history then; a replay reads deploy events first) and while its windows are whole
+        (the history keeps ``max_duration`` beyond them).
+        """
+        if not self.past_from_history:
+            return []
+        verdicts: list[Verdict] = []
+        for read in self.past_reads.pending(self.open.deployments, self.stream_time):
+            events = [
+                e for start, end in read.windows for e in self.history_of(read.service, start, end)
+            ]
+            self.past_reads.loaded(read.deployment_id)
+            verdicts += self.open.deployments[read.deployment_id].take_past(events)
         return verdicts
 
     def history_span(self) -> float:
@@ -126,11 +152,22 @@ class Routes:
         profiles = self.open.profiles
         if profiles is not self._history_for:
             self._history_for = profiles
+            # A days window must still be whole when it is handed over, after the fetch
+            # that opened it: up to max_duration of event time later.
             self._span = max(
-                (p.reference.before for p in profiles.values() if p.reference is not None),
+                (
+                    p.reference.span + (p.max_duration if p.reference.days else 0.0)
+                    for p in profiles.values()
+                    if p.reference is not None
+                ),
                 default=0.0,
             )
         return self._span
+
+    def history_of(self, service: str, start: float, end: float) -> list[MetricEvent]:
+        """The events of ``service`` kept with ``start <= time < end``, as read."""
+        recent = self._history.get(service)
+        return [] if recent is None else [event for event, _, _ in recent.between(start, end)]
 
     def _remember(self, events: list[MetricEvent], record: Record) -> None:
         """Keep the events in their service's history, for deployments that start later."""
@@ -153,7 +190,7 @@ class Routes:
         recent = self._history.get(event.service)
         if recent is not None and deployment.strategy == "blue_green" and deployment.past is None:
             for item, source, offset in recent.between(-math.inf, deployment.started):
-                if deployment.keeps_for_switch(item) and source is not None:
+                if deployment.preview is not None and deployment.preview.keeps(item) and source:
                     self._recovery.held_from(deployment.deployment_id, source, offset)
         past = deployment.past
         if past is None or recent is None:
@@ -189,10 +226,15 @@ class Routes:
         if deployment is None:
             self._hold(event, record)
             return None
-        if deployment.switch_at is not None and event.time >= deployment.switch_at:
+        preview = deployment.preview
+        if (
+            preview is not None
+            and preview.switch_at is not None
+            and event.time >= preview.switch_at
+        ):
             self._made.extend(deployment.advance(event.time))
         if deployment.past is None and event.time < deployment.started:
-            if not (self._span > 0 and deployment.keeps_for_switch(event)):
+            if not (self._span > 0 and preview is not None and preview.keeps(event)):
                 self._dropped.drop("before_started", event, deployment)
             return None
         cohort = deployment.cohort_of(event)
