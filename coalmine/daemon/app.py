@@ -35,6 +35,7 @@ from coalmine.daemon.directory import Directory
 from coalmine.daemon.health import Health
 from coalmine.daemon.http import HttpServer, build_app
 from coalmine.daemon.partitions import Partitions
+from coalmine.daemon.past_loader import PastLoader
 from coalmine.daemon.publisher import Publisher
 from coalmine.daemon.reload import reload_settings
 from coalmine.daemon.router import Router
@@ -110,6 +111,8 @@ class Daemon:
         self.transport = transport
         self.telemetry = telemetry or Telemetry()
         self._reload = reload
+        self.past = PastLoader.on(transport, settings)
+        """On Kafka: reads the same hours days earlier from the metrics topic by time."""
         self.router = self._new_router(settings.profiles)
         self.directory = Directory(settings.topics)
         self.http: HttpServer | None = None
@@ -146,7 +149,12 @@ class Daemon:
     def _new_router(self, profiles: Mapping[str, Profile]) -> Router:
         settings = self.settings
         return Router(
-            profiles, settings.topics, settings.limits, self.telemetry, inputs=settings.inputs
+            profiles,
+            settings.topics,
+            settings.limits,
+            self.telemetry,
+            inputs=settings.inputs,
+            past_from_history=self.past is None,
         )
 
     def reload(self) -> bool:
@@ -177,17 +185,7 @@ class Daemon:
     async def run(self) -> None:
         """Run until ``request_stop``; return after a clean shutdown."""
         if self.settings.http.enabled:
-            app = build_app(
-                self.telemetry,
-                live=self.health.live,
-                ready=self.ready,
-                directory=self.directory,
-                api_token=self.settings.http.api_token,
-                why_not_ready=self.health.why_not_ready,
-            )
-            self.http = HttpServer(app, self.settings.http.host, self.settings.http.port)
-            await self.http.start()
-            log.info("http: /metrics /livez /readyz on port %d", self.http.port)
+            self.http = await _serve_http(self)
         collections_tuned = False
         try:
             if await self._connect():
@@ -206,6 +204,8 @@ class Daemon:
             if collections_tuned:
                 _rare_full_collections.leave()
             await self.publisher.stop()
+            if self.past is not None:
+                await self.past.close()
             if self._follower is not None:
                 self._follower.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -342,6 +342,8 @@ class Daemon:
         """
         async with self._busy:
             self.publisher.put(self.router.expire_silent(self._wall_clock()))
+            if self.past is not None:
+                self.past.serve(self.router, self.publisher, self._wall_clock())
             if self.partitions is not None:
                 self.partitions.report_lag()
         await self._say_readiness()
@@ -390,6 +392,23 @@ class Daemon:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+
+async def _serve_http(daemon: Daemon) -> HttpServer:
+    """Start the daemon's HTTP server: probes, metrics and the verdict API."""
+    settings = daemon.settings.http
+    app = build_app(
+        daemon.telemetry,
+        live=daemon.health.live,
+        ready=daemon.ready,
+        directory=daemon.directory,
+        api_token=settings.api_token,
+        why_not_ready=daemon.health.why_not_ready,
+    )
+    http = HttpServer(app, settings.host, settings.port)
+    await http.start()
+    log.info("http: /metrics /livez /readyz on port %d", http.port)
+    return http
 
 
 def install_signal_handlers(daemon: Daemon) -> None:
