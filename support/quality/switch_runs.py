@@ -42,10 +42,7 @@ MIGRATION = Profile(
     ),
     reference=ReferenceSpec(before=1800),
 )
-UNSUPPORTED = {
-    "healthy-switch-peak": "reference = same hours yesterday is not supported by coalmine;"
-    " run with the blue-green default (the window before the switch), target not judged"
-}
+BLUE_GREEN_YESTERDAY = BLUE_GREEN.model_copy(update={"reference": ReferenceSpec(days=(1,))})
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +91,7 @@ def judge(
     run: SwitchRun, fetches: list[tuple[float, list[Record]]], *, to_end: bool = False
 ) -> list[bytes]:
     """Feed the fetches to a fresh Router; the encoded verdicts (up to the final one)."""
-    profile = MIGRATION if run.strategy == "migration" else BLUE_GREEN
-    router = Router({"default": profile}, TOPICS, LimitSettings())
+    router = Router({"default": profile_of(run)}, TOPICS, LimitSettings())
     out: list[bytes] = []
     for now, batch in fetches:
         effects = router.handle(batch, now=now)
@@ -105,6 +101,13 @@ def judge(
         if not to_end and any(v.final for v in effects.verdicts):
             break
     return out
+
+
+def profile_of(run: SwitchRun) -> Profile:
+    """The profile a run is judged with: its reference in the started event, as configured."""
+    if run.strategy == "migration":
+        return MIGRATION
+    return BLUE_GREEN_YESTERDAY if run.reference.get("days") else BLUE_GREEN
 
 
 def failing_name(run: SwitchRun) -> str:

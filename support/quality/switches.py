@@ -550,21 +550,29 @@ def healthy_switch(seed: int) -> SwitchRun:
     )
 
 
-def healthy_switch_at_peak(seed: int) -> SwitchRun:
+def healthy_switch_at_peak(seed: int, reference: str = "days") -> SwitchRun:
     """Healthy switch 30 min before the daily peak, judged across it; reference: yesterday.
 
     The span judged (the hour from the switch) has the peak in its middle; the day before
-    is emitted for that hour only.
+    is emitted for that hour only. ``reference="before"``: the 30 min before the switch
+    instead, where traffic and latency are lower than across the peak.
     """
     load = Load()
+    yesterday = reference == "days"
     return blue_green(
         seed,
         switch_at=MIDNIGHT + load.peak_time - 1800.0,
         load=load,
-        reference={"days": [1]},
-        name="healthy-switch-peak",
-        description="healthy switch across the daily peak, reference = same hours yesterday",
+        reference={"days": [1]} if yesterday else {"before": "30m"},
+        name="healthy-switch-peak" if yesterday else "healthy-switch-peak-before",
+        description="healthy switch across the daily peak, reference = "
+        + ("same hours yesterday" if yesterday else "previous 30 min"),
     )
+
+
+def healthy_switch_at_peak_before(seed: int) -> SwitchRun:
+    """The same switch judged against the 30 min before it: reported beside, for contrast."""
+    return healthy_switch_at_peak(seed, reference="before")
 
 
 def green_errors_5x(seed: int) -> SwitchRun:
@@ -642,6 +650,7 @@ def healthy_migration(seed: int) -> SwitchRun:
 SCENARIOS: dict[str, Callable[[int], SwitchRun]] = {
     "healthy-switch": healthy_switch,
     "healthy-switch-peak": healthy_switch_at_peak,
+    "healthy-switch-peak-before": healthy_switch_at_peak_before,
     "green-errors-5x": green_errors_5x,
     "green-latency-20": green_latency_20,
     "migration-p99-30": migration_p99_30,

@@ -341,6 +341,7 @@ def test_scenarios_and_their_expected_decisions() -> None:
     expected = {
         "healthy-switch": "promote",
         "healthy-switch-peak": "promote",
+        "healthy-switch-peak-before": "promote",
         "green-errors-5x": "rollback",
         "green-latency-20": "rollback",
         "migration-p99-30": "rollback",
