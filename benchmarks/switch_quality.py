@@ -17,8 +17,11 @@ Profiles (interval 60 s, min_duration 10 min, max_duration 30 min, alpha 0.05): 
 ``requests`` (ratio, objective 0.999, critical), ``reference.before = 30m`` (so the daemon
 keeps the service's history and the switch compares with blue's last 30 minutes, the
 preview's and before it); migration, ``query_ms`` (tail tested at p99, tail_allowed_change 0.10,
-effect ``shift``), ``requests``, ``reference.before = 30m``. The same-hours-yesterday
-reference (``healthy-switch-peak``) is not in coalmine: that scenario runs on the default.
+effect ``shift``), ``requests``, ``reference.before = 30m``. A scenario whose ``started``
+names ``days`` (``healthy-switch-peak``) runs on the blue-green profile with
+``reference.days = [1]`` instead: the same hours yesterday, from the router's history.
+Scenarios marked ``(reported)`` have no target of their own: the 200-samples-a-minute
+migration, a healthy migration, and the peak switch against the 30 minutes before it.
 
 Reported per scenario: decisions of the final verdicts with Wilson 95% intervals; false
 rollbacks (a healthy change rolled back); time from the change to the rollback over all
@@ -133,13 +136,14 @@ def header(args: argparse.Namespace, elapsed: float, cpu: float) -> str:
         f" numpy {np.__version__}; commit {commit} (working tree, may hold uncommitted work)\n"
         "profiles: interval 60s, min 10m, max 30m, alpha 0.05; blue-green: latency_ms"
         " (tails p90/p99), requests (ratio 0.999, critical), reference.before 30m;"
-        " migration: query_ms (tail p99, +10%), requests, reference.before 30m\n"
+        " migration: query_ms (tail p99, +10%), requests, reference.before 30m;"
+        " healthy-switch-peak: reference.days [1]\n"
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=200, help="runs per scenario")
+    parser.add_argument("--runs", type=int, default=400, help="runs per scenario")
     parser.add_argument("--seed", type=int, default=1, help="run i uses seed S + i")
     parser.add_argument("--quick", action="store_true", help="20 runs, 1 replay seed")
     parser.add_argument("--processes", type=int, default=2)
