@@ -10,10 +10,12 @@ replay rebuilds the same evidence and the same results.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import numpy as np
     from numpy.typing import NDArray
 
@@ -59,6 +61,9 @@ class Look:
     """Event time of the look, time since the start, planned length, traffic share."""
     past: bool = False
     """The baseline is the service's own past (a reference window), not a cohort beside it."""
+    drift: Mapping[str, float] = field(default_factory=dict)
+    """Per distribution metric of a past baseline: the uncertainty its variation between
+    intervals adds to the comparison (:mod:`coalmine.analyzers.drift`); absent: none."""
 
 
 class Analyzer(Protocol):

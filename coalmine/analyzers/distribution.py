@@ -72,7 +72,12 @@ class DistributionAnalyzer:
         if self._sequential is None:
             self._sequential = DistributionEvidence.for_spec(spec.prior_width, spec.tail_quantiles)
         return analyze_distribution(
-            spec, baseline.samples(), canary.samples(), look.alpha, evidence=self._sequential
+            spec,
+            baseline.samples(),
+            canary.samples(),
+            look.alpha,
+            evidence=self._sequential,
+            drift=look.drift.get(spec.name, 0.0),
         )
 
     def fails(self, baseline: CohortData, canary: CohortData, look: Look) -> bool:

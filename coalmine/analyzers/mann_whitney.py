@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from scipy import special
 
+from coalmine.analyzers.drift import narrowed, widened
 from coalmine.analyzers.effects import MeanChange, mean_change
 from coalmine.analyzers.hodges_lehmann import (
     MAX_MAGNITUDE,
@@ -108,6 +109,7 @@ def analyze_distribution(
     alpha: float,
     *,
     evidence: DistributionEvidence | None = None,
+    drift: float = 0.0,
 ) -> MetricResult:
     """Judge one distribution metric: fail, pass, or not enough data.
 
@@ -145,6 +147,9 @@ def analyze_distribution(
         canary: canary samples.
         alpha: significance level of the test, in (0, 0.5).
         evidence: the metric's sequential state, kept across looks (sequential test).
+        drift: a past baseline's between-interval uncertainty on the log scale
+            (:mod:`coalmine.analyzers.drift`): the tolerance is widened by it to fail and
+            narrowed by it to promote; 0 (a cohort beside the canary): neither.
 
     Raises:
         ValueError: ``alpha`` is outside (0, 0.5).
@@ -156,7 +161,7 @@ def analyze_distribution(
     unusable = _unusable(spec, b, c)
     if unusable is not None:
         return unusable
-    return _judge(spec, np.sort(b), np.sort(c), alpha, evidence)
+    return _judge(spec, np.sort(b), np.sort(c), alpha, evidence, _Bounds.of(spec, alpha, drift))
 
 
 def _unusable(
@@ -222,6 +227,35 @@ def _unjudged(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Bounds:
+    """The changes that fail and that may promote.
+
+    The tolerances; with a past baseline's between-interval ``drift``
+    (:mod:`coalmine.analyzers.drift`), each widened to fail and narrowed to promote, since
+    that drift adds uncertainty both ways.
+    """
+
+    fail: float
+    promote: float
+    tail_fail: float
+    tail_promote: float
+    drift: float
+
+    @classmethod
+    def of(cls, spec: MetricSpec, alpha: float, drift: float) -> _Bounds:
+        tol, tail = spec.tolerance, spec.tail_tolerance
+        if drift <= 0.0 or spec.direction == "either":
+            return cls(tol, tol, tail, tail, 0.0)
+        return cls(
+            widened(tol, drift, alpha),
+            narrowed(tol, drift, alpha),
+            widened(tail, drift, alpha),
+            narrowed(tail, drift, alpha),
+            drift,
+        )
+
+
 _TAIL_SHARE = 0.25
 """Share of a metric's false-alarm budget that its tail tests get, split evenly between
 them; the rank test on the whole distribution keeps the rest."""
@@ -246,9 +280,10 @@ def _judge(
     c: NDArray[np.float64],
     alpha: float,
     evidence: DistributionEvidence | None,
+    bounds: _Bounds,
 ) -> MetricResult:
     """The decision on sorted, finite, large-enough cohorts."""
-    found = _gather(spec, b, c, alpha, evidence)
+    found = _gather(spec, b, c, alpha, evidence, bounds)
     decision = _decide(spec, found)
     return MetricResult(
         metric=spec.name,
@@ -258,7 +293,7 @@ def _judge(
         measured=decision.measured,
         n_baseline=found.test.n_baseline,
         n_canary=found.test.n_canary,
-        reason=_reason(spec, found, decision),
+        reason=_reason(spec, found, decision) + _drift_note(spec, found, decision),
         detail=_detail(spec, found, decision),
     )
 
@@ -283,6 +318,7 @@ class _Findings:
     effect: str
     """``shift`` or ``mean``: the measure a change of the whole distribution is judged by."""
     tails: list[_Tail]
+    bounds: _Bounds
     mde: float
 
 
@@ -292,6 +328,7 @@ def _gather(
     c: NDArray[np.float64],
     alpha: float,
     evidence: DistributionEvidence | None,
+    bounds: _Bounds,
 ) -> _Findings:
     """Run the tests (updating ``evidence``) and the estimates on sorted cohorts."""
     one_sided = spec.direction != "either"
@@ -304,9 +341,8 @@ def _gather(
     rel, rel_low, rel_high = (_relative(v, scale) for v in (hl.estimate, hl.low, hl.high))
     mean = mean_change(b, c, alpha, spec.tolerance)
     effect = _effect_measure(spec, b)
-    tails = _tail_tests(
-        spec, b, c, alpha * _TAIL_SHARE / max(1, len(quantiles)), evidence, quantiles
-    )
+    tail_alpha = alpha * _TAIL_SHARE / max(1, len(quantiles))
+    tails = _tail_tests(spec, b, c, tail_alpha, evidence, quantiles, bounds)
     alpha_z = alpha if one_sided else alpha / 2.0
     return _Findings(
         test=test,
@@ -323,6 +359,7 @@ def _gather(
         mean=mean,
         effect=effect,
         tails=tails,
+        bounds=bounds,
         mde=_mde(b, c, scale, float(special.ndtri(1.0 - alpha_z))),
     )
 
@@ -348,12 +385,12 @@ class _Decision:
 def _decide(spec: MetricSpec, found: _Findings) -> _Decision:
     """Fail, pass and measured from the findings, as ``analyze_distribution`` describes."""
     direction: Direction = spec.direction
-    tol = spec.tolerance
+    tol = found.bounds.promote
     effect = found.effect
     mean = found.mean
     significant = found.p_value < found.location_alpha
     change = found.rel if effect == "shift" else mean.estimate
-    location_fails = significant and beyond(direction, change, tol)
+    location_fails = significant and beyond(direction, change, found.bounds.fail)
     failed_tail = min((t for t in found.tails if t.failed), key=lambda t: t.p_value, default=None)
     failed = location_fails or failed_tail is not None
     # Promotion needs the change shown within tolerance, not merely detectable, by the
@@ -424,6 +461,10 @@ def _detail(spec: MetricSpec, found: _Findings, decision: _Decision) -> dict[str
         "allowed_change": spec.tolerance,
         "direction": direction,
     }
+    if found.bounds.drift > 0.0:
+        detail["drift"] = found.bounds.drift
+        detail["allowed_change_to_fail"] = found.bounds.fail
+        detail["allowed_change_to_promote"] = found.bounds.promote
     for tail in found.tails:
         t = tail.comparison
         detail[f"{tail.name}_baseline"] = _display_value(direction, t.baseline_quantile)
@@ -438,7 +479,8 @@ def _detail(spec: MetricSpec, found: _Findings, decision: _Decision) -> dict[str
 def _reason(spec: MetricSpec, found: _Findings, decision: _Decision) -> str:
     """One phrase: what moved and by how much, or why the metric is not shown yet."""
     direction = spec.direction
-    tol = spec.tolerance
+    failing = state_fails(decision.state)
+    tol = found.bounds.fail if failing else found.bounds.promote
     rel, p_value, mean, state = found.rel, found.p_value, found.mean, decision.state
     sign = {"increase": "+", "decrease": "-", "either": "\u00b1"}[direction]
     bound = f"{sign}{_num(tol * 100)}%"
@@ -447,7 +489,7 @@ def _reason(spec: MetricSpec, found: _Findings, decision: _Decision) -> str:
     failed_tail = decision.failed_tail
     if state == "tail" and failed_tail is not None:
         t = failed_tail.comparison
-        tail_bound = f"{sign}{_num(spec.tail_tolerance * 100)}%"
+        tail_bound = f"{sign}{_num(found.bounds.tail_fail * 100)}%"
         return (
             f"{spec.name} {failed_tail.name} tail {_pct(_display(direction, t.relative_change))}"
             f" (mean of the {_share(t.quantile)} {_extreme(direction)}:"
@@ -472,6 +514,18 @@ def _reason(spec: MetricSpec, found: _Findings, decision: _Decision) -> str:
         )
     watch = f"; {', '.join(decision.leaning)} tail leaning worse" if decision.leaning else ""
     return f"{spec.name} {_pct(rel)} ({ci}); {mean_text}{watch}, not yet shown within {bound}"
+
+
+def _drift_note(spec: MetricSpec, found: _Findings, decision: _Decision) -> str:
+    """What the past baseline's variation between intervals did to the tolerance, if any."""
+    bounds = found.bounds
+    if bounds.drift <= 0.0:
+        return ""
+    moved = "widened" if state_fails(decision.state) else "narrowed"
+    return (
+        f" (tolerance {moved} from {_num(spec.tolerance * 100)}%: the reference varies"
+        f" {_num(bounds.drift * 100)}% between intervals)"
+    )
 
 
 _TIED_SHARE = 0.25
@@ -528,6 +582,7 @@ def _tail_tests(
     alpha: float,
     evidence: DistributionEvidence | None,
     quantiles: tuple[float, ...],
+    bounds: _Bounds,
 ) -> list[_Tail]:
     """Each tail's test once it holds ``MIN_TAIL_SAMPLES`` pooled samples.
 
@@ -536,7 +591,7 @@ def _tail_tests(
     """
     if not quantiles:
         return []
-    tol = spec.tail_tolerance
+    tol = bounds.tail_fail
     if spec.direction == "decrease":
         b, c = -b[::-1], -c[::-1]
     # The test asks "is the canary's tail worse than the baseline's made worse by the
@@ -564,7 +619,7 @@ def _tail_tests(
         # Leaning: the evidence favours a tail worse than tolerated, or the tail mean's
         # estimate is beyond the tolerance (a few dozen canary samples can leave the
         # e-value under 1 while the estimate shows the regression).
-        leaning = log_e > 0.0 or changes[q].relative_change > tol
+        leaning = log_e > 0.0 or changes[q].relative_change > bounds.tail_promote
         out.append(_Tail(name, changes[q], p_value, p_value < alpha, leaning=leaning))
     return out
 
@@ -708,3 +763,8 @@ def _pct(x: float) -> str:
 
 def _format_p(p: float) -> str:
     return "p<1e-99" if p < 1e-99 else f"p={p:.1g}"
+
+
+def state_fails(state: str) -> bool:
+    """Is a reason's case one of a failing metric?"""
+    return state in ("fail", "mean", "tail")

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Literal
 
 from coalmine.analyzers.base import Look
 from coalmine.analyzers.burn_rate import BurnWindow
+from coalmine.analyzers.drift import IntervalTally
 from coalmine.analyzers.instances import InstanceMeans
 from coalmine.analyzers.registry import analyzer_for
 from coalmine.analyzers.sample_ratio import sample_ratio_check
@@ -74,14 +75,22 @@ class _Observations:
         "_counts",
         "_deployment_id",
         "_instances",
+        "_interval",
         "_limits",
         "_samples",
+        "_spread",
         "limits_hit",
     )
 
-    def __init__(self, deployment_id: str, limits: AnalysisLimits) -> None:
+    def __init__(
+        self, deployment_id: str, limits: AnalysisLimits, interval: float | None = None
+    ) -> None:
         self._deployment_id = deployment_id
         self._limits = limits
+        self._interval = interval
+        self._spread: dict[str, IntervalTally] = {}
+        """Per distribution metric, its samples per interval (with ``interval``: a past
+        baseline, whose variation between intervals widens the tolerance)."""
         self._samples: dict[str, tuple[SampleReservoir, SampleReservoir]] = {}
         self._counts: dict[str, tuple[EventCounts, EventCounts]] = {}
         self._instances: dict[str, tuple[InstanceTally, InstanceTally]] = {}
@@ -96,6 +105,11 @@ class _Observations:
         if event.is_ratio:
             self.counts(name)[index].add(event.good, event.total)
             return self.cohorts(name)[index]
+        if self._interval is not None:
+            spread = self._spread.get(name)
+            if spread is None:
+                spread = self._spread[name] = IntervalTally(self._interval)
+            spread.add(index == 1, event.time, event.values)
         reservoir = self.samples(name)[index]
         was_reduced = reservoir.reduced
         reservoir.extend(event.values)
@@ -108,6 +122,10 @@ class _Observations:
             if tally.refused and not refused:
                 self.limits_hit.append(f"max_instances_per_cohort: {name} {cohort}")
         return self.cohorts(name)[index]
+
+    def drift(self) -> dict[str, float]:
+        """Per distribution metric, the between-interval uncertainty of the comparison."""
+        return {name: tally.uncertainty() for name, tally in self._spread.items()}
 
     def cohorts(self, name: str) -> tuple[_CohortData, _CohortData]:
         """A metric's data, baseline and canary, as its analyzer reads it."""
@@ -173,6 +191,7 @@ class _Observations:
     def clear(self) -> None:
         """Drop the data (the caps reached stay until the owner has looked)."""
         self._samples.clear()
+        self._spread.clear()
         self._counts.clear()
         self._instances.clear()
         self._cohorts.clear()
@@ -316,11 +335,12 @@ class Deployment:
         self.last_verdict: Verdict | None = None
         self._analyzers = _analyzers(profile)
         self._limits = limits or AnalysisLimits()
-        self._data = _Observations(started.deployment_id, self._limits)
         self.baseline_weight = started.baseline_weight
         self.phase = started.phase
         self.past = _past_of(started, profile)
         """Set when the baseline is the service's own past (a reference, a switch)."""
+        spread = None if self.past is None else profile.interval
+        self._data = _Observations(started.deployment_id, self._limits, spread)
         self.same_hours = _same_hours_of(self.past, profile)
         """The same hours days earlier, when the profile's reference asks for them."""
         self._held: list[tuple[MetricEvent | None, Cohort, float]] = []
@@ -467,7 +487,7 @@ class Deployment:
         self.same_hours = _same_hours_of(self.past, self.profile)
         self.schedule.restart(at)
         self._weights = TrafficWeights(at, preview.weight)
-        self._data = _Observations(self.deployment_id, self._limits)
+        self._data = _Observations(self.deployment_id, self._limits, self.profile.interval)
         self._analyzers = _analyzers(self.profile)
         for event in blue:
             self._data.add(event, "baseline")
@@ -518,7 +538,8 @@ class Deployment:
             canary_share=None if weight is None else weight / 100.0,
             period=self.profile.slo_period,
         )
-        return Look(alpha=self.profile.metric_alpha, window=window, past=self.past is not None)
+        past, drift = self.past is not None, self._data.drift()
+        return Look(alpha=self.profile.metric_alpha, window=window, past=past, drift=drift)
 
     def _store(self, event: MetricEvent, cohort: Cohort) -> bool:
         """Keep an event of a profile metric; True when its analyzer says it may decide."""
