@@ -538,12 +538,23 @@ def _time_of_day(rng: np.random.Generator, step: float) -> float:
     return MIDNIGHT + float(rng.integers(0, int(DAY / step))) * step
 
 
+def _random_switch(seed: int, load: Load, **kwargs: Any) -> SwitchRun:
+    """A blue-green switch at a seeded random time of day (see :func:`blue_green`)."""
+    rng = np.random.default_rng(seed)
+    return blue_green(rng, switch_at=_time_of_day(rng, load.step), load=load, **kwargs)
+
+
+def _random_phase(seed: int, load: Load, **kwargs: Any) -> SwitchRun:
+    """A migration phase at a seeded random time of day (see :func:`migration`)."""
+    rng = np.random.default_rng(seed)
+    return migration(rng, start_at=_time_of_day(rng, load.step), load=load, **kwargs)
+
+
 def healthy_switch(seed: int) -> SwitchRun:
     """Healthy blue-green switch at a random time of day; reference: the previous 30 min."""
-    rng = np.random.default_rng(seed)
-    return blue_green(
-        rng,
-        switch_at=_time_of_day(rng, Load().step),
+    return _random_switch(
+        seed,
+        Load(),
         reference={"before": "30m"},
         name="healthy-switch",
         description="healthy blue-green switch, reference = previous 30 min",
@@ -577,29 +588,50 @@ def healthy_switch_at_peak_before(seed: int) -> SwitchRun:
 
 def green_errors_5x(seed: int) -> SwitchRun:
     """Green fails 5x as many requests after the switch (0.1% -> 0.5%, 100 req/s)."""
-    rng = np.random.default_rng(seed)
     load = Load(base_rate=100.0, error_ratio=0.001)
-    return blue_green(
-        rng,
-        switch_at=_time_of_day(rng, load.step),
-        load=load,
+    return _random_switch(
+        seed,
+        load,
         regression=Regression(error_factor=5.0),
         name="green-errors-5x",
         description="green with 5x errors after the switch (0.1% base, 100 req/s)",
     )
 
 
-def green_latency_20(seed: int) -> SwitchRun:
-    """Every green request 20% slower after the switch; 200 latency samples per minute."""
-    rng = np.random.default_rng(seed)
-    load = Load(samples_per_minute=200.0)
-    return blue_green(
-        rng,
-        switch_at=_time_of_day(rng, load.step),
-        load=load,
+WOBBLE = 0.1
+"""Log-sd of the per-minute latency factor of the ``-wobble`` scenarios: each minute's
+median 10% off at random, on both sides of the change (a noisy neighbour, cache refills)."""
+
+
+def green_latency_20(seed: int, wobble: float = 0.0) -> SwitchRun:
+    """Every green request 20% slower after the switch; 200 latency samples per minute.
+
+    ``wobble``: the latency median off at random from minute to minute (log-sd).
+    """
+    suffix = "-wobble" if wobble else ""
+    return _random_switch(
+        seed,
+        Load(samples_per_minute=200.0, wobble=wobble),
         regression=Regression(latency_factor=1.2),
-        name="green-latency-20",
-        description="green with +20% latency after the switch, 200 samples/min",
+        name=f"green-latency-20{suffix}",
+        description="green with +20% latency after the switch, 200 samples/min"
+        + (f", latency median wobbling {wobble:.0%} per minute" if wobble else ""),
+    )
+
+
+def green_latency_20_wobble(seed: int) -> SwitchRun:
+    """Green 20% slower, latency wobbling from minute to minute: reported, no target."""
+    return green_latency_20(seed, wobble=WOBBLE)
+
+
+def healthy_switch_wobble(seed: int) -> SwitchRun:
+    """A healthy switch whose latency wobbles from minute to minute: reported, no target."""
+    return _random_switch(
+        seed,
+        Load(wobble=WOBBLE),
+        reference={"before": "30m"},
+        name="healthy-switch-wobble",
+        description="healthy switch, latency median wobbling 10% per minute",
     )
 
 
@@ -613,13 +645,11 @@ def migration_p99_30(seed: int, samples_per_minute: float = QUERY_SAMPLES_PER_MI
     Queries: median 20 ms at the base rate, ``samples_per_minute`` of them sampled;
     reference: the 30 min before the phase.
     """
-    rng = np.random.default_rng(seed)
     load = Load(median_ms=20.0, samples_per_minute=samples_per_minute)
     sparse = samples_per_minute != QUERY_SAMPLES_PER_MINUTE
-    return migration(
-        rng,
-        start_at=_time_of_day(rng, load.step),
-        load=load,
+    return _random_phase(
+        seed,
+        load,
         regression=Regression(tail_factor=1.3, tail_fraction=0.02),
         phase="backfill",
         name="migration-p99-30-sparse" if sparse else "migration-p99-30",
@@ -635,12 +665,10 @@ def migration_p99_30_sparse(seed: int) -> SwitchRun:
 
 def healthy_migration(seed: int) -> SwitchRun:
     """A migration phase that changes nothing, at a random time of day: the control."""
-    rng = np.random.default_rng(seed)
     load = Load(median_ms=20.0, samples_per_minute=QUERY_SAMPLES_PER_MINUTE)
-    return migration(
-        rng,
-        start_at=_time_of_day(rng, load.step),
-        load=load,
+    return _random_phase(
+        seed,
+        load,
         phase="expand",
         name="healthy-migration",
         description="healthy migration phase, reference = previous 30 min",
@@ -656,5 +684,7 @@ SCENARIOS: dict[str, Callable[[int], SwitchRun]] = {
     "migration-p99-30": migration_p99_30,
     "migration-p99-30-sparse": migration_p99_30_sparse,
     "healthy-migration": healthy_migration,
+    "healthy-switch-wobble": healthy_switch_wobble,
+    "green-latency-20-wobble": green_latency_20_wobble,
 }
 """The issue's target scenarios by name, each a function of the seed."""

@@ -347,6 +347,8 @@ def test_scenarios_and_their_expected_decisions() -> None:
         "migration-p99-30": "rollback",
         "migration-p99-30-sparse": "rollback",
         "healthy-migration": "promote",
+        "healthy-switch-wobble": "promote",
+        "green-latency-20-wobble": "rollback",
     }
     runs = {name: make(11) for name, make in SCENARIOS.items()}
     assert {name: run.expected for name, run in runs.items()} == expected
