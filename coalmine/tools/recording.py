@@ -264,7 +264,8 @@ async def kafka_report_data(
 
     The input topics are read from ``since`` (all retained when ``None``) and judged
     again, which tells which metric events went to the deployment (its versions); its
-    window is taken from the verdicts coalmine published.
+    window, and the reference windows of a baseline from the past, are taken from the
+    verdicts coalmine published.
     """
     from coalmine.tools.replay import Outcome, record_entries, report_data  # noqa: PLC0415
 
@@ -283,7 +284,9 @@ async def kafka_report_data(
             known.decided_at = _seconds_of(last.get("time"))
     recording = await read_stream(settings, since=since)
     entries = record_entries(recording.records, settings.topics)
-    _, samples, info = report_data(settings, entries, deployment_id, known=known)
+    _, samples, info = report_data(
+        settings, entries, deployment_id, known=known, published=verdicts or None
+    )
     return verdicts, samples, info
 
 

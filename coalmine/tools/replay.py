@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import time as _time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -33,6 +34,7 @@ import orjson
 
 from coalmine._exceptions import ContractError
 from coalmine.bus.base import Record
+from coalmine.config.models import DAY
 from coalmine.contract import decode_metric_events, parse_time
 from coalmine.daemon.router import Router
 from coalmine.daemon.telemetry import Telemetry
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
     from coalmine.bus.base import Headers, Outgoing
-    from coalmine.config.models import TopicsSettings
+    from coalmine.config.models import Profile, TopicsSettings
     from coalmine.config.settings import Settings
     from coalmine.contract import MetricEvent, Verdict
     from coalmine.formats import MetricDecoder
@@ -53,6 +55,7 @@ __all__ = [
     "Entry",
     "LineError",
     "Outcome",
+    "PastWindows",
     "Problems",
     "ReplayResult",
     "Replayer",
@@ -61,6 +64,7 @@ __all__ = [
     "compare",
     "input_topics",
     "outcome_dict",
+    "past_windows",
     "read_jsonl",
     "record_entries",
     "replay",
@@ -321,6 +325,9 @@ class Outcome:
     verdicts: int = 0
     baseline_version: str | None = None
     canary_version: str | None = None
+    opened: float | None = None
+    """Event time of its ``started`` event (``started`` moves to a blue-green switch; this
+    does not)."""
 
     @property
     def final(self) -> bool:
@@ -469,6 +476,7 @@ class Replayer:
                 started=deployment.started,
                 baseline_version=deployment.baseline_version,
                 canary_version=deployment.canary_version,
+                opened=deployment.started,
             )
 
     def _on_verdict(self, verdict: Verdict) -> None:
@@ -609,13 +617,98 @@ def outcome_dict(outcome: Outcome | None) -> dict[str, Any] | None:
 # ------------------------------------------------------------------------ samples
 
 
+@dataclass(frozen=True, slots=True)
+class PastWindows:
+    """Where a deployment judged against its service's own past took its cohorts.
+
+    The baseline: the service's events in ``before`` (the window just before the change,
+    ``start <= time < end``) and in each window of ``same_hours`` (the same hours days
+    earlier, ``start <= time <= end`` and less than ``length`` after ``start``); the
+    canary: the events from ``change`` on.
+    """
+
+    change: float
+    before: tuple[float, float] | None = None
+    same_hours: tuple[tuple[float, float], ...] = ()
+    length: float = math.inf
+    """How much of each day's window the daemon reads (the profile's ``max_duration``)."""
+
+    def in_before(self, time: float) -> bool:
+        """Is ``time`` in the window just before the change?"""
+        return self.before is not None and self.before[0] <= time < self.before[1]
+
+    def in_same_hours(self, time: float) -> bool:
+        """Is ``time`` in the same hours of one of the days back?"""
+        return any(
+            start <= time <= end and time < start + self.length for start, end in self.same_hours
+        )
+
+
+def past_windows(verdict: Mapping[str, Any]) -> PastWindows | None:
+    """The windows a published verdict's ``checks.reference`` names, as :class:`PastWindows`.
+
+    None for a verdict that compared two cohorts side by side, or whose change (its
+    ``window.start``) does not parse; a window whose times do not parse is left out.
+    """
+    checks = verdict.get("checks")
+    reference = checks.get("reference") if isinstance(checks, dict) else None
+    window = verdict.get("window")
+    if not isinstance(reference, dict) or reference.get("baseline") != "past":
+        return None
+    change = _moment(window.get("start")) if isinstance(window, dict) else None
+    if change is None:
+        return None
+    before = _span(reference.get("window_start"), reference.get("window_end"))
+    return PastWindows(change, before, _same_hours(reference, change))
+
+
+def _same_hours(reference: Mapping[str, Any], change: float) -> tuple[tuple[float, float], ...]:
+    """Per day back ``d``: from the change to as far as the verdict reached, ``d`` days back.
+
+    The reference names the window of its first day (``same_hours_start`` is ``change``
+    that many days back); the other days' windows are that one moved by whole days. When
+    ``days`` does not parse, the named window alone.
+    """
+    named = _span(reference.get("same_hours_start"), reference.get("same_hours_end"))
+    if named is None:
+        return ()
+    start, end = named
+    try:
+        days = [int(part) for part in str(reference.get("days")).split(",")]
+    except ValueError:
+        return (named,)
+    if any(d < 1 for d in days):
+        return (named,)
+    reached = end + (change - start)
+    return tuple((change - d * DAY, reached - d * DAY) for d in days)
+
+
+def _moment(value: object) -> float | None:
+    try:
+        return parse_time(value)
+    except ContractError:
+        return None
+
+
+def _span(start: object, end: object) -> tuple[float, float] | None:
+    """``(start, end)`` as event times, or None when either does not parse or end < start."""
+    first, last = _moment(start), _moment(end)
+    if first is None or last is None or last < first:
+        return None
+    return first, last
+
+
 class SampleCollector:
     """Distribution samples of one deployment, per metric and cohort, from its metric events.
 
     An event belongs to the deployment when it names it (``deployment_id``), or names no
-    deployment but its service, with a cohort (``cohort``, or ``version`` matching the
-    baseline or canary version); only events timed while the deployment was open (from
-    ``started`` to its final verdict) count, as only those were judged.
+    deployment but its service. For a deployment that compared two cohorts side by side,
+    an event counts when it has a cohort (``cohort``, or ``version`` matching the baseline
+    or canary version) and is timed while the deployment was open (from ``started`` to its
+    final verdict), as only those were judged. For a deployment judged against its
+    service's own past (its last verdict's ``checks.reference`` says ``"past"``), the
+    baseline is the events of the windows that verdict names, the canary the events from
+    the change (its ``window.start``) to the final verdict: see :func:`_past_cohort`.
 
     Args:
         deployment_id: the deployment.
@@ -628,6 +721,9 @@ class SampleCollector:
 
         self.deployment_id = deployment_id
         self.info = info
+        self.verdicts: Sequence[Mapping[str, Any]] = ()
+        """The deployment's verdicts as published, in order (may be set later, before
+        ``samples``): the last one says where a baseline from the past came from."""
         self.metrics_topic = settings.topics.metrics
         self._native = {s.topic for s in settings.inputs if s.format == "native"}
         self._decoders: dict[str, MetricDecoder] = {
@@ -664,16 +760,45 @@ class SampleCollector:
             if profile is None
             else {m.name for m in profile.metrics if m.kind == "distribution"}
         )
+        past = self._past(profile)
         out: dict[str, tuple[list[float], list[float]]] = {}
         for event in self._events:
             if wanted is not None and event.metric not in wanted:
                 continue
-            cohort = _cohort(event, info)
+            cohort = _cohort(event, info) if past is None else _past_cohort(event, info, past)
             if cohort is None:
                 continue
             pair = out.setdefault(event.metric, ([], []))
             pair[1 if cohort == "canary" else 0].extend(event.values.tolist())
         return out
+
+    def _past(self, profile: Profile | None) -> PastWindows | None:
+        """The windows of a baseline from the past the last verdict names; None without."""
+        past = past_windows(self.verdicts[-1]) if self.verdicts else None
+        if past is None or profile is None:
+            return past
+        past = replace(past, length=profile.max_duration)
+        if profile.reference is None and past.before is not None:
+            # A blue-green switch whose profile names no reference compares with blue's
+            # events of its preview: the window starts no earlier than the deployment.
+            start, end = past.before
+            past = replace(past, before=(max(start, self._opened(past.change)), end))
+        return past
+
+    def _opened(self, change: float) -> float:
+        """Event time the deployment opened at (at the latest ``change``).
+
+        The earlier of its ``started`` (when the replay saw it) and its first verdict's
+        window start.
+        """
+        times = [change]
+        if self.info is not None and self.info.opened is not None:
+            times.append(self.info.opened)
+        window = self.verdicts[0].get("window") if self.verdicts else None
+        first = _moment(window.get("start")) if isinstance(window, dict) else None
+        if first is not None:
+            times.append(first)
+        return min(times)
 
 
 def _cohort(event: MetricEvent, info: Outcome | None) -> str | None:
@@ -692,6 +817,34 @@ def _cohort(event: MetricEvent, info: Outcome | None) -> str | None:
     if info is not None and event.version == info.baseline_version:
         return "baseline"
     return None
+
+
+def _past_cohort(event: MetricEvent, info: Outcome | None, past: PastWindows) -> str | None:
+    """The cohort of an event of (or possibly of) a deployment judged against its past.
+
+    From the change to the final verdict: the event's own ``cohort``, else the canary
+    when it carries no version or the canary's. Before the change: the baseline when in
+    a reference window, unless it belongs to the change itself (the canary cohort or
+    version); in the window just before the change, an event carrying a version counts
+    only with the baseline's.
+    """
+    if event.deployment_id is None and (info is None or event.service != info.service):
+        return None
+    baseline_version = None if info is None else info.baseline_version
+    canary_version = None if info is None else info.canary_version
+    if event.time >= past.change:
+        if info is not None and info.decided_at is not None and event.time > info.decided_at:
+            return None
+        if event.cohort is not None:
+            return event.cohort
+        return "canary" if event.version in (None, canary_version) else None
+    if event.cohort == "canary" or (event.version is not None and event.version == canary_version):
+        return None
+    if past.in_before(event.time) and (
+        event.cohort == "baseline" or event.version in (None, baseline_version)
+    ):
+        return "baseline"
+    return "baseline" if past.in_same_hours(event.time) else None
 
 
 # ------------------------------------------------------------------------ running
@@ -738,13 +891,15 @@ def report_data(
     deployment_id: str,
     *,
     known: Outcome | None = None,
+    published: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, tuple[list[float], list[float]]], Outcome | None]:
     """One deployment's verdicts, distribution samples and what is known of it.
 
     The verdicts are dicts as published, in order; the samples map each distribution
     metric to its (baseline values, canary values). ``known`` (e.g. from the verdicts
     the daemon published) takes precedence over the replay for the deployment's start
-    and decision time.
+    and decision time; ``published`` (the verdicts the daemon published), when given,
+    over the replay's verdicts for where a baseline from the past came from.
     """
     verdicts: list[dict[str, Any]] = []
 
@@ -763,4 +918,5 @@ def report_data(
             info.started = known.started if known.started is not None else info.started
             info.decided_at = known.decided_at if known.decided_at is not None else info.decided_at
     collector.info = info
+    collector.verdicts = verdicts if published is None else published
     return verdicts, collector.samples(), info
