@@ -16,6 +16,9 @@ module alone turns those results into ``continue``, ``promote``, ``rollback`` or
    is measured and the score reaches ``pass_score``.
 4. At ``max_duration`` a canary that could not be promoted or rolled back is
    **inconclusive**: the data could not decide. Otherwise the analysis **continues**.
+
+A ``dry_run`` metric is judged and reported but takes no part in any of this; the summary
+says what it would have done.
 """
 
 from __future__ import annotations
@@ -83,6 +86,23 @@ def judge(
         elapsed: event time since the deployment started, in seconds.
         at_end: this is the last look (``max_duration`` reached).
     """
+    judgement = _decide(profile, [r for r in results if not _dry(profile, r)], elapsed, at_end)
+    muted = [r for r in results if _dry(profile, r) and r.outcome == "fail"]
+    if not muted:
+        return judgement
+    note = "; dry run, not deciding: " + "; ".join(r.reason for r in muted)
+    return Judgement(judgement.decision, judgement.final, judgement.score, judgement.summary + note)
+
+
+def _dry(profile: Profile, result: MetricResult) -> bool:
+    spec = profile.metric(result.metric)
+    return spec is not None and spec.dry_run
+
+
+def _decide(
+    profile: Profile, results: Sequence[MetricResult], elapsed: float, at_end: bool
+) -> Judgement:
+    """The decision on the deciding metrics' results (``judge`` without dry runs)."""
     required = {spec.name for spec in profile.metrics if spec.must_have_data}
     missing = [
         r.metric

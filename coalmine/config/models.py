@@ -275,6 +275,10 @@ class MetricSpec(_Section):
     """Score group of the metric (weighted by the profile's ``groups``)."""
     must_have_data: bool = False
     """Count the metric as failing if it has no data once min_duration has passed."""
+    dry_run: bool = False
+    """Judged and reported, never deciding: its failure neither rolls back nor lowers the
+    score, and it does not hold back promotion (trying a metric, or coalmine beside the
+    tool that decides today)."""
     test: TestMode = "sequential"
     """``sequential``: anytime-valid tests; ``fixed``: a fixed-sample test at every look."""
     null: NullHypothesis = "no_change"

@@ -137,3 +137,36 @@ def test_a_score_exactly_at_pass_score_promotes():
     strict = Profile(min_duration=300, max_duration=1800, pass_score=100, metrics=PROFILE.metrics)
     judgement = judge(strict, healthy(), elapsed=300, at_end=False)
     assert (judgement.decision, judgement.final, judgement.score) == ("promote", True, 100.0)
+
+
+DRY = PROFILE.model_copy(
+    update={
+        "metrics": (
+            MetricSpec(name="latency_ms", dry_run=True),
+            MetricSpec(name="cpu", weight=3.0),
+            MetricSpec(name="requests", kind="ratio", objective=0.999, critical=True, dry_run=True),
+        )
+    }
+)
+
+
+def test_a_dry_run_metric_is_reported_but_never_decides():
+    failing = [
+        result("latency_ms", "fail"),
+        result("cpu"),
+        result("requests", "fail", critical=True),
+    ]
+    # Deciding, these failures roll back at once; in dry run the canary is promoted.
+    assert judge(PROFILE, failing, elapsed=600, at_end=False).decision == "rollback"
+    judgement = judge(DRY, failing, elapsed=600, at_end=False)
+    assert judgement.decision == "promote"
+    assert judgement.score == 100.0
+    assert judgement.summary.endswith("; dry run, not deciding: latency_ms fail; requests fail")
+
+
+def test_a_dry_run_metric_not_measured_does_not_hold_back_promotion():
+    results = [result("latency_ms", measured=False), result("cpu"), result("requests", "nodata")]
+    assert judge(PROFILE, results, elapsed=600, at_end=False).decision == "continue"
+    judgement = judge(DRY, results, elapsed=600, at_end=False)
+    assert judgement.decision == "promote"
+    assert "dry run" not in judgement.summary  # nothing it would have failed
