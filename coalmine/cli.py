@@ -488,6 +488,16 @@ def _deploy_event(*, at: float | None, **fields: Any) -> bytes:
         raise click.UsageError(f"not a valid deploy event: {exc}") from None
 
 
+def _weights(text: str | None) -> tuple[float, ...]:
+    """``--steps``: comma-separated traffic weights."""
+    if text is None:
+        return ()
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"not a list of weights: {text!r} (e.g. 5,25,50,100)") from None
+
+
 _deployment_option = click.option(
     "--deployment", "deployment_id", required=True, help="The deployment id."
 )
@@ -551,6 +561,12 @@ _time_option = click.option(
     help="Deployment strategy (default: canary).",
 )
 @_phase_option
+@click.option(
+    "--steps",
+    default=None,
+    help="The planned traffic weights of a stepped rollout, e.g. '5,25,50,100': below the"
+    " last, a step measured healthy gets an 'advance' verdict instead of 'promote'.",
+)
 @_time_option
 def start(  # noqa: PLR0913 - one parameter per option
     config_path: Path | None,
@@ -562,6 +578,7 @@ def start(  # noqa: PLR0913 - one parameter per option
     traffic_weight: float | None,
     strategy: str | None,
     phase: str | None,
+    steps: str | None,
     at: float | None,
 ) -> None:
     """Announce a deployment: publish its `started` event (time: --time, or now).
@@ -581,6 +598,7 @@ def start(  # noqa: PLR0913 - one parameter per option
         traffic_weight=traffic_weight,
         strategy=strategy,
         phase=phase,
+        steps=_weights(steps),
     )
     if profile is not None and profile not in settings.profiles:
         click.echo(
@@ -700,10 +718,21 @@ def finish(
     help="How long to wait for the final verdict ('90s', '30m').",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the final verdict as JSON.")
-def wait(config_path: Path | None, deployment_id: str, timeout: str, as_json: bool) -> None:
-    """Wait for a deployment's final verdict.
+@click.option(
+    "--step",
+    "step",
+    type=float,
+    default=None,
+    help="A stepped rollout: return at the 'advance' verdict of the step at this weight (exit"
+    " 0), or at the final verdict.",
+)
+def wait(
+    config_path: Path | None, deployment_id: str, timeout: str, as_json: bool, step: float | None
+) -> None:
+    """Wait for a deployment's final verdict (or, with --step, its step's advance).
 
-    Exit 0 promote, 1 rollback, 3 inconclusive, 4 no final verdict within --timeout.
+    Exit 0 promote (or advance), 1 rollback, 3 inconclusive, 4 no such verdict within
+    --timeout.
     """
     seconds = _seconds(timeout, "--timeout")
     settings = _load(config_path)
@@ -719,7 +748,9 @@ def wait(config_path: Path | None, deployment_id: str, timeout: str, as_json: bo
             console.print(line)
             status.update(f"{deployment_id}: {line}")
 
-        result = asyncio.run(wait_for_verdict(settings, deployment_id, seconds, progress))
+        result = asyncio.run(
+            wait_for_verdict(settings, deployment_id, seconds, progress, advance_at=step)
+        )
     if result.final is None:
         latest = f"; latest: {describe(result.latest)}" if result.latest is not None else ""
         console.print(f"[yellow]no final verdict for {deployment_id} within {timeout}[/]{latest}")

@@ -9,6 +9,7 @@ numpy array.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 DeployEventKind = Literal["started", "step", "completed", "aborted"]
 Strategy = Literal["canary", "blue_green", "migration", "feature_flag"]
 Cohort = Literal["baseline", "canary"]
-Decision = Literal["continue", "promote", "rollback", "inconclusive"]
+Decision = Literal["continue", "advance", "promote", "rollback", "inconclusive"]
 
 _EVENT_KINDS: frozenset[str] = frozenset(get_args(DeployEventKind))
 _STRATEGIES: frozenset[str] = frozenset(get_args(Strategy))
@@ -53,6 +54,9 @@ class DeployEvent:
     traffic_weight: float | None = None
     baseline_weight: float | None = None
     phase: str | None = None
+    steps: tuple[float, ...] = ()
+    """The planned traffic weights of a stepped rollout (``started``), e.g. 5, 25, 50, 100:
+    below the last, a step measured healthy is told to ``advance`` instead of promoted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +197,7 @@ def encode_deploy_event(  # noqa: PLR0913 - one argument per field of the event
     traffic_weight: float | None = None,
     strategy: str | None = None,
     phase: str | None = None,
+    steps: Sequence[float] = (),
 ) -> bytes:
     """A deploy event as a pipeline publishes it, validated; ``time`` is ``at`` to the ms.
 
@@ -220,6 +225,8 @@ def encode_deploy_event(  # noqa: PLR0913 - one argument per field of the event
         obj["traffic_weight"] = traffic_weight
     if phase is not None:
         obj["phase"] = phase
+    if steps:
+        obj["steps"] = list(steps)
     value = orjson.dumps(obj)
     decode_deploy_event(value)  # raises ContractError when it does not fit
     return value
@@ -358,7 +365,25 @@ def deploy_event_from_mapping(obj: Mapping[str, Any]) -> DeployEvent:
         traffic_weight=weight,
         baseline_weight=baseline_weight,
         phase=phase,
+        steps=_steps(obj) if kind == "started" else (),
     )
+
+
+def _steps(obj: Mapping[str, Any]) -> tuple[float, ...]:
+    """The planned weights of a stepped rollout: increasing numbers in (0, 100]."""
+    steps = obj.get("steps")
+    if steps is None:
+        return ()
+    if not isinstance(steps, list) or not steps:
+        raise ContractError("wrong_type", "'steps' must be a non-empty list of traffic weights")
+    if any(isinstance(w, bool) or not isinstance(w, int | float) for w in steps):
+        raise ContractError("wrong_type", "'steps' must hold numbers (traffic weights)")
+    weights = tuple(float(w) for w in steps)
+    if not all(math.isfinite(w) and 0 < w <= 100 for w in weights):
+        raise ContractError("out_of_range", "'steps' weights must be above 0 and at most 100")
+    if any(later <= earlier for earlier, later in itertools.pairwise(weights)):
+        raise ContractError("out_of_range", "'steps' must increase, e.g. [5, 25, 50, 100]")
+    return weights
 
 
 def _weight(obj: Mapping[str, Any]) -> float | None:

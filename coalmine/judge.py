@@ -17,6 +17,11 @@ module alone turns those results into ``continue``, ``promote``, ``rollback`` or
 4. At ``max_duration`` a canary that could not be promoted or rolled back is
    **inconclusive**: the data could not decide. Otherwise the analysis **continues**.
 
+A stepped rollout (``steps`` in its ``started``) below its last step is not promoted: a step
+measured healthy (every metric passed and measured, the score at ``pass_score``) once
+``min_step_duration`` has passed in it is told to **advance**, once per step, whatever
+``min_duration`` says; the pipeline or flag system then raises the weight.
+
 A ``dry_run`` metric is judged and reported but takes no part in any of this; the summary
 says what it would have done.
 """
@@ -34,6 +39,23 @@ if TYPE_CHECKING:
     from coalmine.analyzers.result import MetricResult
     from coalmine.config.models import Profile
     from coalmine.contract import Decision
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """Where a stepped rollout stands at a look.
+
+    Attributes:
+        weight: the weight in force.
+        following: the next planned weight (None at the last step).
+        elapsed: event time since the weight took effect.
+        advanced: this step was told to advance already.
+    """
+
+    weight: float
+    following: float | None
+    elapsed: float
+    advanced: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +98,12 @@ def score(
 
 
 def judge(
-    profile: Profile, results: Sequence[MetricResult], *, elapsed: float, at_end: bool
+    profile: Profile,
+    results: Sequence[MetricResult],
+    *,
+    elapsed: float,
+    at_end: bool,
+    step: Step | None = None,
 ) -> Judgement:
     """Decide on a deployment from its metrics' results.
 
@@ -85,8 +112,10 @@ def judge(
         results: one result per profile metric, at this look.
         elapsed: event time since the deployment started, in seconds.
         at_end: this is the last look (``max_duration`` reached).
+        step: a stepped rollout below its last step: where it stands.
     """
-    judgement = _decide(profile, [r for r in results if not _dry(profile, r)], elapsed, at_end)
+    deciding = [r for r in results if not _dry(profile, r)]
+    judgement = _decide(profile, deciding, elapsed, at_end, step)
     muted = [r for r in results if _dry(profile, r) and r.outcome == "fail"]
     if not muted:
         return judgement
@@ -100,7 +129,11 @@ def _dry(profile: Profile, result: MetricResult) -> bool:
 
 
 def _decide(
-    profile: Profile, results: Sequence[MetricResult], elapsed: float, at_end: bool
+    profile: Profile,
+    results: Sequence[MetricResult],
+    elapsed: float,
+    at_end: bool,
+    step: Step | None,
 ) -> Judgement:
     """The decision on the deciding metrics' results (``judge`` without dry runs)."""
     required = {spec.name for spec in profile.metrics if spec.must_have_data}
@@ -120,7 +153,9 @@ def _decide(
 
     blocking = [r for r in results if r.outcome != "pass" or not r.measured]
     can_promote = not blocking and value is not None and value >= profile.pass_score
-    if can_promote and elapsed >= profile.min_duration:
+    if can_promote and step is not None and not at_end:
+        return _stepped(profile, step, value, results)
+    if can_promote and elapsed >= profile.min_duration and step is None:
         return Judgement("promote", True, value, _sentence("all metrics within tolerance", results))
     if at_end:
         if failed:
@@ -134,6 +169,21 @@ def _decide(
         return Judgement("continue", False, value, f"continue at {progress}: {wait}")
     waiting = failed or blocking
     return Judgement("continue", False, value, _sentence(f"continue at {progress}", waiting))
+
+
+def _stepped(
+    profile: Profile, step: Step, value: float | None, results: Sequence[MetricResult]
+) -> Judgement:
+    """A healthy look of a rollout below its last step: advance once, then wait for it."""
+    now, then = f"{step.weight:g}%", f"{step.following:g}%"
+    if step.advanced:
+        return Judgement("continue", False, value, f"advanced at {now}: waiting for {then}")
+    if step.elapsed < profile.min_step_duration:
+        wait = format_duration(profile.min_step_duration)
+        return Judgement("continue", False, value, f"{now} healthy: min_step_duration {wait}")
+    return Judgement(
+        "advance", False, value, _sentence(f"{now} healthy, advance to {then}", results)
+    )
 
 
 def _sentence(head: str, results: Sequence[MetricResult]) -> str:

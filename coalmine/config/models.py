@@ -416,6 +416,9 @@ class Profile(_Section):
     """Event-time spacing of interim judgements."""
     min_duration: Duration = 300.0
     """Event time since ``started`` before a canary can be promoted."""
+    min_step_duration: Duration = Field(default=0.0, ge=0)
+    """A stepped rollout: event time at a step before it may be told to advance (0: as
+    soon as the step is measured healthy)."""
     max_duration: Duration = Field(default=1800.0, gt=0, validate_default=True)
     """A final verdict by then at the latest; not below min_duration."""
     final_grace: Duration = Field(default=60.0, ge=0)

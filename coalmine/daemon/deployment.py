@@ -34,7 +34,7 @@ from coalmine.contract import Cohort, DeployEvent, MetricEvent, Verdict, Window
 from coalmine.daemon.past import PastBaseline, SameHours
 from coalmine.daemon.samples import EventCounts, InstanceTally, SampleReservoir
 from coalmine.daemon.switch import Preview
-from coalmine.judge import Judgement, judge
+from coalmine.judge import Judgement, Step, judge
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -232,13 +232,15 @@ class _CohortData:
         return InstanceMeans(*tally.means(), names=tally.names)
 
 
-class TrafficWeights:
-    """The canary's announced traffic weight over event time, from its steps."""
+class Rollout:
+    """The canary's announced traffic weight over event time, and its planned steps."""
 
-    __slots__ = ("_steps",)
+    __slots__ = ("_advanced", "_plan", "_steps")
 
-    def __init__(self, start: float, weight: float | None) -> None:
+    def __init__(self, start: float, weight: float | None, plan: tuple[float, ...] = ()) -> None:
         self._steps: list[tuple[float, float | None]] = [(start, weight)]
+        self._plan = plan
+        self._advanced: set[float] = set()
 
     def add(self, time: float, weight: float | None) -> None:
         """A step to ``weight`` at ``time`` (steps may be read out of order)."""
@@ -247,12 +249,29 @@ class TrafficWeights:
 
     def at(self, time: float) -> float | None:
         """The weight in force at ``time``."""
-        weight = self._steps[0][1]
-        for at, value in self._steps:
-            if at > time:
+        return self._in_force(time)[1]
+
+    def step(self, time: float) -> Step | None:
+        """Where a planned rollout stands at ``time``; None without a plan or at its end."""
+        since, weight = self._in_force(time)
+        if not self._plan or weight is None or weight >= self._plan[-1]:
+            return None
+        following = next(w for w in self._plan if w > weight)
+        return Step(weight, following, time - since, weight in self._advanced)
+
+    def advanced(self, time: float) -> None:
+        """The step in force at ``time`` was told to advance."""
+        weight = self.at(time)
+        if weight is not None:
+            self._advanced.add(weight)
+
+    def _in_force(self, time: float) -> tuple[float, float | None]:
+        current = self._steps[0]
+        for step in self._steps:
+            if step[0] > time:
                 break
-            weight = value
-        return weight
+            current = step
+        return current
 
 
 def _analyzers(profile: Profile) -> dict[str, Analyzer]:
@@ -331,7 +350,7 @@ class Deployment:
         self.watermark = started.time
         self.ends_at: float | None = None
         self.end_reason: str | None = None
-        self._weights = TrafficWeights(started.time, started.traffic_weight)
+        self._weights = Rollout(started.time, started.traffic_weight, started.steps)
         self.last_verdict: Verdict | None = None
         self._analyzers = _analyzers(profile)
         self._limits = limits or AnalysisLimits()
@@ -343,10 +362,8 @@ class Deployment:
         self._data = _Observations(started.deployment_id, self._limits, spread)
         self.same_hours = _same_hours_of(self.past, profile)
         """The same hours days earlier, when the profile's reference asks for them."""
-        self._held: list[tuple[MetricEvent | None, Cohort, float]] = []
-        """What came while the same hours were being read: events, and times reached."""
-        self.preview = _preview_of(started, profile, self._limits)
-        """A blue-green preview until its switch is reached."""
+        self._held: list[tuple[MetricEvent | None, Cohort, float]] = []  # while reading the past
+        self.preview = _preview_of(started, profile, self._limits)  # blue-green, until switched
 
     @property
     def awaiting_past(self) -> bool:
@@ -486,7 +503,7 @@ class Deployment:
         self.past, blue = preview.reference(at, self._versions, _reference_days(self.profile))
         self.same_hours = _same_hours_of(self.past, self.profile)
         self.schedule.restart(at)
-        self._weights = TrafficWeights(at, preview.weight)
+        self._weights = Rollout(at, preview.weight)
         self._data = _Observations(self.deployment_id, self._limits, self.profile.interval)
         self._analyzers = _analyzers(self.profile)
         for event in blue:
@@ -580,7 +597,10 @@ class Deployment:
     def _judge(self, look: int, time: float) -> Verdict:
         results = self._analyze_all(time)
         at_end = self.schedule.is_last(look)
-        judgement = judge(self.profile, results, elapsed=time - self.started, at_end=at_end)
+        step, elapsed = self._weights.step(time), time - self.started
+        judgement = judge(self.profile, results, elapsed=elapsed, at_end=at_end, step=step)
+        if judgement.decision == "advance":
+            self._weights.advanced(time)
         if self.preview is not None and judgement.decision == "promote":
             why = f"{judgement.summary}; a preview waits for the switch"
             judgement = Judgement("continue", False, judgement.score, why)

@@ -53,6 +53,16 @@ class _Entry:
     config_digest: str | None = None
     rejected: str | None = None
     """Why its ``started`` was dead-lettered (an unknown profile, too many open), if it was."""
+    weight: float | None = None
+    """The traffic weight the latest verdict reports."""
+    advanced: float | None = None
+    """The weight of the latest ``advance`` verdict (a stepped rollout)."""
+
+    @property
+    def step_advanced(self) -> bool:
+        """The step in force was told to advance, or the rollout was promoted."""
+        promoted = self.final and self.decision == "promote"
+        return promoted or (self.advanced is not None and self.advanced == self.weight)
 
     @property
     def state(self) -> State:
@@ -76,6 +86,8 @@ class _Entry:
             "started": None if self.started is None else format_time(self.started),
             "decision": self.decision,
             "final": self.final,
+            "traffic_weight": self.weight,
+            "step_advanced": self.step_advanced,
             "verdict": verdict,
             "rejected": self.rejected,
         }
@@ -152,6 +164,7 @@ class Directory:
                 final=verdict.final,
                 decision=verdict.decision,
                 config_digest=verdict.config_digest,
+                weight=verdict.traffic_weight,
             )
 
     def verdict(self, obj: dict[str, Any], encoded: bytes | None = None) -> None:
@@ -165,6 +178,7 @@ class Directory:
         if not isinstance(dep_id, str) or not isinstance(service, str):
             return
         decision, digest = obj.get("decision"), obj.get("config_digest")
+        weight = obj.get("traffic_weight")
         self._keep(
             dep_id,
             service,
@@ -173,9 +187,10 @@ class Directory:
             final=obj.get("final") is True,
             decision=decision if isinstance(decision, str) else None,
             config_digest=digest if isinstance(digest, str) else None,
+            weight=float(weight) if isinstance(weight, int | float) else None,
         )
 
-    def _keep(
+    def _keep(  # noqa: PLR0913 - the parts of a verdict the directory keeps
         self,
         deployment_id: str,
         service: str,
@@ -185,6 +200,7 @@ class Directory:
         final: bool,
         decision: str | None,
         config_digest: str | None,
+        weight: float | None = None,
     ) -> None:
         """Keep a verdict unless the deployment already has a final or a later look."""
         if look is None:
@@ -197,6 +213,9 @@ class Directory:
         entry.final = final
         entry.decision = decision
         entry.config_digest = config_digest
+        entry.weight = weight
+        if decision == "advance":
+            entry.advanced = weight
 
     def get(self, deployment_id: str) -> dict[str, Any] | None:
         """The view of one deployment, if known."""

@@ -5,14 +5,18 @@ API (JSON; with ``[http] api_token`` set, ``Authorization: Bearer <token>`` is r
 - ``GET /api/v1/deployments[?service=S]``: ``{"deployments": [view, ...]}``, newest first
 - ``GET /api/v1/deployments/{id}``: one view, or 404
 - ``GET /api/v1/services/{service}``: the view of the service's latest deployment, or 404
-- ``POST /api/v1/gates/promote`` and ``/api/v1/gates/rollback``: Flagger webhooks; 200 when
-  the deployment's final decision is promote (its latest decision is rollback), else 412.
+- ``POST /api/v1/gates/promote``, ``/api/v1/gates/rollback`` and ``/api/v1/gates/advance``:
+  Flagger webhooks; 200 when the deployment's final decision is promote (its latest
+  decision is rollback; the step in force was told to advance, or it was promoted), else
+  412.
   Flagger cannot send headers: its payload may carry the token as ``metadata.token``.
 
 A view: ``deployment_id``, ``service``, ``profile``, ``config_digest``, ``state`` (open,
 final, ended, or rejected: its ``started`` was dead-lettered), ``baseline_version``,
 ``canary_version``, ``strategy``, ``started``, ``decision`` (latest, or null), ``final``,
-``verdict`` (the latest verdict, or null), ``rejected`` (why it was, or null).
+``traffic_weight`` (the latest verdict's), ``step_advanced`` (the step in force was told to
+advance, or the rollout promoted), ``verdict`` (the latest verdict, or null), ``rejected``
+(why it was, or null).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ class _Api:
             web.get("/api/v1/deployments", self.deployments),
             web.get("/api/v1/deployments/{deployment_id}", self.deployment),
             web.get("/api/v1/services/{service}", self.service),
-            web.post("/api/v1/gates/{gate:promote|rollback}", self.gate),
+            web.post("/api/v1/gates/{gate:promote|rollback|advance}", self.gate),
         ]
 
     def _authorised(self, request: web.Request, payload: dict[str, Any] | None = None) -> bool:
@@ -104,8 +108,11 @@ class _Api:
         if view is None:
             return _json({"error": "no deployment known for this webhook"}, 412)
         decision = view["decision"]
-        if request.match_info["gate"] == "promote":
+        gate = request.match_info["gate"]
+        if gate == "promote":
             ok = decision == "promote" and view["final"]
+        elif gate == "advance":
+            ok = view["step_advanced"]
         else:
             ok = decision == "rollback"
         if ok:

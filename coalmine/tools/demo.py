@@ -108,7 +108,13 @@ DEMO_BLUE_GREEN_SCENARIOS = (
 )
 """Blue alone for 9 minutes, a one-minute preview from +00:00, switched at +01:00."""
 
-_COLOURS = {"continue": "cyan", "promote": "green", "rollback": "red", "inconclusive": "yellow"}
+_COLOURS = {
+    "continue": "cyan",
+    "advance": "blue",
+    "promote": "green",
+    "rollback": "red",
+    "inconclusive": "yellow",
+}
 
 
 @dataclass

@@ -51,8 +51,8 @@ __all__ = [
     "wait_for_verdict",
 ]
 
-EXIT_CODES = {"promote": 0, "rollback": 1, "inconclusive": 3}
-"""Exit code of ``coalmine wait`` per final decision."""
+EXIT_CODES = {"promote": 0, "advance": 0, "rollback": 1, "inconclusive": 3}
+"""Exit code of ``coalmine wait`` per decision it returns at (``advance`` with ``--step``)."""
 EXIT_TIMEOUT = 4
 """Exit code of ``coalmine wait`` when no final verdict arrived in time."""
 
@@ -226,8 +226,13 @@ async def wait_for_verdict(
     deployment_id: str,
     timeout: float,  # noqa: ASYNC109 - a deadline for the whole wait, reported as a result
     on_verdict: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    advance_at: float | None = None,
 ) -> WaitResult:
     """Follow the verdicts until ``deployment_id``'s final one, for at most ``timeout`` s.
+
+    With ``advance_at``, an ``advance`` verdict at that traffic weight ends the wait too
+    (``WaitResult.final`` is then that verdict): a pipeline steps on it.
 
     Every verdict of the deployment (each id once) is passed to ``on_verdict``. Verdicts
     published before the call count: Kafka's verdict topic is read from its beginning,
@@ -243,13 +248,18 @@ async def wait_for_verdict(
         if verdict.get("deployment_id") != deployment_id:
             return False
         verdict_id = str(verdict.get("verdict_id"))
+        ends = bool(verdict.get("final")) or (
+            advance_at is not None
+            and verdict.get("decision") == "advance"
+            and verdict.get("traffic_weight") == advance_at
+        )
         if verdict_id in seen:
-            return bool(verdict.get("final"))
+            return ends
         seen[verdict_id] = verdict
         state["latest"] = verdict
         if on_verdict is not None:
             on_verdict(verdict)
-        return bool(verdict.get("final"))
+        return ends
 
     follow = _follow_kafka if "kafka" in settings.bus.publish else _follow_mqtt
     final: dict[str, Any] | None = None
@@ -325,7 +335,13 @@ async def _follow_mqtt(
     raise TransportError(f"following {topic}: the connection closed")
 
 
-_COLOURS = {"continue": "cyan", "promote": "green", "rollback": "red", "inconclusive": "yellow"}
+_COLOURS = {
+    "continue": "cyan",
+    "advance": "blue",
+    "promote": "green",
+    "rollback": "red",
+    "inconclusive": "yellow",
+}
 
 
 def _event_offset(verdict: dict[str, Any]) -> float | None:

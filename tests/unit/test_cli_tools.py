@@ -1,5 +1,6 @@
 """The pipeline and SRE commands without a broker: start, finish, wait, record, report."""
 
+import asyncio
 import io
 import socket
 from pathlib import Path
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 import coalmine.tools.pipeline
 from coalmine._exceptions import ContractError
 from coalmine.cli import main
+from coalmine.config.settings import Settings
 from coalmine.contract import decode_deploy_event, encode_deploy_event
 from coalmine.tools.pipeline import (
     EXIT_TIMEOUT,
@@ -67,7 +69,7 @@ def test_describe_shows_decision_look_event_time_and_summary():
 def test_cli_wait_exits_with_the_decisions_code(monkeypatch, decision, code):
     calls = []
 
-    async def fake_wait(settings, deployment_id, timeout, on_verdict=None):
+    async def fake_wait(settings, deployment_id, timeout, on_verdict=None, advance_at=None):
         calls.append((deployment_id, timeout))
         interim = verdict("continue", 1, final=False)
         on_verdict(interim)
@@ -91,7 +93,7 @@ def test_cli_wait_exits_with_the_decisions_code(monkeypatch, decision, code):
 def test_cli_wait_json_prints_the_final_verdict(monkeypatch):
     final = verdict("promote", 6, final=True)
 
-    async def fake_wait(settings, deployment_id, timeout, on_verdict=None):
+    async def fake_wait(settings, deployment_id, timeout, on_verdict=None, advance_at=None):
         return WaitResult(final, final, 1, 0.1)
 
     monkeypatch.setattr(coalmine.tools.pipeline, "wait_for_verdict", fake_wait)
@@ -312,3 +314,53 @@ async def test_wait_reads_only_committed_verdicts_when_the_daemon_uses_transacti
     result = await wait_for_verdict(settings, "d", 5.0)
     assert seen == [isolation]
     assert result.final == final
+
+
+def _advance(look: int, weight: float) -> dict:
+    return verdict("advance", look, final=False) | {"traffic_weight": weight}
+
+
+@pytest.mark.parametrize(
+    ("step", "ends_at"),
+    [(25.0, "checkout-v42/4"), (None, "checkout-v42/9"), (75.0, "checkout-v42/9")],
+)
+def test_wait_for_a_step_returns_at_its_advance_or_at_the_final_verdict(monkeypatch, step, ends_at):
+    published = [
+        _advance(2, 5.0),
+        verdict("continue", 3, final=False),
+        _advance(4, 25.0),
+        _advance(5, 25.0),  # a second look of the same step, never published twice
+        _advance(7, 50.0),
+        verdict("promote", 9, final=True),
+    ]
+
+    async def fake_follow(settings, deployment_id, take):
+        return next(v for v in published if take(v))
+
+    monkeypatch.setattr(coalmine.tools.pipeline, "_follow_kafka", fake_follow)
+    settings = Settings(bus={"consume": ["kafka"], "publish": ["kafka"]})
+    seen = []
+    result = asyncio.run(
+        coalmine.tools.pipeline.wait_for_verdict(
+            settings, "checkout-v42", 5.0, seen.append, advance_at=step
+        )
+    )
+    assert result.final is not None
+    assert result.final["verdict_id"] == ends_at
+    assert result.exit_code == 0
+    assert seen[-1]["verdict_id"] == ends_at
+
+
+def test_cli_start_plans_steps_and_refuses_a_bad_plan(monkeypatch):
+    sent = []
+    monkeypatch.setattr(
+        "coalmine.cli._announce", lambda _settings, value, _service: sent.append(value) or "kafka"
+    )
+    args = ["start", "--deployment", "c-v2", "--service", "c", "--baseline", "v1", "--canary", "v2"]
+    ok = invoke(*args, "--traffic-weight", "5", "--steps", "5,25,50,100")
+    assert ok.exit_code == 0, ok.output
+    assert decode_deploy_event(sent[-1]).steps == (5.0, 25.0, 50.0, 100.0)
+    assert invoke(*args, "--steps", "5,five").exit_code == 2
+    falling = invoke(*args, "--steps", "50,25")
+    assert falling.exit_code == 2
+    assert "'steps' must increase" in falling.output

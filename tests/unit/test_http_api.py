@@ -195,3 +195,44 @@ def test_a_follower_skips_verdicts_it_holds_and_takes_later_ones() -> None:
     # A deployment not held yet is taken from its first verdict.
     own.take([record("new-one/1", deployment_id="new-one")])
     assert own.get("new-one")["verdict"]["verdict_id"] == "new-one/1"
+
+
+async def test_the_advance_gate_opens_once_the_step_in_force_has_advanced() -> None:
+    """A stepped rollout: advance at 5%, a look at 25% before it is measured, advance at
+    25%, then promoted. Flagger's confirm-traffic-increase asks at each point."""
+    directory = Directory(TOPICS)
+
+    def publish(look: int, decision: str, weight: float, *, final: bool = False) -> None:
+        directory.verdict(
+            {
+                "verdict_id": f"web-v2/{look}",
+                "deployment_id": "web-v2",
+                "service": "web",
+                "decision": decision,
+                "final": final,
+                "traffic_weight": weight,
+            }
+        )
+
+    app = build_app(Telemetry(), live=ok, ready=ok, directory=directory)
+    payload = orjson.dumps({"name": "web", "metadata": {"deployment_id": "web-v2"}})
+    async with TestClient(TestServer(app)) as client:
+
+        async def advance_gate() -> int:
+            return (await client.post("/api/v1/gates/advance", data=payload)).status
+
+        publish(1, "continue", 5)
+        assert await advance_gate() == 412
+        publish(2, "advance", 5)
+        assert await advance_gate() == 200
+        publish(3, "continue", 5)  # "advanced at 5%: waiting for 25%"
+        assert await advance_gate() == 200
+        view = await get_json(client, "/api/v1/deployments/web-v2")
+        assert (view["traffic_weight"], view["step_advanced"]) == (5, True)
+        publish(4, "continue", 25)  # raised: this step is not measured yet
+        assert await advance_gate() == 412
+        publish(5, "advance", 25)
+        assert await advance_gate() == 200
+        publish(6, "promote", 100, final=True)
+        assert await advance_gate() == 200
+        assert (await client.post("/api/v1/gates/promote", data=payload)).status == 200
