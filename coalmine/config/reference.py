@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import NoneType, UnionType
-from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 from pydantic import BaseModel, BeforeValidator, SecretStr
@@ -103,6 +103,7 @@ class _Child:
     env: tuple[str, ...] | None
     array: bool
     field: FieldInfo
+    variant: str = ""
 
 
 def tables() -> list[Table]:
@@ -121,7 +122,7 @@ def render_reference() -> str:
 # --------------------------------------------------------------------------- walking
 
 
-def _walk(
+def _walk(  # noqa: PLR0913 - the place of a table in the tree, and what it is
     model: type[BaseModel],
     path: str,
     env: tuple[str, ...] | None,
@@ -129,18 +130,28 @@ def _walk(
     found: list[Table],
     headings: tuple[str, ...],
     notes: tuple[str, ...] = (),
+    *,
+    variant: str = "",
 ) -> None:
-    """Append the table of ``model`` at ``path`` to ``found``, then its nested tables."""
+    """Append the table of ``model`` at ``path`` to ``found``, then its nested tables.
+
+    A table met again (the same model at the same heading, as the tables shared by the
+    variants of an array of tables) is listed once.
+    """
+    heading = ", ".join(f"`{h}`" for h in headings)
+    if variant:
+        heading += f" with `{variant}`"
+    if any(table.model is model and table.heading == heading for table in found):
+        return
     keys: list[Key] = []
     children: list[_Child] = []
     documented = _attribute_docs(model)
     for name, field in model.model_fields.items():
         key, nested = _key(name, field, path, env, documented.get(name, ""))
         keys.append(key)
-        if nested is not None:
-            children.append(nested)
+        children.extend(nested)
     intro = (*_intro(model), *notes)
-    found.append(Table(", ".join(f"`{h}`" for h in headings), model, depth, intro, tuple(keys)))
+    found.append(Table(heading, model, depth, intro, tuple(keys)))
     for child in _merge_siblings(children):
         child_notes: list[str] = []
         if child.array and env is not None:
@@ -160,13 +171,14 @@ def _walk(
             found,
             child.headings,
             tuple(child_notes),
+            variant=child.variant,
         )
 
 
 def _key(
     name: str, field: FieldInfo, path: str, env: tuple[str, ...] | None, documented: str
-) -> tuple[Key, _Child | None]:
-    """The row of one field, and the table it opens, if it holds tables."""
+) -> tuple[Key, list[_Child]]:
+    """The row of one field, and the tables it opens, if it holds tables."""
     annotation = _unoptional(field.annotation)
     key_path = f"{path}.{name}" if path else name
     key_env = (*env, name) if env is not None else None
@@ -182,8 +194,11 @@ def _key(
         named = f"{key_path}.{NAME}"
         named_env = (*key_env, NAME) if key_env is not None else None
         nested = _Child(model, (f"[{named}]",), named, named_env, False, field)
+    variants = _variants(annotation)
     if nested is not None:
         type_text += f": see `{nested.headings[0]}`"
+    elif variants:
+        type_text += f": see `[[{key_path}]]`"
     key = Key(
         name=name,
         type=type_text,
@@ -191,7 +206,13 @@ def _key(
         env=_env_name(key_env, complex_value=shape is not None),
         description=_one_line(field.description or documented),
     )
-    return key, nested
+    if nested is not None or not variants:
+        return key, [nested] if nested is not None else []
+    tag = _discriminator(annotation)
+    return key, [
+        _Child(member, (f"[[{key_path}]]",), key_path, None, True, field, _variant(member, tag))
+        for member in variants
+    ]
 
 
 def _merge_siblings(children: list[_Child]) -> list[_Child]:
@@ -265,7 +286,8 @@ def _shape(annotation: Any) -> Literal["table", "array", "named", "list", "map"]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "table"
     if origin in {list, tuple}:
-        return "array" if _child_model(annotation) is not None else "list"
+        found = _child_model(annotation) is not None or _variants(annotation)
+        return "array" if found else "list"
     if origin is dict:
         return "named" if _child_model(annotation) is not None else "map"
     return None
@@ -281,6 +303,37 @@ def _child_model(annotation: Any) -> type[BaseModel] | None:
         if isinstance(item, type) and issubclass(item, BaseModel):
             return item
     return None
+
+
+def _variants(annotation: Any) -> tuple[type[BaseModel], ...]:
+    """The models of a list of a union of models (tables told apart by a key), else ()."""
+    if get_origin(annotation) not in {list, tuple}:
+        return ()
+    item = get_args(annotation)[0]
+    if get_origin(item) is Annotated:
+        item = get_args(item)[0]
+    if get_origin(item) not in {Union, UnionType}:
+        return ()
+    models = get_args(item)
+    if all(isinstance(m, type) and issubclass(m, BaseModel) for m in models):
+        return models
+    return ()
+
+
+def _discriminator(annotation: Any) -> str:
+    """The key that tells the variants of a list of a union of models apart."""
+    item = get_args(annotation)[0]
+    for meta in get_args(item)[1:] if get_origin(item) is Annotated else ():
+        tag = getattr(meta, "discriminator", None)
+        if isinstance(tag, str):
+            return tag
+    return "kind"
+
+
+def _variant(model: type[BaseModel], tag: str) -> str:
+    """``kind = "webhook"``: the line that makes a table of the array this variant."""
+    values = get_args(model.model_fields[tag].annotation)
+    return f"{tag} = {_toml(values[0])}" if values else ""
 
 
 def _is_duration(field: FieldInfo) -> bool:
@@ -311,7 +364,7 @@ def _base_type(annotation: Any) -> str:
     if isinstance(annotation, type) and model is annotation:
         return "table"
     if origin in {list, tuple}:
-        if model is not None:
+        if model is not None or _variants(annotation):
             return "array of tables"
         item = _base_type(get_args(annotation)[0])
         return f"list, each {item}" if item.startswith("one of") else f"list of {item}"

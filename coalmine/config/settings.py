@@ -28,6 +28,7 @@ from pydantic_settings import (
 )
 
 from coalmine._exceptions import ConfigError, ConfigProblem
+from coalmine.config.actions import Actions
 from coalmine.config.models import (
     DEFAULT_PROFILE,
     BusSettings,
@@ -96,6 +97,7 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     inputs: tuple[InputSettings, ...] = ()
+    actions: Actions = ()
     profiles: dict[str, Profile] = Field(default_factory=lambda: {"default": DEFAULT_PROFILE})
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"

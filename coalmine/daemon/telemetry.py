@@ -105,6 +105,13 @@ class Telemetry:
             "Judgements re-made while rebuilding from the log and already on the verdict topic.",
             registry=r,
         )
+        self.actions = Counter(
+            "coalmine_actions",
+            "Actions taken on published verdicts, per action kind and outcome (delivered,"
+            " retried, failed, dry_run).",
+            ["kind", "outcome"],
+            registry=r,
+        )
 
     def _register_bus_and_inputs(self, r: CollectorRegistry) -> None:
         """Consumer lag and placement, limits, recovery, foreign inputs, reloads."""
@@ -179,6 +186,10 @@ class Telemetry:
         if inc is None:
             inc = self._ended[event] = self.ended_deployments.labels(event).inc
         inc(1)
+
+    def action(self, kind: str, outcome: str) -> None:
+        """Count what one action did for one verdict."""
+        self.actions.labels(kind, outcome).inc()
 
     def input_news(self, topic: str, skipped: Mapping[str, int], resets: int) -> None:
         """Count what a foreign-format input's decoder skipped (per reason) and reset."""
