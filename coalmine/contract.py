@@ -57,6 +57,9 @@ class DeployEvent:
     steps: tuple[float, ...] = ()
     """The planned traffic weights of a stepped rollout (``started``), e.g. 5, 25, 50, 100:
     below the last, a step measured healthy is told to ``advance`` instead of promoted."""
+    flag: str | None = None
+    """A ``feature_flag`` rollout's flag key; its control and treatment variations are the
+    baseline and canary versions."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,19 @@ class Window:
 
 
 @dataclass(frozen=True, slots=True)
+class FlagRollout:
+    """The flag a ``feature_flag`` deployment rolls out, and its two variations."""
+
+    key: str
+    control: str
+    treatment: str
+
+    def to_dict(self) -> dict[str, str]:
+        """As a verdict carries it."""
+        return {"key": self.key, "control": self.control, "treatment": self.treatment}
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """coalmine's decision on a deployment at one judgement."""
 
@@ -108,6 +124,7 @@ class Verdict:
     profile: str = "default"
     strategy: Strategy = "canary"
     traffic_weight: float | None = None
+    flag: FlagRollout | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The verdict as the JSON object of the wire contract."""
@@ -143,6 +160,7 @@ class Verdict:
             "profile": self.profile,
             "strategy": self.strategy,
             "traffic_weight": self.traffic_weight,
+            **({} if self.flag is None else {"flag": self.flag.to_dict()}),
         }
 
 
@@ -346,8 +364,9 @@ def deploy_event_from_mapping(obj: Mapping[str, Any]) -> DeployEvent:
     weight = _weight(obj)
     baseline_obj = obj.get("baseline")
     baseline_weight = _weight(baseline_obj) if isinstance(baseline_obj, Mapping) else None
-    baseline = _version(obj, "baseline")
-    canary = _version(obj, "canary")
+    flag, baseline, canary = _flag_or_versions(obj)
+    if flag is not None and strategy != "feature_flag":
+        raise ContractError("wrong_type", "a 'flag' needs 'strategy': 'feature_flag'")
     phase = _optional_text(obj, "phase")
     if kind == "started" and strategy != "migration" and (baseline is None or canary is None):
         raise ContractError("missing_field", "a 'started' event needs baseline and canary")
@@ -366,7 +385,31 @@ def deploy_event_from_mapping(obj: Mapping[str, Any]) -> DeployEvent:
         baseline_weight=baseline_weight,
         phase=phase,
         steps=_steps(obj) if kind == "started" else (),
+        flag=flag,
     )
+
+
+def _flag_or_versions(obj: Mapping[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """The flag key and the two sides' versions: a ``flag``'s variations, or the versions."""
+    flag = obj.get("flag")
+    if flag is None:
+        return None, _version(obj, "baseline"), _version(obj, "canary")
+    if not isinstance(flag, Mapping):
+        raise ContractError("wrong_type", "'flag' must be an object: key, control, treatment")
+    if "baseline" in obj or "canary" in obj:
+        raise ContractError(
+            "ambiguous_payload", "a flag's variations are its cohorts: no baseline or canary"
+        )
+    names = []
+    for field_name in ("key", "control", "treatment"):
+        value = flag.get(field_name)
+        if not isinstance(value, str) or not value:
+            raise ContractError("missing_field", f"'flag.{field_name}' must be a non-empty string")
+        names.append(value)
+    key, control, treatment = names
+    if control == treatment:
+        raise ContractError("out_of_range", "'flag.control' and 'flag.treatment' must differ")
+    return key, control, treatment
 
 
 def _steps(obj: Mapping[str, Any]) -> tuple[float, ...]:

@@ -30,7 +30,7 @@ from coalmine.analyzers.drift import IntervalTally
 from coalmine.analyzers.instances import InstanceMeans
 from coalmine.analyzers.registry import analyzer_for
 from coalmine.analyzers.sample_ratio import sample_ratio_check
-from coalmine.contract import Cohort, DeployEvent, MetricEvent, Verdict, Window
+from coalmine.contract import Cohort, DeployEvent, FlagRollout, MetricEvent, Verdict, Window
 from coalmine.daemon.past import PastBaseline, SameHours
 from coalmine.daemon.samples import EventCounts, InstanceTally, SampleReservoir
 from coalmine.daemon.switch import Preview
@@ -345,7 +345,7 @@ class Deployment:
         self.schedule = Schedule(started.time, profile.interval, profile.max_duration)
         self.baseline_version = started.baseline_version
         self.canary_version = started.canary_version
-        self._versions = (started.baseline_version, started.canary_version)
+        self.flag = _flag_of(started)
         self.status: Status = "open"
         self.watermark = started.time
         self.ends_at: float | None = None
@@ -500,7 +500,8 @@ class Deployment:
         """
         preview, self.preview, self.phase = self.preview, None, "switched"
         assert preview is not None  # noqa: S101 - step() checks
-        self.past, blue = preview.reference(at, self._versions, _reference_days(self.profile))
+        versions = (self.baseline_version, self.canary_version)
+        self.past, blue = preview.reference(at, versions, _reference_days(self.profile))
         self.same_hours = _same_hours_of(self.past, self.profile)
         self.schedule.restart(at)
         self._weights = Rollout(at, preview.weight)
@@ -518,10 +519,7 @@ class Deployment:
             self._close("ended")
 
     def expire(self) -> Verdict | None:
-        """Close a deployment that went silent: a final ``inconclusive`` verdict.
-
-        A deployment the pipeline already ended closes without one.
-        """
+        """Close a silent deployment: a final ``inconclusive`` (none if the pipeline ended it)."""
         if self.ends_at is not None:
             self._close("ended")
             return None
@@ -660,7 +658,16 @@ def _compose(
         profile=deployment.profile_name,
         strategy=deployment.strategy,
         traffic_weight=deployment.weight_at(time),
+        flag=deployment.flag,
     )
+
+
+def _flag_of(started: DeployEvent) -> FlagRollout | None:
+    """The flag a ``feature_flag`` deployment rolls out: its variations are the versions."""
+    control, treatment = started.baseline_version, started.canary_version
+    if started.flag is None or control is None or treatment is None:
+        return None
+    return FlagRollout(started.flag, control, treatment)
 
 
 def _past_of(started: DeployEvent, profile: Profile) -> PastBaseline | None:
