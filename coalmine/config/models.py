@@ -225,6 +225,9 @@ class HttpSettings(_Section):
     """Port to listen on; 0 picks any free port."""
     api_token: SecretStr | None = None
     """Bearer token the ``/api/v1`` endpoints require; unset: open. Never logged."""
+    public_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    """Base URL people reach this endpoint at (through an ingress or proxy): chat actions
+    link ``<public_url>/deployments/<id>/report``; unset: no link."""
 
 
 class LimitSettings(_Section):

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from coalmine._exceptions import CoalmineError, TransactionAbortedError, TransportError
 from coalmine.bus.base import Partitioned
+from coalmine.daemon.acting import Acting
 from coalmine.daemon.directory import Directory
 from coalmine.daemon.health import Health
 from coalmine.daemon.http import HttpServer, build_app
@@ -113,6 +114,7 @@ class Daemon:
         self._reload = reload
         self.past = PastLoader.on(transport, settings)
         """On Kafka: reads the same hours days earlier from the metrics topic by time."""
+        self.acting = Acting.of(settings, self.telemetry)  # [[actions]], if any
         self.router = self._new_router(settings.profiles)
         self.directory = Directory(settings.topics)
         self.http: HttpServer | None = None
@@ -145,6 +147,8 @@ class Daemon:
         """What the broker acknowledged goes into the directory (the HTTP API)."""
         self.directory.verdicts(effects.verdicts, effects.encode())
         self.directory.dead_letters(effects.dead_letters)
+        if self.acting is not None:
+            self.acting.acknowledged(effects.verdicts)
 
     def _new_router(self, profiles: Mapping[str, Profile]) -> Router:
         settings = self.settings
@@ -155,6 +159,7 @@ class Daemon:
             self.telemetry,
             inputs=settings.inputs,
             past_from_history=self.past is None,
+            on_remade=None if self.acting is None else self.acting.remade,
         )
 
     def reload(self) -> bool:
@@ -199,11 +204,15 @@ class Daemon:
                     self._follower = asyncio.create_task(
                         self.partitions.follow(self.directory, self._stopping)
                     )
+                if self.acting is not None:
+                    self.acting.start()
                 await self._loop()
         finally:
             if collections_tuned:
                 _rare_full_collections.leave()
             await self.publisher.stop()
+            if self.acting is not None:
+                await self.acting.stop()
             if self.past is not None:
                 await self.past.close()
             if self._follower is not None:
@@ -350,13 +359,7 @@ class Daemon:
 
     async def _say_readiness(self) -> None:
         """Log once each time readiness changes, with the reason ``/readyz`` answers 503."""
-        reason = None if await self.ready() else self.health.why_not_ready()
-        if not self.health.changed(reason):
-            return
-        if reason is None:
-            log.info("ready: judging")
-        else:
-            log.warning("not ready: %s", reason)
+        self.health.announce(None if await self.ready() else self.health.why_not_ready())
 
     async def _resume_from_committed(self) -> None:
         """A transaction was aborted: start again from the last committed one.
@@ -404,6 +407,7 @@ async def _serve_http(daemon: Daemon) -> HttpServer:
         directory=daemon.directory,
         api_token=settings.api_token,
         why_not_ready=daemon.health.why_not_ready,
+        actions=None if daemon.acting is None else daemon.acting.outcomes,
     )
     http = HttpServer(app, settings.host, settings.port)
     await http.start()

@@ -5,6 +5,7 @@ What ``/livez`` and ``/readyz`` answer, and what the daemon logs when readiness 
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
     from coalmine.daemon.telemetry import Telemetry
 
 __all__ = ["Health"]
+
+log = logging.getLogger("coalmine.daemon.app")
 
 _STALL_AFTER = 60.0
 """Seconds without a turn of the loop after which the daemon is not live."""
@@ -81,3 +84,12 @@ class Health:
             return False
         self._unready = reason
         return True
+
+    def announce(self, reason: str | None) -> None:
+        """Log once each time readiness changes, with the reason ``/readyz`` answers 503."""
+        if not self.changed(reason):
+            return
+        if reason is None:
+            log.info("ready: judging")
+        else:
+            log.warning("not ready: %s", reason)

@@ -16,7 +16,12 @@ final, ended, or rejected: its ``started`` was dead-lettered), ``baseline_versio
 ``canary_version``, ``strategy``, ``started``, ``decision`` (latest, or null), ``final``,
 ``traffic_weight`` (the latest verdict's), ``step_advanced`` (the step in force was told to
 advance, or the rollout promoted), ``verdict`` (the latest verdict, or null), ``rejected``
-(why it was, or null).
+(why it was, or null); by id, with ``[[actions]]`` configured, also ``actions``: what they
+did for its verdicts (action, kind, verdict id, outcome, attempts, status, error).
+
+``GET /deployments/{id}/report``: the HTML report of the deployment's latest verdict
+(``coalmine report`` draws its whole history and samples); chat actions link to it under
+``[http] public_url``. The same bearer token rule applies.
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ Probe = Callable[[], Awaitable[bool]]
 _MAX_GATE_BODY = 64 * 1024
 
 
+ActionOutcomes = Callable[[str], list[dict[str, Any]]]
+"""A deployment's action outcomes, as its view shows them."""
+
+
 def _json(body: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
@@ -47,14 +56,18 @@ def _json(body: object, status: int = 200) -> web.Response:
 class _Api:
     """The read-only deployment API and the Flagger gates, over a directory."""
 
-    def __init__(self, directory: Directory, token: SecretStr | None) -> None:
+    def __init__(
+        self, directory: Directory, token: SecretStr | None, actions: ActionOutcomes | None
+    ) -> None:
         self.directory = directory
         self._secret = None if token is None else token.get_secret_value().encode()
+        self._actions = actions
 
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/api/v1/deployments", self.deployments),
             web.get("/api/v1/deployments/{deployment_id}", self.deployment),
+            web.get("/deployments/{deployment_id}/report", self.report),
             web.get("/api/v1/services/{service}", self.service),
             web.post("/api/v1/gates/{gate:promote|rollback|advance}", self.gate),
         ]
@@ -82,7 +95,22 @@ class _Api:
         view = self.directory.get(dep_id)
         if view is None:
             return _json({"error": f"no deployment {dep_id!r} known"}, 404)
+        if self._actions is not None:
+            view["actions"] = self._actions(dep_id)
         return _json(view)
+
+    async def report(self, request: web.Request) -> web.Response:
+        """The HTML report of a deployment's latest verdict (what chat messages link to)."""
+        if not self._authorised(request):
+            return _DENIED()
+        dep_id = request.match_info["deployment_id"]
+        view = self.directory.get(dep_id)
+        if view is None or view["verdict"] is None:
+            return _json({"error": f"no verdict of deployment {dep_id!r} known"}, 404)
+        from coalmine.tools.report import render_report  # noqa: PLC0415 - only when asked
+
+        page = render_report(dep_id, [view["verdict"]])
+        return web.Response(text=page, content_type="text/html")
 
     async def service(self, request: web.Request) -> web.Response:
         if not self._authorised(request):
@@ -146,10 +174,12 @@ def build_app(
     directory: Directory | None = None,
     api_token: SecretStr | None = None,
     why_not_ready: Callable[[], str | None] = lambda: None,
+    actions: ActionOutcomes | None = None,
 ) -> web.Application:
     """An aiohttp application serving the metrics, the health probes and the API.
 
-    ``/readyz`` answers 503 with ``not ready: <why_not_ready()>`` when ``ready`` is False.
+    ``/readyz`` answers 503 with ``not ready: <why_not_ready()>`` when ``ready`` is False;
+    ``actions`` gives a deployment's action outcomes for its view.
     """
 
     async def metrics(_: web.Request) -> web.Response:
@@ -171,7 +201,7 @@ def build_app(
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     if directory is not None:
-        app.router.add_routes(_Api(directory, api_token).routes())
+        app.router.add_routes(_Api(directory, api_token, actions).routes())
     return app
 
 

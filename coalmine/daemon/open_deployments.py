@@ -55,6 +55,8 @@ class OpenDeployments:
         self.deployments: dict[str, Deployment] = {}
         self.finished = FinishedDeployments(_FINISHED_MEMORY)
         self.on_finished: Callable[[str, str], None] | None = None
+        self.on_remade: Callable[[Verdict], None] | None = None
+        """Called with each verdict made again after a restart (not published twice)."""
         """Called with a finished deployment's id and outcome (its decision, or why it
         ended), for a caller that wants the outcome: :attr:`finished` keeps only the id."""
         self.telemetry = telemetry
@@ -230,6 +232,8 @@ class OpenDeployments:
         for verdict in verdicts:
             if self._ledger.already_published(verdict):
                 self.telemetry.verdicts_suppressed.inc()
+                if self.on_remade is not None:
+                    self.on_remade(verdict)
             else:
                 published.append(verdict)
                 self.telemetry.verdicts.labels(verdict.decision).inc()

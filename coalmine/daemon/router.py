@@ -61,12 +61,14 @@ class Router:
         inputs: Sequence[InputSettings] = (),
         *,
         past_from_history: bool = True,
+        on_remade: Callable[[Verdict], None] | None = None,
     ) -> None:
         self.topics = topics or TopicsSettings()
         self.limits = limits or LimitSettings()
         self.telemetry = telemetry or Telemetry()
         self.recovery = RecoveryFloors(self.topics)
         self.open = OpenDeployments(profiles, self.limits, self.telemetry, self.recovery)
+        self.open.on_remade = on_remade
         self.routes = Routes(self.open, self.recovery, self.topics.deployments)
         self.routes.past_from_history = past_from_history
         max_bytes = self.limits.max_message_bytes

@@ -236,3 +236,25 @@ async def test_the_advance_gate_opens_once_the_step_in_force_has_advanced() -> N
         publish(6, "promote", 100, final=True)
         assert await advance_gate() == 200
         assert (await client.post("/api/v1/gates/promote", data=payload)).status == 200
+
+
+async def test_a_deployment_view_shows_its_actions_and_its_report_page() -> None:
+    outcomes = {"checkout-v42": [{"action": "deployer", "outcome": "delivered"}]}
+    app = build_app(
+        Telemetry(),
+        live=ok,
+        ready=ok,
+        directory=directory_after(),
+        actions=lambda dep_id: outcomes.get(dep_id, []),
+    )
+    async with TestClient(TestServer(app)) as client:
+        view = await get_json(client, "/api/v1/deployments/checkout-v42")
+        assert view["actions"] == outcomes["checkout-v42"]
+        assert (await get_json(client, "/api/v1/deployments/search-v7"))["actions"] == []
+        page = await client.get("/deployments/checkout-v42/report")
+        assert page.status == 200
+        assert page.content_type == "text/html"
+        html = await page.text()
+        assert "coalmine report: checkout-v42" in html
+        assert view["verdict"]["verdict_id"] in html
+        assert (await client.get("/deployments/nothing/report")).status == 404
