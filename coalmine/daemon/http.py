@@ -19,9 +19,9 @@ advance, or the rollout promoted), ``verdict`` (the latest verdict, or null), ``
 (why it was, or null); by id, with ``[[actions]]`` configured, also ``actions``: what they
 did for its verdicts (action, kind, verdict id, outcome, attempts, status, error).
 
-``GET /deployments/{id}/report``: the HTML report of the deployment's latest verdict
-(``coalmine report`` draws its whole history and samples); chat actions link to it under
-``[http] public_url``. The same bearer token rule applies.
+``GET /deployments/{id}/report``: the HTML report of the deployment's latest verdict and
+what its actions did (``coalmine report`` draws its whole history and samples); chat
+actions link to it under ``[http] public_url``. The same bearer token rule applies.
 """
 
 from __future__ import annotations
@@ -109,7 +109,8 @@ class _Api:
             return _json({"error": f"no verdict of deployment {dep_id!r} known"}, 404)
         from coalmine.tools.report import render_report  # noqa: PLC0415 - only when asked
 
-        page = render_report(dep_id, [view["verdict"]])
+        actions = None if self._actions is None else self._actions(dep_id)
+        page = render_report(dep_id, [view["verdict"]], actions=actions)
         return web.Response(text=page, content_type="text/html")
 
     async def service(self, request: web.Request) -> web.Response:

@@ -77,6 +77,7 @@ def render_report(
     deployment_id: str,
     verdicts: Sequence[Mapping[str, Any]],
     samples: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+    actions: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
     """The HTML report of one deployment.
 
@@ -87,6 +88,8 @@ def render_report(
         verdicts: verdict objects as published on the verdict topic, in publication order.
         samples: distribution metric name -> (baseline values, canary values), for the ECDF
             plots; a metric may be missing, a cohort empty. Non-finite values are ignored.
+        actions: what the daemon's ``[[actions]]`` did for the deployment's verdicts (their
+            ``to_dict`` outcomes), shown as a table when given.
 
     Returns:
         A complete HTML document (UTF-8 text), self-contained and script-free.
@@ -107,6 +110,7 @@ def render_report(
         _header(deployment_id, shown, history),
         "<main>\n",
         _overview(shown),
+        _actions(actions),
     ]
     for index, name in enumerate(names):
         parts.append(_metric_section(index, name, history, _cohorts(given.get(name))))
@@ -556,6 +560,31 @@ def _check_value(value: object) -> str:
 
 
 # ------------------------------------------------------------------------------- overview
+
+
+def _actions(actions: Sequence[Mapping[str, Any]] | None) -> str:
+    """The actions' outcomes for the deployment's verdicts, when the daemon has them."""
+    if actions is None:
+        return ""
+    if not actions:
+        return (
+            '<section id="actions"><h2>Actions</h2><p class="empty">None triggered.</p></section>\n'
+        )
+    keys = ("action", "kind", "verdict_id", "outcome", "attempts", "status", "error")
+    head = "".join(f"<th>{key.replace('_', ' ')}</th>" for key in keys)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{_esc(_shown(entry.get(key)))}</td>" for key in keys) + "</tr>"
+        for entry in actions
+    )
+    return (
+        '<section id="actions"><h2>Actions</h2>\n'
+        f'<table class="actions"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+        "</section>\n"
+    )
+
+
+def _shown(value: object) -> str:
+    return "" if value is None else str(value)
 
 
 def _overview(verdict: Mapping[str, Any] | None) -> str:

@@ -257,4 +257,7 @@ async def test_a_deployment_view_shows_its_actions_and_its_report_page() -> None
         html = await page.text()
         assert "coalmine report: checkout-v42" in html
         assert view["verdict"]["verdict_id"] in html
+        assert '<section id="actions">' in html
+        assert "<td>deployer</td>" in html
+        assert "<td>delivered</td>" in html
         assert (await client.get("/deployments/nothing/report")).status == 404

@@ -782,3 +782,22 @@ def test_a_malformed_or_untimed_reference_draws_no_band(migration: list[dict[str
     assert "compared with" not in text
     assert "past-reference" not in text
     assert "reference: baseline elsewhere, window_start" in html.unescape(text)
+
+
+def test_actions_are_listed_escaped_and_absent_when_not_given() -> None:
+    verdict = {"verdict_id": "d/1", "deployment_id": "d", "decision": "rollback", "final": True}
+    outcome = {
+        "action": "pager",
+        "kind": "webhook",
+        "verdict_id": "d/1",
+        "outcome": "failed",
+        "attempts": 3,
+        "status": 500,
+        "error": "<script>alert(1)</script>",
+    }
+    page = render_report("d", [verdict], actions=[outcome])
+    assert "<td>pager</td><td>webhook</td><td>d/1</td><td>failed</td><td>3</td><td>500</td>" in page
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;" in page
+    assert 'id="actions"' not in render_report("d", [verdict])
+    assert "None triggered." in render_report("d", [verdict], actions=[])
