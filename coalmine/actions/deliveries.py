@@ -21,7 +21,7 @@ from coalmine.actions.streaks import FailureStreaks
 from coalmine.actions.verdicts import VerdictLike, verdict_fields
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from coalmine.actions.delivery import Sender
     from coalmine.config.actions import ActionSpec
@@ -51,6 +51,7 @@ class Deliveries:
         telemetry: Telemetry | None = None,
         max_pending: int = MAX_PENDING,
         max_deployments: int = MAX_DEPLOYMENTS,
+        on_done: Callable[[str], None] | None = None,
     ) -> None:
         self._actions = tuple(actions)
         self._sender = sender
@@ -64,6 +65,8 @@ class Deliveries:
         self._streaks = FailureStreaks(_log)
         self._closed = False
         self._pending = 0
+        self._on_done = on_done
+        """Called with a verdict's id each time one of its deliveries ends, however."""
 
     def start(self) -> None:
         """Start one worker task per action (in the running event loop)."""
@@ -74,13 +77,16 @@ class Deliveries:
             self._workers.append(task)
 
     def put(self, verdict: VerdictLike) -> int:
-        """Queue ``verdict`` for every action it triggers; how many it triggered. Never waits."""
+        """Queue ``verdict`` for every action it triggers; how many queued. Never waits.
+
+        An action whose queue is full records ``failed`` at once and is not counted.
+        """
         if self._closed:
             _log.warning("verdict put after the deliveries were drained: not delivered")
             return 0
         fields = verdict_fields(verdict)
-        chosen = triggered(self._actions, fields)
-        for action in chosen:
+        queued = 0
+        for action in triggered(self._actions, fields):
             queue = self._queues[action.name]
             try:
                 queue.put_nowait(fields)
@@ -88,7 +94,8 @@ class Deliveries:
                 self._record(_failed(action, fields, f"{queue.maxsize} verdicts already waiting"))
             else:
                 self._pending += 1
-        return len(chosen)
+                queued += 1
+        return queued
 
     @property
     def pending(self) -> int:
@@ -129,6 +136,8 @@ class Deliveries:
             finally:
                 self._pending -= 1
                 queue.task_done()
+                if self._on_done is not None:
+                    self._on_done(str(verdict_fields(verdict).get("verdict_id")))
 
     async def _deliver(self, action: ActionSpec, verdict: VerdictLike) -> ActionOutcome:
         try:

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 from coalmine.actions import Deliveries, FlagTarget, Sender
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Mapping
 
     from coalmine.config.settings import Settings
     from coalmine.contract import Verdict
+    from coalmine.daemon.effects import Effects
     from coalmine.daemon.telemetry import Telemetry
 
 __all__ = ["Acting", "flag_target"]
@@ -31,7 +32,12 @@ class Acting:
 
     def __init__(self, settings: Settings, telemetry: Telemetry) -> None:
         sender = Sender(public_url=settings.http.public_url, flag_target=flag_target)
-        self.deliveries = Deliveries(settings.actions, sender, telemetry=telemetry)
+        self.deliveries = Deliveries(
+            settings.actions, sender, telemetry=telemetry, on_done=self._delivered
+        )
+        self._holds: dict[str, tuple[int, Mapping[tuple[str, int], int]]] = {}
+        """Per verdict with deliveries running: how many, and where a restart would have
+        to read from to make it again."""
 
     @classmethod
     def of(cls, settings: Settings, telemetry: Telemetry) -> Acting | None:
@@ -42,10 +48,33 @@ class Acting:
         """Start the delivery tasks (in the running event loop)."""
         self.deliveries.start()
 
-    def acknowledged(self, verdicts: Iterable[Verdict]) -> None:
-        """Verdicts the broker acknowledged: queue the actions they trigger."""
-        for verdict in verdicts:
-            self.deliveries.put(verdict)
+    def acknowledged(self, effects: Effects) -> None:
+        """Verdicts the broker acknowledged: queue the actions they trigger.
+
+        Until those are done, the commit is held where a restart would make them again.
+        """
+        for verdict in effects.verdicts:
+            queued = self.deliveries.put(verdict)
+            if queued:
+                running, _ = self._holds.get(verdict.verdict_id, (0, {}))
+                self._holds[verdict.verdict_id] = (running + queued, effects.floors)
+
+    def held(self) -> dict[tuple[str, int], int]:
+        """Per partition, the lowest floor of the verdicts whose actions are running."""
+        floors: dict[tuple[str, int], int] = {}
+        for _, hold in self._holds.values():
+            for partition, offset in hold.items():
+                floors[partition] = min(offset, floors.get(partition, offset))
+        return floors
+
+    def _delivered(self, verdict_id: str) -> None:
+        held = self._holds.get(verdict_id)
+        if held is None:
+            return
+        if held[0] <= 1:
+            del self._holds[verdict_id]
+        else:
+            self._holds[verdict_id] = (held[0] - 1, held[1])
 
     def remade(self, verdict: Verdict) -> None:
         """A verdict published before a restart, made again: act on it again."""

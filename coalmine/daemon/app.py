@@ -148,7 +148,7 @@ class Daemon:
         self.directory.verdicts(effects.verdicts, effects.encode())
         self.directory.dead_letters(effects.dead_letters)
         if self.acting is not None:
-            self.acting.acknowledged(effects.verdicts)
+            self.acting.acknowledged(effects)
 
     def _new_router(self, profiles: Mapping[str, Profile]) -> Router:
         settings = self.settings
@@ -159,7 +159,7 @@ class Daemon:
             self.telemetry,
             inputs=settings.inputs,
             past_from_history=self.past is None,
-            on_remade=None if self.acting is None else self.acting.remade,
+            acting=self.acting,
         )
 
     def reload(self) -> bool:

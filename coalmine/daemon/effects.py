@@ -23,6 +23,9 @@ class Effects:
     dead_letters: list[Outgoing] = field(default_factory=list)
     received: list[float] = field(default_factory=list)
     """Wall time the record that made each verdict due was received (verdict lag)."""
+    floors: dict[tuple[str, int], int] = field(default_factory=dict)
+    """Per partition, where a restart must read from to make these verdicts again (set
+    when the daemon acts on verdicts: it commits no further while their actions run)."""
     _encoded: list[bytes] = field(default_factory=list, repr=False)
 
     def __bool__(self) -> bool:

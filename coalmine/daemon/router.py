@@ -17,7 +17,7 @@ by :class:`~coalmine.daemon.recovery.RecoveryFloors`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from coalmine._exceptions import ContractError
 from coalmine.config.models import LimitSettings, TopicsSettings
@@ -45,6 +45,19 @@ if TYPE_CHECKING:
 
 __all__ = ["Router"]
 
+
+class ActingHooks(Protocol):
+    """What the router asks of the daemon's actions (:class:`~coalmine.daemon.acting.Acting`)."""
+
+    def remade(self, verdict: Verdict, /) -> None:
+        """A verdict published before a restart was made again."""
+        ...
+
+    def held(self) -> Mapping[TopicPartition, int]:
+        """Per partition, the floor the actions still running need re-readable."""
+        ...
+
+
 _SLICE = 200
 """Records taken between two pauses of :meth:`Router.steps` (a few milliseconds)."""
 
@@ -61,14 +74,15 @@ class Router:
         inputs: Sequence[InputSettings] = (),
         *,
         past_from_history: bool = True,
-        on_remade: Callable[[Verdict], None] | None = None,
+        acting: ActingHooks | None = None,
     ) -> None:
         self.topics = topics or TopicsSettings()
         self.limits = limits or LimitSettings()
         self.telemetry = telemetry or Telemetry()
         self.recovery = RecoveryFloors(self.topics)
         self.open = OpenDeployments(profiles, self.limits, self.telemetry, self.recovery)
-        self.open.on_remade = on_remade
+        self._acting = acting
+        self.open.on_remade = None if acting is None else acting.remade
         self.routes = Routes(self.open, self.recovery, self.topics.deployments)
         self.routes.past_from_history = past_from_history
         max_bytes = self.limits.max_message_bytes
@@ -152,9 +166,10 @@ class Router:
         then as soon as any later record makes a verdict. What is returned is only what
         came after the last hand-over.
         """
-        effects = Effects()
         batch = records if isinstance(records, list) else list(records)
         spans, counts = batch_spans(batch)
+        hold = self._hold(spans)
+        effects = Effects(floors=hold)
         deploys = self.topics.deployments
         if deploys in counts and len(counts) > 1:
             batch, _ = deploys_first(batch, deploys)
@@ -170,10 +185,10 @@ class Router:
                 handing = emit
                 if emit is not None and effects.verdicts:
                     emit(effects)
-                    effects = Effects()
+                    effects = Effects(floors=hold)
             elif self._take(*item, now, effects) and handing is not None:
                 handing(effects)
-                effects = Effects()
+                effects = Effects(floors=hold)
             taken += 1
             if item is None or taken >= _SLICE or (overdue is not None and overdue()):
                 yield
@@ -186,7 +201,7 @@ class Router:
 
     def expire_silent(self, now: float) -> Effects:
         """Close, as ``inconclusive``, deployments with no events for ``max_duration``."""
-        effects = Effects()
+        effects = Effects(floors=self._hold({}))
         effects.add(self.open.expire_silent(now), now)
         return effects
 
@@ -234,7 +249,23 @@ class Router:
         The daemon commits no further than this: the ``started`` record of every open
         deployment, the input records since it started, and held unrouted events.
         """
-        return self.recovery.floors(self.routes.held_floors())
+        floors = self.recovery.floors(self.routes.held_floors())
+        if self._acting is not None:
+            for partition, offset in self._acting.held().items():
+                floors[partition] = min(offset, floors.get(partition, offset))
+        return floors
+
+    def _hold(self, spans: Mapping[TopicPartition, tuple[int, int]]) -> dict[TopicPartition, int]:
+        """With actions, where a restart reads from to make a batch's verdicts again.
+
+        The floors before the batch, and its own first offsets.
+        """
+        if self._acting is None:
+            return {}
+        hold = self.floors()
+        for partition, (first, _) in spans.items():
+            hold[partition] = min(first, hold.get(partition, first))
+        return hold
 
     def release(self, partitions: Iterable[TopicPartition]) -> list[str]:
         """Forget what was read from ``partitions`` (given up to another daemon).
