@@ -135,14 +135,18 @@ def run(config_path: Path | None) -> None:
 )
 @click.option(
     "--strategy",
-    type=click.Choice(["canary", "blue_green"]),
+    type=click.Choice(["canary", "blue_green", "feature_flag"]),
     default="canary",
     show_default=True,
     help="canary: two canaries beside their baselines; blue_green: two blue-green switches,"
-    " one switched back to blue, one promoted.",
+    " one switched back to blue, one promoted; feature_flag: two flag rollouts stepping"
+    " 5-25-50-100% on the verdicts, one switched off by the flagd kill switch (in-memory bus).",
 )
 def demo(
-    speed: float, seed: int, config_path: Path | None, strategy: Literal["canary", "blue_green"]
+    speed: float,
+    seed: int,
+    config_path: Path | None,
+    strategy: Literal["canary", "blue_green", "feature_flag"],
 ) -> None:
     """Run coalmine with a built-in traffic simulator; --config: on your Kafka.
 
@@ -151,6 +155,13 @@ def demo(
     from coalmine.tools.demo import run_demo  # noqa: PLC0415 - keeps `coalmine --help` fast
 
     logging.basicConfig(level=logging.WARNING)
+    if strategy == "feature_flag":
+        if config_path is not None:
+            raise click.UsageError("demo --strategy feature_flag plays on the in-memory bus only")
+        from coalmine.tools.flag_demo import run_flag_demo  # noqa: PLC0415
+
+        asyncio.run(run_flag_demo(speed=speed, seed=seed))
+        return
     if config_path is None:
         asyncio.run(run_demo(speed=speed, seed=seed, strategy=strategy))
         return

@@ -216,6 +216,7 @@ def encode_deploy_event(  # noqa: PLR0913 - one argument per field of the event
     strategy: str | None = None,
     phase: str | None = None,
     steps: Sequence[float] = (),
+    flag: FlagRollout | None = None,
 ) -> bytes:
     """A deploy event as a pipeline publishes it, validated; ``time`` is ``at`` to the ms.
 
@@ -245,6 +246,8 @@ def encode_deploy_event(  # noqa: PLR0913 - one argument per field of the event
         obj["phase"] = phase
     if steps:
         obj["steps"] = list(steps)
+    if flag is not None:
+        obj["flag"] = flag.to_dict()
     value = orjson.dumps(obj)
     decode_deploy_event(value)  # raises ContractError when it does not fit
     return value

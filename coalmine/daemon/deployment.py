@@ -259,6 +259,14 @@ class Rollout:
         following = next(w for w in self._plan if w > weight)
         return Step(weight, following, time - since, weight in self._advanced)
 
+    def steady(self, time: float) -> float | None:
+        """The weight in force at ``time`` if it never changed before, else None.
+
+        Counts since the start then all had it: what the sample-ratio check compares with.
+        """
+        changed = any(at <= time for at, _ in self._steps[1:])
+        return None if changed else self._steps[0][1]
+
     def advanced(self, time: float) -> None:
         """The step in force at ``time`` was told to advance."""
         weight = self.at(time)
@@ -611,7 +619,8 @@ class Deployment:
             checks = {"reference": self.past.describe(time)}
         else:
             split = self._data.split()
-            checks = _split_check(self.weight_at(time), self.baseline_weight, split, self.profile)
+            steady = self._weights.steady(time)
+            checks = _split_check(steady, self.baseline_weight, split, self.profile)
         verdict = _compose(self, look, time, results, judgement, checks)
         self.last_verdict = verdict
         if verdict.final:

@@ -7,6 +7,7 @@ from coalmine.tools.demo import (
     DEMO_SCENARIOS,
     run_demo,
 )
+from coalmine.tools.flag_demo import run_flag_demo
 from coalmine.tools.simulator import simulate
 
 
@@ -75,3 +76,23 @@ def test_blue_green_demo_traffic_carries_versions_and_the_phases_come_through_th
         if message.topic == "metrics":
             assert b'"version"' in message.value
             assert b'"cohort"' not in message.value
+
+
+async def test_flag_demo_steps_one_rollout_to_promotion_and_switches_the_other_off():
+    console = Console(record=True, width=120)
+    result, flags = await run_flag_demo(speed=100.0, console=console)
+    search, checkout = result.finals["search-flag"], result.finals["checkout-flag"]
+    assert (checkout["decision"], checkout["flag"]["key"]) == ("rollback", "one-click-pay")
+    assert flags["one-click-pay"]["defaultVariant"] == "control"
+    assert "targeting" not in flags["one-click-pay"]  # switched off for everyone
+    assert "targeting" in flags["new-ranking"]  # the healthy one is left as rolled out
+    advances = [
+        v["traffic_weight"]
+        for v in result.seen
+        if v["deployment_id"] == "search-flag" and v["decision"] == "advance"
+    ]
+    assert advances == [5, 25, 50]
+    assert (search["decision"], search["traffic_weight"]) == ("promote", 100)
+    text = console.export_text()
+    assert "flag new-ranking raised to 100%" in text
+    assert "flag one-click-pay: switched off: serves control to everyone" in text

@@ -180,6 +180,11 @@ def test_a_healthy_rollout_advances_at_each_step_and_is_promoted_at_the_last() -
     assert all(not v["final"] for v in advances)
     final = verdicts[-1]
     assert (final["decision"], final["final"], final["traffic_weight"]) == ("promote", True, 100)
+    # The sample-ratio check compares counts since the start with the weight: only while
+    # the first weight is the only one there was.
+    stepped = verdicts.index(advances[0]) + 1
+    assert all("sample_ratio" in v["checks"] for v in verdicts[1:stepped])
+    assert all("sample_ratio" not in v["checks"] for v in verdicts[stepped + 1 :])
     # Each step advanced at its first healthy look: no look at a step said "continue"
     # while its metrics were already measured healthy and not yet advanced.
     for v in verdicts:
