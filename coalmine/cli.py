@@ -26,7 +26,7 @@ from coalmine.config.settings import Settings, load_settings
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from coalmine.contract import Verdict
+    from coalmine.contract import FlagRollout, Verdict
     from coalmine.tools.replay import Run as ReplayRun
 
 EXIT_RUNTIME = 1
@@ -499,6 +499,18 @@ def _deploy_event(*, at: float | None, **fields: Any) -> bytes:
         raise click.UsageError(f"not a valid deploy event: {exc}") from None
 
 
+def _flag(text: str | None) -> FlagRollout | None:
+    """``--flag KEY:CONTROL:TREATMENT``."""
+    from coalmine.contract import FlagRollout  # noqa: PLC0415
+
+    if text is None:
+        return None
+    parts = text.split(":")
+    if len(parts) != 3 or not all(parts):
+        raise click.BadParameter(f"not KEY:CONTROL:TREATMENT: {text!r}", param_hint="--flag")
+    return FlagRollout(*parts)
+
+
 def _weights(text: str | None) -> tuple[float, ...]:
     """``--steps``: comma-separated traffic weights."""
     if text is None:
@@ -578,6 +590,13 @@ _time_option = click.option(
     help="The planned traffic weights of a stepped rollout, e.g. '5,25,50,100': below the"
     " last, a step measured healthy gets an 'advance' verdict instead of 'promote'.",
 )
+@click.option(
+    "--flag",
+    default=None,
+    metavar="KEY:CONTROL:TREATMENT",
+    help="A feature-flag rollout (--strategy feature_flag): the flag key and its control and"
+    " treatment variations, which are the cohorts (instead of --baseline and --canary).",
+)
 @_time_option
 def start(  # noqa: PLR0913 - one parameter per option
     config_path: Path | None,
@@ -590,6 +609,7 @@ def start(  # noqa: PLR0913 - one parameter per option
     strategy: str | None,
     phase: str | None,
     steps: str | None,
+    flag: str | None,
     at: float | None,
 ) -> None:
     """Announce a deployment: publish its `started` event (time: --time, or now).
@@ -610,6 +630,7 @@ def start(  # noqa: PLR0913 - one parameter per option
         strategy=strategy,
         phase=phase,
         steps=_weights(steps),
+        flag=_flag(flag),
     )
     if profile is not None and profile not in settings.profiles:
         click.echo(
@@ -619,6 +640,8 @@ def start(  # noqa: PLR0913 - one parameter per option
         )
     where = _announce(settings, value, service)
     change = f"{baseline} -> {canary}" if baseline and canary else f"phase {phase or '-'}"
+    if flag is not None:
+        change = f"flag {flag}"
     click.echo(f"started {deployment_id} ({service} {change}) on {where}")
 
 

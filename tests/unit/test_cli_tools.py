@@ -364,3 +364,25 @@ def test_cli_start_plans_steps_and_refuses_a_bad_plan(monkeypatch):
     falling = invoke(*args, "--steps", "50,25")
     assert falling.exit_code == 2
     assert "'steps' must increase" in falling.output
+
+
+def test_cli_start_announces_a_flag_rollout(monkeypatch):
+    sent = []
+    monkeypatch.setattr(
+        "coalmine.cli._announce", lambda _settings, value, _service: sent.append(value) or "kafka"
+    )
+    base = ["start", "--deployment", "f-5", "--service", "web", "--strategy", "feature_flag"]
+    ok = invoke(*base, "--flag", "new-checkout:off:on", "--traffic-weight", "5")
+    assert ok.exit_code == 0, ok.output
+    assert "flag new-checkout:off:on" in ok.output
+    event = decode_deploy_event(sent[-1])
+    assert (event.flag, event.baseline_version, event.canary_version) == (
+        "new-checkout",
+        "off",
+        "on",
+    )
+    assert invoke(*base, "--flag", "new-checkout:off").exit_code == 2
+    assert invoke(*base, "--flag", "k::on").exit_code == 2
+    canary = invoke("start", "--deployment", "f", "--service", "web", "--flag", "k:a:b")
+    assert canary.exit_code == 2
+    assert "needs 'strategy': 'feature_flag'" in canary.output
