@@ -38,6 +38,7 @@ from coalmine.config.models import (
 from coalmine.config.settings import Settings
 from coalmine.contract import parse_time
 from coalmine.daemon.app import Daemon
+from coalmine.tools.pipeline import DECISION_COLOURS
 from coalmine.tools.simulator import Scenario, SimulatedMessage, simulate
 
 if TYPE_CHECKING:
@@ -107,14 +108,6 @@ DEMO_BLUE_GREEN_SCENARIOS = (
     ),
 )
 """Blue alone for 9 minutes, a one-minute preview from +00:00, switched at +01:00."""
-
-_COLOURS = {
-    "continue": "cyan",
-    "advance": "blue",
-    "promote": "green",
-    "rollback": "red",
-    "inconclusive": "yellow",
-}
 
 
 @dataclass
@@ -388,7 +381,7 @@ def _show_phase(
 
 def _show(console: Console, verdict: dict[str, Any], start: float) -> None:
     decision = str(verdict["decision"])
-    colour = _COLOURS.get(decision, "white")
+    colour = DECISION_COLOURS.get(decision, "white")
     window = verdict["window"]
     elapsed = _elapsed(parse_time(str(window["end"])) - start)
     score = verdict["score"]
@@ -429,7 +422,7 @@ def _final_table(console: Console, result: DemoResult) -> None:
         window = verdict["window"]
         table.add_row(
             dep_id,
-            f"[{_COLOURS.get(decision, 'white')}]{decision}[/]",
+            f"[{DECISION_COLOURS.get(decision, 'white')}]{decision}[/]",
             _elapsed(parse_time(str(window["end"])) - result.start),
             _why(verdict),
         )

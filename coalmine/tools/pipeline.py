@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from coalmine.config.settings import Settings
 
 __all__ = [
+    "DECISION_COLOURS",
     "EXIT_CODES",
     "EXIT_TIMEOUT",
     "Prepared",
@@ -335,13 +336,14 @@ async def _follow_mqtt(
     raise TransportError(f"following {topic}: the connection closed")
 
 
-_COLOURS = {
+DECISION_COLOURS = {
     "continue": "cyan",
     "advance": "blue",
     "promote": "green",
     "rollback": "red",
     "inconclusive": "yellow",
 }
+"""The colour each decision is shown in on a terminal."""
 
 
 def _event_offset(verdict: dict[str, Any]) -> float | None:
@@ -363,7 +365,7 @@ def describe(verdict: dict[str, Any], *, plain: bool = False) -> str:
     Rich markup colours the decision unless ``plain``.
     """
     decision = str(verdict.get("decision"))
-    shown = decision if plain else f"[{_COLOURS.get(decision, 'white')}]{decision}[/]"
+    shown = decision if plain else f"[{DECISION_COLOURS.get(decision, 'white')}]{decision}[/]"
     look = look_of(verdict)
     offset = _event_offset(verdict)
     at = ""
