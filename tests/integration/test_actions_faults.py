@@ -17,6 +17,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import orjson
+import pytest
 
 from support.scenario import STAGGERED_EXPECTED, staggered_messages
 from tests.integration.test_faults import (
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from support.kafka_broker import ApacheKafka
     from tests.integration.test_faults import DaemonProcess
 
+pytestmark = pytest.mark.timeout(300)  # three restarts, each rejoining the group
 SECRET = "receiver-secret-0123456789"  # noqa: S105 - a test key
 
 
