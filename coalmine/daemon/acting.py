@@ -54,10 +54,12 @@ class Acting:
         Until those are done, the commit is held where a restart would make them again.
         """
         for verdict in effects.verdicts:
-            queued = self.deliveries.put(verdict)
-            if queued:
-                running, _ = self._holds.get(verdict.verdict_id, (0, {}))
-                self._holds[verdict.verdict_id] = (running + queued, effects.floors)
+            self._hold(verdict, self.deliveries.put(verdict), effects.floors)
+
+    def _hold(self, verdict: Verdict, queued: int, floors: Mapping[tuple[str, int], int]) -> None:
+        if queued:
+            running, _ = self._holds.get(verdict.verdict_id, (0, {}))
+            self._holds[verdict.verdict_id] = (running + queued, dict(floors))
 
     def held(self) -> dict[tuple[str, int], int]:
         """Per partition, the lowest floor of the verdicts whose actions are running."""
@@ -76,9 +78,12 @@ class Acting:
         else:
             self._holds[verdict_id] = (held[0] - 1, held[1])
 
-    def remade(self, verdict: Verdict) -> None:
-        """A verdict published before a restart, made again: act on it again."""
-        self.deliveries.put(verdict)
+    def remade(self, verdict: Verdict, floors: Mapping[tuple[str, int], int]) -> None:
+        """A verdict published before a restart, made again: act on it again.
+
+        Meanwhile the commit is held at ``floors``, where a restart makes it once more.
+        """
+        self._hold(verdict, self.deliveries.put(verdict), floors)
 
     def outcomes(self, deployment_id: str) -> list[dict[str, Any]]:
         """What the actions did for a deployment's verdicts, for the HTTP API."""

@@ -49,8 +49,11 @@ __all__ = ["Router"]
 class ActingHooks(Protocol):
     """What the router asks of the daemon's actions (:class:`~coalmine.daemon.acting.Acting`)."""
 
-    def remade(self, verdict: Verdict, /) -> None:
-        """A verdict published before a restart was made again."""
+    def remade(self, verdict: Verdict, floors: Mapping[TopicPartition, int], /) -> None:
+        """A verdict published before a restart was made again.
+
+        ``floors``: where a restart reads from to make it once more.
+        """
         ...
 
     def held(self) -> Mapping[TopicPartition, int]:
@@ -82,7 +85,10 @@ class Router:
         self.recovery = RecoveryFloors(self.topics)
         self.open = OpenDeployments(profiles, self.limits, self.telemetry, self.recovery)
         self._acting = acting
-        self.open.on_remade = None if acting is None else acting.remade
+        self._holding: dict[TopicPartition, int] = {}
+        """Where a restart reads from to make the verdicts being made now again."""
+        if acting is not None:
+            self.open.on_remade = lambda verdict: acting.remade(verdict, self._holding)
         self.routes = Routes(self.open, self.recovery, self.topics.deployments)
         self.routes.past_from_history = past_from_history
         max_bytes = self.limits.max_message_bytes
@@ -168,7 +174,7 @@ class Router:
         """
         batch = records if isinstance(records, list) else list(records)
         spans, counts = batch_spans(batch)
-        hold = self._hold(spans)
+        hold = self._holding = self._hold(spans)
         effects = Effects(floors=hold)
         deploys = self.topics.deployments
         if deploys in counts and len(counts) > 1:
@@ -202,6 +208,7 @@ class Router:
     def expire_silent(self, now: float) -> Effects:
         """Close, as ``inconclusive``, deployments with no events for ``max_duration``."""
         effects = Effects(floors=self._hold({}))
+        self._holding = effects.floors
         effects.add(self.open.expire_silent(now), now)
         return effects
 

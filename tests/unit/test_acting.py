@@ -36,6 +36,8 @@ def test_a_rebuilt_deployments_verdicts_are_handed_to_the_actions_again() -> Non
     again = rebuilt.handle(records, now=0.0).verdicts
     assert again == []
     assert [v.verdict_id for v in hooks.remade_verdicts] == [v.verdict_id for v in first]
+    # Each with where a restart would make it once more: the batch's own first offsets.
+    assert all(f[(TOPICS.deployments, 0)] == 0 for f in hooks.floors)
 
 
 class Hooks:
@@ -43,10 +45,12 @@ class Hooks:
 
     def __init__(self, holding: dict[tuple[str, int], int] | None = None) -> None:
         self.remade_verdicts: list[Verdict] = []
+        self.floors: list[dict[tuple[str, int], int]] = []
         self.holding = holding or {}
 
-    def remade(self, verdict: Verdict) -> None:
+    def remade(self, verdict: Verdict, floors: dict[tuple[str, int], int]) -> None:
         self.remade_verdicts.append(verdict)
+        self.floors.append(floors)
 
     def held(self) -> dict[tuple[str, int], int]:
         return self.holding
@@ -76,6 +80,9 @@ async def test_the_commit_is_held_until_a_verdicts_actions_are_done() -> None:
     acting.start()
     acting.acknowledged(Effects(verdicts=[final], floors={(TOPICS.metrics, 0): 7}))
     assert acting.held() == {(TOPICS.metrics, 0): 7}
-    await acting.stop()  # the delivery fails (nothing listens on port 9): done all the same
+    # Made again after a restart, it holds the commit again until acted on again.
+    acting.remade(final, {(TOPICS.metrics, 0): 5})
+    assert acting.held() == {(TOPICS.metrics, 0): 5}
+    await acting.stop()  # the deliveries fail (nothing listens on port 9): done all the same
     assert acting.held() == {}
-    assert [o["outcome"] for o in acting.outcomes(final.deployment_id)] == ["failed"]
+    assert [o["outcome"] for o in acting.outcomes(final.deployment_id)] == ["failed", "failed"]
