@@ -27,7 +27,7 @@ import numpy as np
 from scipy import special
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from numpy.typing import ArrayLike
 
 __all__ = ["MIN_INTERVALS", "SIGNIFICANCE", "IntervalTally", "narrowed", "widened"]
 
@@ -47,15 +47,16 @@ class IntervalTally:
         self._length = length
         self._cells: tuple[dict[int, list[float]], dict[int, list[float]]] = ({}, {})
 
-    def add(self, canary: bool, time: float, values: Iterable[float]) -> None:
+    def add(self, canary: bool, time: float, values: ArrayLike) -> None:
         """Tally one event's samples in the interval of its event time."""
-        logs = [math.log(v) for v in values if v > 0.0]
-        if not logs:
+        samples = np.asarray(values, dtype=np.float64)
+        logs = np.log(samples[samples > 0.0])
+        if not logs.size:
             return
         cell = self._cells[canary].setdefault(math.floor(time / self._length), [0.0, 0.0, 0.0])
-        cell[0] += len(logs)
-        cell[1] += math.fsum(logs)
-        cell[2] += math.fsum(x * x for x in logs)
+        cell[0] += logs.size
+        cell[1] += float(logs.sum())
+        cell[2] += float(np.dot(logs, logs))
 
     def between(self) -> float:
         """The reference's standard deviation between interval means beyond sampling noise.

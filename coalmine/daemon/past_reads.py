@@ -62,6 +62,8 @@ class PastReads:
         history holds their windows once the stream has reached the change).
         """
         reads: list[PastRead] = []
+        if not self._watched:  # asked after every message: nothing to do for most daemons
+            return reads
         for dep_id, partition in list(self._watched.items()):
             deployment = open_deployments.get(dep_id)
             if deployment is None or not deployment.is_open:
