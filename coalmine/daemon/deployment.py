@@ -20,27 +20,20 @@ the message that decided it rather than at the next interval.
 from __future__ import annotations
 
 import math
-import zlib
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from coalmine.analyzers.base import Look
 from coalmine.analyzers.burn_rate import BurnWindow
-from coalmine.analyzers.drift import IntervalTally
-from coalmine.analyzers.instances import InstanceMeans
 from coalmine.analyzers.registry import analyzer_for
 from coalmine.analyzers.sample_ratio import sample_ratio_check
 from coalmine.contract import Cohort, DeployEvent, FlagRollout, MetricEvent, Verdict, Window
+from coalmine.daemon.observations import AnalysisLimits, Observations
 from coalmine.daemon.past import PastBaseline, SameHours
-from coalmine.daemon.samples import EventCounts, InstanceTally, SampleReservoir
 from coalmine.daemon.switch import Preview
 from coalmine.judge import Judgement, Step, judge
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
-
-    import numpy as np
-    from numpy.typing import NDArray
 
     from coalmine.analyzers.base import Analyzer
     from coalmine.analyzers.result import DetailValue, MetricResult
@@ -49,187 +42,8 @@ if TYPE_CHECKING:
 Status = Literal["open", "final", "ended"]
 
 
-@dataclass(frozen=True, slots=True)
-class AnalysisLimits:
-    """Per-deployment caps (from ``[limits]``)."""
-
-    max_samples_per_cohort: int = 200_000
-    max_instances_per_cohort: int = 1_000
-    max_history_events: int = 5_000
-
-
 DEFAULT_REFERENCE = 1800.0
 """The reference window of a blue-green switch whose profile and event name none."""
-
-
-class _Observations:
-    """Both cohorts' data of every metric of one deployment, within its limits.
-
-    A metric's storage is made when an event brings its data or an analyzer first reads
-    it; events of a ratio metric carry counts, those of a distribution metric samples (the
-    router rejects the others).
-    """
-
-    __slots__ = (
-        "_cohorts",
-        "_counts",
-        "_deployment_id",
-        "_instances",
-        "_interval",
-        "_limits",
-        "_samples",
-        "_spread",
-        "limits_hit",
-    )
-
-    def __init__(
-        self, deployment_id: str, limits: AnalysisLimits, interval: float | None = None
-    ) -> None:
-        self._deployment_id = deployment_id
-        self._limits = limits
-        self._interval = interval
-        self._spread: dict[str, IntervalTally] = {}
-        """Per distribution metric, its samples per interval (with ``interval``: a past
-        baseline, whose variation between intervals widens the tolerance)."""
-        self._samples: dict[str, tuple[SampleReservoir, SampleReservoir]] = {}
-        self._counts: dict[str, tuple[EventCounts, EventCounts]] = {}
-        self._instances: dict[str, tuple[InstanceTally, InstanceTally]] = {}
-        self._cohorts: dict[str, tuple[_CohortData, _CohortData]] = {}
-        self.limits_hit: list[str] = []
-        """Caps reached since the owner last looked: ``"<limit>: <metric> <cohort>"``."""
-
-    def add(self, event: MetricEvent, cohort: Cohort) -> _CohortData:
-        """Store one event's counts or samples; return its cohort's data."""
-        index = 1 if cohort == "canary" else 0
-        name = event.metric
-        if event.is_ratio:
-            self.counts(name)[index].add(event.good, event.total)
-            return self.cohorts(name)[index]
-        if self._interval is not None:
-            spread = self._spread.get(name)
-            if spread is None:
-                spread = self._spread[name] = IntervalTally(self._interval)
-            spread.add(index == 1, event.time, event.values)
-        reservoir = self.samples(name)[index]
-        was_reduced = reservoir.reduced
-        reservoir.extend(event.values)
-        if reservoir.reduced and not was_reduced:
-            self.limits_hit.append(f"max_samples_per_cohort: {name} {cohort}")
-        if event.instance is not None:
-            tally = self.instances(name)[index]
-            refused = tally.refused
-            tally.add(event.instance, event.values)
-            if tally.refused and not refused:
-                self.limits_hit.append(f"max_instances_per_cohort: {name} {cohort}")
-        return self.cohorts(name)[index]
-
-    def drift(self) -> dict[str, float]:
-        """Per distribution metric, the between-interval uncertainty of the comparison."""
-        return {name: tally.uncertainty() for name, tally in self._spread.items()}
-
-    def cohorts(self, name: str) -> tuple[_CohortData, _CohortData]:
-        """A metric's data, baseline and canary, as its analyzer reads it."""
-        pair = self._cohorts.get(name)
-        if pair is None:
-            pair = self._cohorts[name] = (_CohortData(self, name, 0), _CohortData(self, name, 1))
-        return pair
-
-    def samples(self, name: str) -> tuple[SampleReservoir, SampleReservoir]:
-        """A metric's samples per cohort (made on first use, seeded by deployment and metric)."""
-        pair = self._samples.get(name)
-        if pair is None:
-            cap = self._limits.max_samples_per_cohort
-            seed = zlib.crc32(f"{self._deployment_id}\0{name}".encode())
-            pair = (SampleReservoir(cap, seed), SampleReservoir(cap, seed + 1))
-            self._samples[name] = pair
-        return pair
-
-    def counts(self, name: str) -> tuple[EventCounts, EventCounts]:
-        """A metric's event counts per cohort (made on first use)."""
-        pair = self._counts.get(name)
-        if pair is None:
-            pair = (EventCounts(), EventCounts())
-            self._counts[name] = pair
-        return pair
-
-    def instances(self, name: str) -> tuple[InstanceTally, InstanceTally]:
-        """A metric's per-instance tallies per cohort (made on first use)."""
-        pair = self._instances.get(name)
-        if pair is None:
-            cap = self._limits.max_instances_per_cohort
-            pair = (InstanceTally(cap), InstanceTally(cap))
-            self._instances[name] = pair
-        return pair
-
-    def instance_count(self, name: str, index: int) -> int:
-        """Instances one cohort's events named for a metric (0 when none did)."""
-        pair = self._instances.get(name)
-        return 0 if pair is None else len(pair[index])
-
-    def sizes(self) -> dict[str, tuple[int, int]]:
-        """Observations seen per metric, (baseline, canary)."""
-        sizes = {name: (pair[0].seen, pair[1].seen) for name, pair in self._samples.items()}
-        sizes.update({name: (pair[0].total, pair[1].total) for name, pair in self._counts.items()})
-        return sizes
-
-    def split(self) -> tuple[int, int] | None:
-        """The traffic each cohort was seen to get, (canary, baseline).
-
-        From the first ratio metric's event counts (they count every request), else from
-        the first distribution metric's samples. None until both cohorts have reported: a
-        canary's counts not read yet (later in the same message, or the next one) are not
-        a 0% share.
-        """
-        if self._counts:
-            base, canary = next(iter(self._counts.values()))
-            return (canary.total, base.total) if base.reports and canary.reports else None
-        if self._samples:
-            base_s, canary_s = next(iter(self._samples.values()))
-            return (canary_s.seen, base_s.seen) if base_s.seen and canary_s.seen else None
-        return None
-
-    def clear(self) -> None:
-        """Drop the data (the caps reached stay until the owner has looked)."""
-        self._samples.clear()
-        self._spread.clear()
-        self._counts.clear()
-        self._instances.clear()
-        self._cohorts.clear()
-
-
-class _CohortData:
-    """One cohort's data of one metric (``coalmine.analyzers.base.CohortData``)."""
-
-    __slots__ = ("_data", "_index", "_name")
-
-    def __init__(self, data: _Observations, name: str, index: int) -> None:
-        self._data = data
-        self._name = name
-        self._index = index
-
-    @property
-    def good(self) -> int:
-        """Good events counted."""
-        return self._data.counts(self._name)[self._index].good
-
-    @property
-    def total(self) -> int:
-        """All events counted."""
-        return self._data.counts(self._name)[self._index].total
-
-    @property
-    def instance_count(self) -> int:
-        """Instances the events named."""
-        return self._data.instance_count(self._name, self._index)
-
-    def samples(self) -> NDArray[np.float64]:
-        """The samples kept."""
-        return self._data.samples(self._name)[self._index].values()
-
-    def instances(self) -> InstanceMeans:
-        """Per-instance sample counts and means."""
-        tally = self._data.instances(self._name)[self._index]
-        return InstanceMeans(*tally.means(), names=tally.names)
 
 
 class Rollout:
@@ -367,7 +181,7 @@ class Deployment:
         self.past = _past_of(started, profile)
         """Set when the baseline is the service's own past (a reference, a switch)."""
         spread = None if self.past is None else profile.interval
-        self._data = _Observations(started.deployment_id, self._limits, spread)
+        self._data = Observations(started.deployment_id, self._limits, spread)
         self.same_hours = _same_hours_of(self.past, profile)
         """The same hours days earlier, when the profile's reference asks for them."""
         self._held: list[tuple[MetricEvent | None, Cohort, float]] = []  # while reading the past
@@ -513,7 +327,7 @@ class Deployment:
         self.same_hours = _same_hours_of(self.past, self.profile)
         self.schedule.restart(at)
         self._weights = Rollout(at, preview.weight)
-        self._data = _Observations(self.deployment_id, self._limits, self.profile.interval)
+        self._data = Observations(self.deployment_id, self._limits, self.profile.interval)
         self._analyzers = _analyzers(self.profile)
         for event in blue:
             self._data.add(event, "baseline")

@@ -15,8 +15,9 @@ import logging
 from typing import TYPE_CHECKING
 
 from coalmine._exceptions import ContractError
-from coalmine.daemon.deployment import AnalysisLimits, Deployment
+from coalmine.daemon.deployment import Deployment
 from coalmine.daemon.finished import FinishedDeployments
+from coalmine.daemon.observations import AnalysisLimits
 from coalmine.daemon.recovery import VerdictLedger
 
 if TYPE_CHECKING:

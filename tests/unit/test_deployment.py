@@ -6,7 +6,8 @@ import pytest
 from coalmine.analyzers.burn_rate import RatioAnalyzer
 from coalmine.config.models import MetricSpec, Profile
 from coalmine.contract import DeployEvent, MetricEvent
-from coalmine.daemon.deployment import AnalysisLimits, Deployment
+from coalmine.daemon.deployment import Deployment
+from coalmine.daemon.observations import AnalysisLimits
 from support.scenario import PROFILE, T0
 
 
