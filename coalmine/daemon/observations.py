@@ -6,15 +6,20 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from coalmine.analyzers.drift import IntervalTally
 from coalmine.analyzers.instances import InstanceMeans
 from coalmine.daemon.samples import EventCounts, InstanceTally, SampleReservoir
 
 if TYPE_CHECKING:
-    import numpy as np
     from numpy.typing import NDArray
 
     from coalmine.contract import Cohort, MetricEvent
+
+_PENDING = 64
+"""Events whose samples may wait to be stored, per deployment: the storing's few array
+operations are spread over this many messages, and what waits stays small."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +46,10 @@ class Observations:
         "_instances",
         "_interval",
         "_limits",
+        "_pending",
         "_samples",
         "_spread",
+        "_waiting",
         "limits_hit",
     )
 
@@ -59,11 +66,21 @@ class Observations:
         self._counts: dict[str, tuple[EventCounts, EventCounts]] = {}
         self._instances: dict[str, tuple[InstanceTally, InstanceTally]] = {}
         self._cohorts: dict[str, tuple[_CohortData, _CohortData]] = {}
+        self._pending: dict[str, tuple[list[MetricEvent], list[MetricEvent]]] = {}
+        """Per distribution metric, per cohort, the events whose samples wait to be stored."""
+        self._waiting = 0
         self.limits_hit: list[str] = []
         """Caps reached since the owner last looked: ``"<limit>: <metric> <cohort>"``."""
 
     def add(self, event: MetricEvent, cohort: Cohort) -> _CohortData:
-        """Store one event's counts or samples; return its cohort's data."""
+        """Take one event's counts or samples; return its cohort's data.
+
+        A distribution metric's samples wait, per metric and cohort, until anything reads
+        the data or ``_PENDING`` events wait: then they are stored together, a few array
+        operations for many messages. Storing them together gives the very state storing
+        them one by one gives (see :meth:`SampleReservoir.extend` and
+        :meth:`InstanceTally.add_many`), so where the reads fall changes nothing.
+        """
         index = 1 if cohort == "canary" else 0
         name = event.metric
         if event.is_ratio:
@@ -74,18 +91,42 @@ class Observations:
             if spread is None:
                 spread = self._spread[name] = IntervalTally(self._interval)
             spread.add(index == 1, event.time, event.values)
-        reservoir = self.samples(name)[index]
+        waiting = self._pending.get(name)
+        if waiting is None:
+            waiting = self._pending[name] = ([], [])
+        waiting[index].append(event)
+        self._waiting += 1
+        if self._waiting >= _PENDING:
+            self._store_pending()
+        pair = self._cohorts.get(name)
+        return self.cohorts(name)[index] if pair is None else pair[index]
+
+    def _store_pending(self) -> None:
+        """Store the samples that wait, metric by metric in the order they first came."""
+        if not self._waiting:
+            return
+        pending, self._pending, self._waiting = self._pending, {}, 0
+        for name, cohorts in pending.items():
+            for index, events in enumerate(cohorts):
+                if events:
+                    self._store(name, index, events)
+
+    def _store(self, name: str, index: int, events: list[MetricEvent]) -> None:
+        cohort = "canary" if index else "baseline"
+        values = [event.values for event in events]
+        reservoir = self._reservoirs(name)[index]
         was_reduced = reservoir.reduced
-        reservoir.extend(event.values)
+        reservoir.extend(values[0] if len(values) == 1 else np.concatenate(values))
         if reservoir.reduced and not was_reduced:
             self.limits_hit.append(f"max_samples_per_cohort: {name} {cohort}")
-        if event.instance is not None:
-            tally = self.instances(name)[index]
-            refused = tally.refused
-            tally.add(event.instance, event.values)
-            if tally.refused and not refused:
-                self.limits_hit.append(f"max_instances_per_cohort: {name} {cohort}")
-        return self.cohorts(name)[index]
+        instances = [event.instance for event in events]
+        if instances.count(None) == len(instances):
+            return
+        tally = self._tallies(name)[index]
+        refused = tally.refused
+        tally.add_many(instances, values)
+        if tally.refused and not refused:
+            self.limits_hit.append(f"max_instances_per_cohort: {name} {cohort}")
 
     def drift(self) -> dict[str, float]:
         """Per distribution metric, the between-interval uncertainty of the comparison."""
@@ -100,6 +141,10 @@ class Observations:
 
     def samples(self, name: str) -> tuple[SampleReservoir, SampleReservoir]:
         """A metric's samples per cohort (made on first use, seeded by deployment and metric)."""
+        self._store_pending()
+        return self._reservoirs(name)
+
+    def _reservoirs(self, name: str) -> tuple[SampleReservoir, SampleReservoir]:
         pair = self._samples.get(name)
         if pair is None:
             cap = self._limits.max_samples_per_cohort
@@ -118,6 +163,10 @@ class Observations:
 
     def instances(self, name: str) -> tuple[InstanceTally, InstanceTally]:
         """A metric's per-instance tallies per cohort (made on first use)."""
+        self._store_pending()
+        return self._tallies(name)
+
+    def _tallies(self, name: str) -> tuple[InstanceTally, InstanceTally]:
         pair = self._instances.get(name)
         if pair is None:
             cap = self._limits.max_instances_per_cohort
@@ -127,11 +176,13 @@ class Observations:
 
     def instance_count(self, name: str, index: int) -> int:
         """Instances one cohort's events named for a metric (0 when none did)."""
+        self._store_pending()
         pair = self._instances.get(name)
         return 0 if pair is None else len(pair[index])
 
     def sizes(self) -> dict[str, tuple[int, int]]:
         """Observations seen per metric, (baseline, canary)."""
+        self._store_pending()
         sizes = {name: (pair[0].seen, pair[1].seen) for name, pair in self._samples.items()}
         sizes.update({name: (pair[0].total, pair[1].total) for name, pair in self._counts.items()})
         return sizes
@@ -144,6 +195,7 @@ class Observations:
         canary's counts not read yet (later in the same message, or the next one) are not
         a 0% share.
         """
+        self._store_pending()
         if self._counts:
             base, canary = next(iter(self._counts.values()))
             return (canary.total, base.total) if base.reports and canary.reports else None
@@ -154,6 +206,7 @@ class Observations:
 
     def clear(self) -> None:
         """Drop the data (the caps reached stay until the owner has looked)."""
+        self._pending, self._waiting = {}, 0
         self._samples.clear()
         self._spread.clear()
         self._counts.clear()

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from numpy.typing import NDArray
 
 
@@ -17,6 +19,8 @@ _FIRST_SIZE = 256
 _add_reduce = np.add.reduce
 _minimum_reduce = np.minimum.reduce
 _log = np.log
+_add_at = np.add.at
+_add_reduceat = np.add.reduceat
 
 
 class SampleReservoir:
@@ -136,33 +140,60 @@ class InstanceTally:
 
     def __init__(self, max_instances: int = 1_000) -> None:
         self._index: dict[str, int] = {}
-        self._stats: list[list[float]] = []
+        self._stats: NDArray[np.float64] = np.zeros((4, 3), dtype=np.float64)
+        """Per instance: samples, their sum, the sum of their logs."""
         self.log = True
         self.max_instances = max_instances
         self.refused = 0
         """Messages from instances beyond ``max_instances``, not tallied."""
 
     def __len__(self) -> int:
-        return len(self._stats)
+        return len(self._index)
 
     def add(self, instance: str, values: NDArray[np.float64]) -> None:
         """Add one message's samples from ``instance`` (refused beyond ``max_instances``)."""
-        slot = self._index.get(instance)
-        if slot is None:
-            if len(self._stats) >= self.max_instances:
-                self.refused += 1
-                return
-            slot = self._index[instance] = len(self._stats)
-            self._stats.append([0.0, 0.0, 0.0])
-        stats = self._stats[slot]
-        count = len(values)
-        if count == 0:
+        self.add_many((instance,), (values,))
+
+    def add_many(
+        self, instances: Sequence[str | None], values: Sequence[NDArray[np.float64]]
+    ) -> None:
+        """Add messages' samples, each from its instance (None: from no named instance).
+
+        The same tally, to the last bit, as adding the messages one by one: each message's
+        sums are taken alone, then added to its instance's in message order.
+        """
+        slots: list[int] = []
+        taken: list[NDArray[np.float64]] = []
+        index = self._index
+        for name, samples in zip(instances, values, strict=True):
+            if name is None:
+                continue
+            slot = index.get(name)
+            if slot is None:
+                if len(index) >= self.max_instances:
+                    self.refused += 1
+                    continue
+                slot = index[name] = len(index)
+            if len(samples):
+                slots.append(slot)
+                taken.append(samples)
+        if len(self._stats) < len(index):
+            grown = np.zeros((max(len(index), 2 * len(self._stats)), 3), dtype=np.float64)
+            grown[: len(self._stats)] = self._stats
+            self._stats = grown
+        if not slots:
             return
-        stats[0] += count
-        stats[1] += float(_add_reduce(values))
+        lengths = np.fromiter(map(len, taken), dtype=np.int64, count=len(taken))
+        starts = np.zeros(len(taken), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        joined = taken[0] if len(taken) == 1 else np.concatenate(taken)
+        rows = np.asarray(slots, dtype=np.int64)
+        stats = self._stats
+        _add_at(stats[:, 0], rows, lengths)
+        _add_at(stats[:, 1], rows, _add_reduceat(joined, starts))
         if self.log:
-            if _minimum_reduce(values) > 0:  # every sample positive (False for a NaN)
-                stats[2] += float(_add_reduce(_log(values)))
+            if _minimum_reduce(joined) > 0:  # every sample positive (False for a NaN)
+                _add_at(stats[:, 2], rows, _add_reduceat(_log(joined), starts))
             else:
                 self.log = False
 
@@ -173,8 +204,8 @@ class InstanceTally:
 
     def means(self) -> tuple[NDArray[np.float64], NDArray[np.float64], bool]:
         """Counts, means (of logs if ``log``) per instance, and whether they are log means."""
-        table = np.asarray(self._stats, dtype=np.float64).reshape(-1, 3)
-        counts = table[:, 0]
+        table = self._stats[: len(self._index)]
+        counts = table[:, 0].copy()
         totals = table[:, 2] if self.log else table[:, 1]
         with np.errstate(invalid="ignore", divide="ignore"):
             means = np.where(counts > 0, totals / np.maximum(counts, 1.0), 0.0)
