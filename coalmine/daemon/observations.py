@@ -116,7 +116,8 @@ class Observations:
         values = [event.values for event in events]
         reservoir = self._reservoirs(name)[index]
         was_reduced = reservoir.reduced
-        reservoir.extend(values[0] if len(values) == 1 else np.concatenate(values))
+        joined = values[0] if len(values) == 1 else np.concatenate(values)
+        reservoir.extend(joined)
         if reservoir.reduced and not was_reduced:
             self.limits_hit.append(f"max_samples_per_cohort: {name} {cohort}")
         instances = [event.instance for event in events]
@@ -124,7 +125,7 @@ class Observations:
             return
         tally = self._tallies(name)[index]
         refused = tally.refused
-        tally.add_many(instances, values)
+        tally.add_many(instances, values, joined)
         if tally.refused and not refused:
             self.limits_hit.append(f"max_instances_per_cohort: {name} {cohort}")
 

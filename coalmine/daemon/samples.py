@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -155,14 +155,49 @@ class InstanceTally:
         self.add_many((instance,), (values,))
 
     def add_many(
-        self, instances: Sequence[str | None], values: Sequence[NDArray[np.float64]]
+        self,
+        instances: Sequence[str | None],
+        values: Sequence[NDArray[np.float64]],
+        joined: NDArray[np.float64] | None = None,
     ) -> None:
         """Add messages' samples, each from its instance (None: from no named instance).
 
-        The same tally, to the last bit, as adding the messages one by one: each message's
-        sums are taken alone, then added to its instance's in message order.
+        ``joined``: all of ``values`` end to end, when the caller has it. The same tally,
+        to the last bit, as adding the messages one by one: each message's sums are taken
+        alone, then added to its instance's in message order.
         """
-        slots: list[int] = []
+        known = cast("dict[str | None, int]", self._index)  # None is never a key: misses
+        slots: list[int | None] = list(map(known.get, instances))
+        lengths = list(map(len, values))
+        taken: Sequence[NDArray[np.float64]] = values
+        if None in slots or 0 in lengths:
+            slots, taken, lengths = self._named(instances, values)
+            joined = None
+        if len(self._stats) < len(self._index):
+            grown = np.zeros((max(len(self._index), 2 * len(self._stats)), 3), dtype=np.float64)
+            grown[: len(self._stats)] = self._stats
+            self._stats = grown
+        if not slots:
+            return
+        if joined is None:
+            joined = taken[0] if len(taken) == 1 else np.concatenate(taken)
+        starts = np.zeros(len(lengths), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        rows = np.asarray(slots, dtype=np.int64)
+        stats = self._stats
+        _add_at(stats[:, 0], rows, lengths)
+        _add_at(stats[:, 1], rows, _add_reduceat(joined, starts))
+        if self.log:
+            if _minimum_reduce(joined) > 0:  # every sample positive (False for a NaN)
+                _add_at(stats[:, 2], rows, _add_reduceat(_log(joined), starts))
+            else:
+                self.log = False
+
+    def _named(
+        self, instances: Sequence[str | None], values: Sequence[NDArray[np.float64]]
+    ) -> tuple[list[int | None], list[NDArray[np.float64]], list[int]]:
+        """Slots for new instances (up to ``max_instances``), and the messages to tally."""
+        slots: list[int | None] = []
         taken: list[NDArray[np.float64]] = []
         index = self._index
         for name, samples in zip(instances, values, strict=True):
@@ -177,25 +212,7 @@ class InstanceTally:
             if len(samples):
                 slots.append(slot)
                 taken.append(samples)
-        if len(self._stats) < len(index):
-            grown = np.zeros((max(len(index), 2 * len(self._stats)), 3), dtype=np.float64)
-            grown[: len(self._stats)] = self._stats
-            self._stats = grown
-        if not slots:
-            return
-        lengths = np.fromiter(map(len, taken), dtype=np.int64, count=len(taken))
-        starts = np.zeros(len(taken), dtype=np.int64)
-        np.cumsum(lengths[:-1], out=starts[1:])
-        joined = taken[0] if len(taken) == 1 else np.concatenate(taken)
-        rows = np.asarray(slots, dtype=np.int64)
-        stats = self._stats
-        _add_at(stats[:, 0], rows, lengths)
-        _add_at(stats[:, 1], rows, _add_reduceat(joined, starts))
-        if self.log:
-            if _minimum_reduce(joined) > 0:  # every sample positive (False for a NaN)
-                _add_at(stats[:, 2], rows, _add_reduceat(_log(joined), starts))
-            else:
-                self.log = False
+        return slots, taken, list(map(len, taken))
 
     @property
     def names(self) -> tuple[str, ...]:
