@@ -250,8 +250,7 @@ class Deployment:
             self._held.append((event, cohort, event.time))
             return []
         verdicts = self.advance(event.time)
-        spec = self.profile.metric(event.metric)
-        if not self.is_open or spec is None:
+        if self.status != "open" or event.metric not in self._analyzers:
             return verdicts
         if self.awaiting_past:  # a switch reached: its same hours are being read
             self._held.append((event, cohort, event.time))
@@ -259,7 +258,8 @@ class Deployment:
         if self.preview is not None and cohort == "baseline":
             self.preview.recent.add(event, None, 0)
         if self._store(event, cohort):
-            if self.ends_at is not None and event.time > self.ends_at:
+            spec = self.profile.metric(event.metric)
+            if spec is None or (self.ends_at is not None and event.time > self.ends_at):
                 return verdicts
             verdict = self._check_critical(spec, max(event.time, self.started))
             if verdict is not None:
@@ -282,8 +282,12 @@ class Deployment:
         if self.awaiting_past:
             self._held.append((None, "baseline", time))
             return []
-        verdicts: list[Verdict] = []
         switch_at = None if self.preview is None else self.preview.switch_at
+        if time <= self.watermark and switch_at is None:
+            # Nothing moves: the judgements due up to the watermark were made when it
+            # reached it, and an end read since closed the deployment itself.
+            return []
+        verdicts: list[Verdict] = []
         if switch_at is not None and time >= switch_at and self.preview is not None:
             self.preview.switch_at = None
             verdicts = self.advance(switch_at)  # the preview's judgements first
@@ -293,8 +297,7 @@ class Deployment:
                 return verdicts + self.advance(time)
         self.watermark = max(self.watermark, time)
         schedule = self.schedule
-        while self.is_open and self.watermark > schedule.due(schedule.look):
-            due = schedule.due(schedule.look)
+        while self.is_open and self.watermark > (due := schedule.due(schedule.look)):
             if self.ends_at is not None and due > self.ends_at:
                 break
             verdicts.append(self._judge(schedule.look, due))

@@ -115,7 +115,10 @@ class Routes:
             ContractError: an event fits no cohort or kind of its deployment (the whole
                 message is refused: no event of it is taken).
         """
-        latest = max(event.time for event in events) if events else -math.inf
+        if len(events) == 1:
+            latest = events[0].time
+        else:
+            latest = max((event.time for event in events), default=-math.inf)
         self.stream_time = max(self.stream_time, latest)
         span = self.history_span()
         routed = self._route_all(events, record)
@@ -124,9 +127,11 @@ class Routes:
         verdicts, self._made = self._made, []
         observe = self.open.observe
         for deployment, event, cohort in routed:
-            if deployment.is_open:
+            if deployment.status == "open":
                 verdicts.extend(observe(deployment, event, cohort, now))
-        return verdicts + self._past_from_history()
+        if self.past_from_history:
+            verdicts += self._past_from_history()
+        return verdicts
 
     def _past_from_history(self) -> list[Verdict]:
         """Hand deployments that now wait for days windows those windows from the history.
@@ -136,9 +141,9 @@ class Routes:
         history then; a replay reads deploy events first) and while its windows are whole
         (the history keeps ``max_duration`` beyond them).
         """
-        if not self.past_from_history:
-            return []
         verdicts: list[Verdict] = []
+        if not self.past_from_history:
+            return verdicts
         for read in self.past_reads.pending(self.open.deployments, self.stream_time):
             events = [
                 e for start, end in read.windows for e in self.history_of(read.service, start, end)
