@@ -450,9 +450,14 @@ def decode_metric_events(value: bytes) -> list[MetricEvent]:
     except msgspec.MsgspecError:
         pass  # not of the common shape, or not valid: the validating path decides
     else:
-        events = _typed_events(typed)
-        if events is not None:
-            return events
+        if type(typed) is _TypedMetricEvent:  # one event: the common shape
+            event = _typed_event(typed)
+            if event is not None:
+                return [event]
+        else:
+            events = _typed_events(typed)
+            if events is not None:
+                return events
     return _decode_validated(value)
 
 
@@ -695,6 +700,8 @@ class _TypedMetricEvent(msgspec.Struct, forbid_unknown_fields=True):
 
 _decode_typed = msgspec.json.Decoder(_TypedMetricEvent | list[_TypedMetricEvent]).decode
 _UNSET = msgspec.UNSET
+_array = np.array
+_FLOAT64 = np.float64
 
 
 def _typed_events(
@@ -704,7 +711,7 @@ def _typed_events(
     if type(typed) is not list:
         event = _typed_event(typed)  # type: ignore[arg-type]
         return None if event is None else [event]
-    events = []
+    events: list[MetricEvent] = []
     for item in typed:
         event = _typed_event(item)
         if event is None:
@@ -732,9 +739,13 @@ def _typed_event(typed: _TypedMetricEvent) -> MetricEvent | None:
             typed.service, typed.metric, time, _EMPTY, good, total, True,  # type: ignore[arg-type]
             typed.deployment_id, typed.cohort, typed.version, typed.instance,
         )  # fmt: skip
-    samples = _typed_samples(value, values)
-    if samples is None:
-        return None
+    if value is _UNSET and values is not _UNSET:  # the common shape: inline
+        samples = _array(values, dtype=_FLOAT64)
+    else:
+        single = _typed_samples(value, values)
+        if single is None:
+            return None
+        samples = single
     return _metric_event(
         typed.service, typed.metric, time, samples, 0, 0, False,
         typed.deployment_id, typed.cohort, typed.version, typed.instance,

@@ -63,6 +63,8 @@ class ActingHooks(Protocol):
 
 _SLICE = 200
 """Records taken between two pauses of :meth:`Router.steps` (a few milliseconds)."""
+_CLOCK_EVERY = 8
+"""Records taken between two questions to the caller's clock (a fraction of a millisecond)."""
 
 
 class Router:
@@ -158,10 +160,10 @@ class Router:
         """Handle records a slice at a time; ``now`` is the wall time they were received.
 
         A generator: it pauses (yields) once the deciding records are taken and their
-        verdicts handed over, after every ``_SLICE`` records, and after any record for
-        which ``overdue()`` answers True (the caller's clock: the router reads none), so a
-        caller on an event loop can publish and answer between slices; its return value
-        is what :meth:`handle` returns.
+        verdicts handed over, after every ``_SLICE`` records, and when ``overdue()``
+        answers True, asked every ``_CLOCK_EVERY`` records (the caller's clock: the router
+        reads none), so a caller on an event loop can publish and answer between slices;
+        its return value is what :meth:`handle` returns.
 
         Deploy events go first, then the metric records that make a verdict, then the rest
         (see :mod:`~coalmine.daemon.ordering`).
@@ -196,7 +198,11 @@ class Router:
                 handing(effects)
                 effects = Effects(floors=hold)
             taken += 1
-            if item is None or taken >= _SLICE or (overdue is not None and overdue()):
+            if (
+                item is None
+                or taken >= _SLICE
+                or (overdue is not None and not taken % _CLOCK_EVERY and overdue())
+            ):
                 yield
                 taken = 0
         self.recovery.batch_ends(spans)

@@ -21,6 +21,7 @@ _minimum_reduce = np.minimum.reduce
 _log = np.log
 _add_at = np.add.at
 _add_reduceat = np.add.reduceat
+_add_accumulate = np.add.accumulate
 
 
 class SampleReservoir:
@@ -182,7 +183,8 @@ class InstanceTally:
         if joined is None:
             joined = taken[0] if len(taken) == 1 else np.concatenate(taken)
         starts = np.zeros(len(lengths), dtype=np.int64)
-        np.cumsum(lengths[:-1], out=starts[1:])
+        if len(lengths) > 1:
+            _add_accumulate(lengths[:-1], out=starts[1:])
         rows = np.asarray(slots, dtype=np.int64)
         stats = self._stats
         _add_at(stats[:, 0], rows, lengths)

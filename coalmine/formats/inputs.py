@@ -110,7 +110,8 @@ class InputDecoder:
         Raises:
             ContractError: the message is too large or does not decode.
         """
-        self._check_size(value)
+        if len(value) > self._max_bytes:
+            self._check_size(value)
         if topic in self._native:
             return decode_metric_events(value)
         decoder = self._decoders.get(topic)
