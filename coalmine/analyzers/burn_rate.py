@@ -500,7 +500,10 @@ def _burn_rules(
         if evidence is not None and window is not None and long_window is not None:
             long = evidence.window(window.now - long_window)
             short = evidence.window(window.now - long_window / 12.0)
-            log_e = binomial_guard_log_e(bad_c, canary_total, level)
+            # At or below the level the guard's e-value is below 1 (every alternative it
+            # mixes lies above the observed ratio): it cannot raise the running maximum.
+            above = bad_c > level * canary_total
+            log_e = binomial_guard_log_e(bad_c, canary_total, level) if above else 0.0
             best = max(evidence.guard_max_log_e.get(name, 0.0), log_e)
             evidence.guard_max_log_e[name] = best
             p_value = min(1.0, math.exp(-best))
