@@ -171,9 +171,10 @@ class RateRatioEProcess:
 
     r0: float = 1.0
     log_lr: NDArray[np.float64] = field(init=False)
-    log_e: float = 0.0
     max_log_e: float = 0.0
     batches: int = 0
+    _log_e: float | None = field(default=0.0, repr=False)
+    """The current log e-value; None until it is asked for after batches that lowered it."""
     _ratios: NDArray[np.float64] = field(init=False, repr=False)
     _log_w: NDArray[np.float64] = field(init=False, repr=False)
     _pending: list[int] = field(default_factory=lambda: [0, 0, 0, 0], repr=False)
@@ -192,8 +193,8 @@ class RateRatioEProcess:
         pending[2] += bad_baseline
         pending[3] += total_baseline
 
-    def update(self) -> float:
-        """Fold the gathered batch into the evidence; return the current log e-value."""
+    def update(self) -> None:
+        """Fold the gathered batch into the evidence."""
         bad_c, total_c, bad_b, total_b = self._pending
         if total_c > 0 and total_b > 0:
             self._pending = [0, 0, 0, 0]
@@ -204,10 +205,22 @@ class RateRatioEProcess:
                 self.log_lr += bad_c * np.log(theta / theta0) + bad_b * np.log(
                     (1.0 - theta) / (1.0 - theta0)
                 )
-                self.log_e = logsumexp(self._log_w + self.log_lr)
-                self.max_log_e = max(self.max_log_e, self.log_e)
+                if bad_c > theta0 * (bad_c + bad_b):
+                    self._log_e = logsumexp(self._log_w + self.log_lr)
+                    self.max_log_e = max(self.max_log_e, self._log_e)
+                else:
+                    # The canary's share of the batch's bad events is at most theta0's:
+                    # every alternative's likelihood ratio fell, so did the mixture, and
+                    # the maximum stands. The mixture is summed when asked for.
+                    self._log_e = None
             self.batches += 1
-        return self.log_e
+
+    @property
+    def log_e(self) -> float:
+        """The current log e-value."""
+        if self._log_e is None:
+            self._log_e = logsumexp(self._log_w + self.log_lr)
+        return self._log_e
 
     @property
     def p_value(self) -> float:

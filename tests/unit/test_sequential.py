@@ -148,3 +148,34 @@ def test_logsumexp_is_scipys_bit_for_bit():
         evidence.update()
         reference = float(special.logsumexp(evidence._log_w + evidence.log_lr))
         assert evidence.log_e == reference
+
+
+@pytest.mark.parametrize("ratio", [0.8, 1.0, 1.5])
+def test_rate_ratio_mixture_summed_only_when_it_may_rise_equals_summing_every_batch(ratio):
+    # The mixture is not summed after a batch whose canary share of bad events is at most
+    # theta0's (every alternative lost): its running maximum and its value when asked for
+    # must equal summing it after every batch, to the bit.
+    rng = np.random.default_rng(7)
+    lazy = RateRatioEProcess(r0=1.2)
+    ratios, log_w = lazy._ratios, lazy._log_w
+    log_lr = np.zeros_like(ratios)
+    best = 0.0
+    skipped = 0
+    for _ in range(400):
+        total_c, total_b = int(rng.integers(50, 500)), int(rng.integers(50, 500))
+        bad_c = int(rng.binomial(total_c, 0.01 * ratio))
+        bad_b = int(rng.binomial(total_b, 0.01))
+        lazy.add(bad_c, total_c, bad_b, total_b)
+        lazy.update()
+        skipped += lazy._log_e is None
+        if bad_c + bad_b:
+            rho = total_c / (total_c + total_b)
+            theta = rho * ratios / (rho * ratios + 1.0 - rho)
+            theta0 = rho * 1.2 / (rho * 1.2 + 1.0 - rho)
+            log_lr += bad_c * np.log(theta / theta0) + bad_b * np.log(
+                (1.0 - theta) / (1.0 - theta0)
+            )
+            best = max(best, logsumexp(log_w + log_lr))
+        assert lazy.max_log_e == best
+    assert skipped > 20  # the shortcut was taken: a real test of it
+    assert lazy.log_e == logsumexp(log_w + log_lr)
