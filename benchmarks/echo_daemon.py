@@ -1,7 +1,8 @@
 """The least a canary daemon can do, as a latency baseline for ``verdict_latency.py``.
 
 Run from the repository root: ``python benchmarks/echo_daemon.py --bootstrap HOST:PORT
---deployments T --metrics T --verdicts T [--interval 60] [--fetch-max-wait-ms 10]``.
+--deployments T --metrics T --verdicts T [--interval 60] [--fetch-max-wait-ms 10]
+[--fetch-min-bytes 1]``.
 
 It reads the deployments and metrics topics as coalmine does (one consumer group, earliest,
 the same fetch wait), notes each ``started`` event, and for every metric message whose
@@ -83,6 +84,7 @@ async def run(args: argparse.Namespace) -> None:
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         fetch_max_wait_ms=args.fetch_max_wait_ms,
+        fetch_min_bytes=args.fetch_min_bytes,
         max_poll_records=args.max_poll_records,
     )
     producer = AIOKafkaProducer(bootstrap_servers=args.bootstrap, acks="all", linger_ms=0)
@@ -114,6 +116,7 @@ def main() -> None:
     parser.add_argument("--verdicts", required=True)
     parser.add_argument("--interval", type=float, default=60.0)
     parser.add_argument("--fetch-max-wait-ms", type=int, default=10)
+    parser.add_argument("--fetch-min-bytes", type=int, default=1)
     parser.add_argument("--max-poll-records", type=int, default=2000)
     asyncio.run(run(parser.parse_args()))
 

@@ -107,6 +107,7 @@ def daemon_config(  # noqa: PLR0913 - keyword options of one file
     log_level: str = "WARNING",
     max_poll_records: int = 2000,
     fetch_max_wait_ms: int | None = TANSU_FETCH_WAIT_MS,
+    fetch_min_bytes: int | None = None,
     idempotent_producer: bool = False,
     client_id: str = "coalmine-bench",
     group_instance_id: str | None = None,
@@ -119,6 +120,8 @@ def daemon_config(  # noqa: PLR0913 - keyword options of one file
         options += "idempotent_producer = false   # tansu has no InitProducerId\n"
     if fetch_max_wait_ms is not None:
         options += f'fetch_max_wait = "{fetch_max_wait_ms}ms"\n'
+    if fetch_min_bytes is not None:
+        options += f"fetch_min_bytes = {fetch_min_bytes}\n"
     return CONFIG.format(
         group_instance=""
         if group_instance_id is None

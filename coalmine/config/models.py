@@ -78,6 +78,14 @@ class KafkaSettings(_Section):
     Kafka answers as soon as a record arrives, so this only bounds idle polling there;
     brokers that hold a fetch for the whole wait (tansu) add up to this much verdict
     latency: use 0.01 with them."""
+    fetch_min_bytes: int = Field(default=1, gt=0)
+    """Bytes a fetch waits for at the broker, up to ``fetch_max_wait`` (``fetch.min.bytes``).
+
+    At 1 the broker answers with the first record: the lowest latency at any rate. At
+    sustained high rates, many small fetches cost the daemon more per message than the
+    messages themselves; 32768 with ``fetch_max_wait = 0.01`` takes a fifth off its CPU at
+    16,600 messages/s and lowers the verdict latency's p99, while the median rises by up to
+    the wait (see ``docs/operations.md``)."""
     session_timeout: Duration = 10.0
     """Consumer-group session timeout: a daemon silent this long loses its partitions."""
     max_request_bytes: int = Field(default=1_048_576, gt=0)

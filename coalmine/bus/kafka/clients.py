@@ -127,6 +127,7 @@ def group_consumer(
         auto_offset_reset=auto_offset_reset,
         max_poll_records=settings.max_poll_records,
         fetch_max_wait_ms=ms(settings.fetch_max_wait),
+        fetch_min_bytes=settings.fetch_min_bytes,
         session_timeout_ms=ms(session_timeout),
         heartbeat_interval_ms=ms(session_timeout / 3),
         metadata_max_age_ms=METADATA_MAX_AGE_MS,
