@@ -34,9 +34,8 @@ class SampleReservoir:
     it is made only once the reservoir is full (a generator costs ~700 bytes, and most
     reservoirs never fill).
 
-    The array grows to a quarter more than it needs (or than it had) rather than doubling:
-    at most ~20% of it is unused, where doubling leaves up to half of it empty (1,500
-    samples in 2,048 slots).
+    The array grows by a quarter at a time rather than doubling: at most ~20% of it is
+    unused, where doubling leaves up to half of it empty (1,500 samples in 2,048 slots).
     """
 
     __slots__ = ("_capacity", "_data", "_rng", "_seed", "_size", "seen")
@@ -104,11 +103,7 @@ class SampleReservoir:
     def _reserve(self, needed: int) -> None:
         if needed <= len(self._data):
             return
-        # A quarter to spare beyond what is needed: a batch larger than a quarter of the
-        # array (a look's worth of samples) would otherwise copy it at every look.
-        size = min(
-            self._capacity, max(needed + needed // 4, len(self._data) + len(self._data) // 4)
-        )
+        size = min(self._capacity, max(needed, len(self._data) + len(self._data) // 4))
         grown = np.empty(size, dtype=np.float64)
         grown[: self._size] = self._data[: self._size]
         self._data = grown
