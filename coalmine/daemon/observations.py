@@ -66,8 +66,8 @@ class Observations:
         self._counts: dict[str, tuple[EventCounts, EventCounts]] = {}
         self._instances: dict[str, tuple[InstanceTally, InstanceTally]] = {}
         self._cohorts: dict[str, tuple[_CohortData, _CohortData]] = {}
-        self._pending: dict[str, tuple[list[MetricEvent], list[MetricEvent]]] = {}
-        """Per distribution metric, per cohort, the events whose samples wait to be stored."""
+        self._pending: dict[str, tuple[_Waiting, _Waiting]] = {}
+        """Per distribution metric, per cohort, the samples that wait to be stored."""
         self._waiting = 0
         self.limits_hit: list[str] = []
         """Caps reached since the owner last looked: ``"<limit>: <metric> <cohort>"``."""
@@ -93,8 +93,9 @@ class Observations:
             spread.add(index == 1, event.time, event.values)
         waiting = self._pending.get(name)
         if waiting is None:
-            waiting = self._pending[name] = ([], [])
-        waiting[index].append(event)
+            waiting = self._pending[name] = (_Waiting(), _Waiting())
+        waiting[index].values.append(event.values)
+        waiting[index].instances.append(event.instance)
         self._waiting += 1
         if self._waiting >= _PENDING:
             self._store_pending()
@@ -107,20 +108,24 @@ class Observations:
             return
         pending, self._pending, self._waiting = self._pending, {}, 0
         for name, cohorts in pending.items():
-            for index, events in enumerate(cohorts):
-                if events:
-                    self._store(name, index, events)
+            for index, waiting in enumerate(cohorts):
+                if waiting.values:
+                    self._store(name, index, waiting.values, waiting.instances)
 
-    def _store(self, name: str, index: int, events: list[MetricEvent]) -> None:
+    def _store(
+        self,
+        name: str,
+        index: int,
+        values: list[NDArray[np.float64]],
+        instances: list[str | None],
+    ) -> None:
         cohort = "canary" if index else "baseline"
-        values = [event.values for event in events]
         reservoir = self._reservoirs(name)[index]
         was_reduced = reservoir.reduced
         joined = values[0] if len(values) == 1 else np.concatenate(values)
         reservoir.extend(joined)
         if reservoir.reduced and not was_reduced:
             self.limits_hit.append(f"max_samples_per_cohort: {name} {cohort}")
-        instances = [event.instance for event in events]
         if instances.count(None) == len(instances):
             return
         tally = self._tallies(name)[index]
@@ -248,3 +253,16 @@ class _CohortData:
         """Per-instance sample counts and means."""
         tally = self._data.instances(self._name)[self._index]
         return InstanceMeans(*tally.means(), names=tally.names)
+
+
+class _Waiting:
+    """One cohort's samples of one metric that wait to be stored.
+
+    Per message, its samples and its instance; the events themselves are not kept.
+    """
+
+    __slots__ = ("instances", "values")
+
+    def __init__(self) -> None:
+        self.values: list[NDArray[np.float64]] = []
+        self.instances: list[str | None] = []
