@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from coalmine.analyzers.base import Analyzer
     from coalmine.analyzers.result import DetailValue, MetricResult
-    from coalmine.config.models import MetricSpec, Profile
+    from coalmine.config.models import Profile
 
 Status = Literal["open", "final", "ended"]
 
@@ -257,11 +257,8 @@ class Deployment:
             return verdicts
         if self.preview is not None and cohort == "baseline":
             self.preview.recent.add(event, None, 0)
-        if self._store(event, cohort):
-            spec = self.profile.metric(event.metric)
-            if spec is None or (self.ends_at is not None and event.time > self.ends_at):
-                return verdicts
-            verdict = self._check_critical(spec, max(event.time, self.started))
+        if self._store(event, cohort) and (self.ends_at is None or event.time <= self.ends_at):
+            verdict = self._check_critical(event.metric, max(event.time, self.started))
             if verdict is not None:
                 verdicts.append(verdict)
         return verdicts
@@ -284,9 +281,7 @@ class Deployment:
             return []
         switch_at = None if self.preview is None else self.preview.switch_at
         if time <= self.watermark and switch_at is None:
-            # Nothing moves: the judgements due up to the watermark were made when it
-            # reached it, and an end read since closed the deployment itself.
-            return []
+            return []  # judged up to the watermark already; an end read since closed it
         verdicts: list[Verdict] = []
         if switch_at is not None and time >= switch_at and self.preview is not None:
             self.preview.switch_at = None
@@ -402,11 +397,11 @@ class Deployment:
             for spec in self.profile.metrics
         )
 
-    def _check_critical(self, spec: MetricSpec, time: float) -> Verdict | None:
-        """A rollback verdict if the critical metric ``spec`` fails now and the judge agrees."""
-        analyzer = self._analyzers[spec.name]
+    def _check_critical(self, name: str, time: float) -> Verdict | None:
+        """A rollback verdict if the critical metric ``name`` fails now and the judge agrees."""
+        analyzer = self._analyzers[name]
         self._reveal(time)
-        if not analyzer.fails(*self._data.cohorts(spec.name), self._look_at(time)):
+        if not analyzer.fails(*self._data.cohorts(name), self._look_at(time)):
             return None
         results = self._analyze_all(time)
         elapsed = time - self.started

@@ -128,9 +128,9 @@ def test_critical_ratio_is_checked_between_judgements_only_on_canary_bad_events(
     checked: list[float] = []
     check = deployment._check_critical
 
-    def counting(spec, time):
+    def counting(name, time):
         checked.append(time - T0)
-        return check(spec, time)
+        return check(name, time)
 
     monkeypatch.setattr(deployment, "_check_critical", counting)
     for t, bad in ((10.0, 0), (20.0, 3), (30.0, 0), (40.0, 1)):
