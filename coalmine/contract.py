@@ -450,14 +450,13 @@ def decode_metric_events(value: bytes) -> list[MetricEvent]:
     except msgspec.MsgspecError:
         pass  # not of the common shape, or not valid: the validating path decides
     else:
-        if type(typed) is _TypedMetricEvent:  # one event: the common shape
-            event = _typed_event(typed)
-            if event is not None:
-                return [event]
-        else:
+        if isinstance(typed, list):
             events = _typed_events(typed)
-            if events is not None:
-                return events
+        else:  # one event: the common shape
+            event = _typed_event(typed)
+            events = None if event is None else [event]
+        if events is not None:
+            return events
     return _decode_validated(value)
 
 
@@ -704,13 +703,8 @@ _array = np.array
 _FLOAT64 = np.float64
 
 
-def _typed_events(
-    typed: _TypedMetricEvent | list[_TypedMetricEvent],
-) -> list[MetricEvent] | None:
-    """The events of a message ``msgspec`` parsed, or None if one is not plainly valid."""
-    if type(typed) is not list:
-        event = _typed_event(typed)  # type: ignore[arg-type]
-        return None if event is None else [event]
+def _typed_events(typed: list[_TypedMetricEvent]) -> list[MetricEvent] | None:
+    """The events of an array ``msgspec`` parsed, or None if one is not plainly valid."""
     events: list[MetricEvent] = []
     for item in typed:
         event = _typed_event(item)
