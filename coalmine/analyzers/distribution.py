@@ -70,7 +70,9 @@ class DistributionAnalyzer:
                 spec, baseline.instances(), canary.instances(), look.alpha, evidence=self._staged
             )
         if self._sequential is None:
-            self._sequential = DistributionEvidence.for_spec(spec.prior_width, spec.tail_quantiles)
+            self._sequential = DistributionEvidence.for_spec(
+                spec.prior_width, spec.prior_centre, spec.tail_quantiles
+            )
         return analyze_distribution(
             spec,
             baseline.samples(),

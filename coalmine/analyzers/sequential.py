@@ -45,24 +45,43 @@ per cohort and 0.1% errors a 2x canary is found in 1.17x the oracle's median tim
 sd 0.8: 1.33x), and a 5x one in a median 2.7 min either way."""
 
 
-def auc_log_e(theta: float, variance: float, tau: float, *, one_sided: bool) -> float:
+def auc_log_e(
+    theta: float, variance: float, tau: float, *, one_sided: bool, centre: float = 0.0
+) -> float:
     """Log mixture likelihood ratio for an AUC shift ``theta`` (``auc - 1/2``).
 
-    With the normal approximation ``theta_hat ~ N(theta, V)`` and a ``N(0, tau^2)`` prior on
-    ``theta`` (half-normal on the harmful side when one-sided)::
+    With the normal approximation ``theta_hat ~ N(theta, V)`` and a normal prior of sd
+    ``tau`` on ``theta``, centred on ``centre`` (on the harmful side, truncated to it, when
+    one-sided; on ``+centre`` and ``-centre`` alike, half its weight each, when not)::
 
-        log L = 1/2 log(V / (V + tau^2)) + theta^2 tau^2 / (2 V (V + tau^2))
-                [+ log(2 Phi(m / s)), m = theta tau^2/(V+tau^2), s^2 = tau^2 V/(V+tau^2)]
+        w = V tau^2 / (V + tau^2),  m = w (theta_hat / V + centre / tau^2)
+        log L = 1/2 log(w / tau^2) + m^2 / (2 w) - centre^2 / (2 tau^2)
+                [+ log Phi(m / sqrt(w)) - log Phi(centre / tau)]
+
+    With ``centre`` 0 the prior is ``N(0, tau^2)`` (half-normal when one-sided). A prior
+    centred on a shift a canary must catch spends less of its weight on shifts too small to
+    matter, so a regression of about that size is found sooner.
     """
     if variance <= 0.0:
         return 0.0
-    total = variance + tau * tau
-    log_e = 0.5 * math.log(variance / total) + theta * theta * tau * tau / (2 * variance * total)
+    tau2 = tau * tau
+    w = variance * tau2 / (variance + tau2)
+    base = 0.5 * math.log(w / tau2) - centre * centre / (2.0 * tau2)
     if one_sided:
-        mean = theta * tau * tau / total
-        sd = math.sqrt(tau * tau * variance / total)
-        log_e += math.log(2.0) + float(special.log_ndtr(mean / sd))
-    return log_e
+        m = w * (theta / variance + centre / tau2)
+        return (
+            base
+            + m * m / (2.0 * w)
+            + float(special.log_ndtr(m / math.sqrt(w)))
+            - float(special.log_ndtr(centre / tau))
+        )
+    if centre == 0.0:
+        m = w * theta / variance
+        return base + m * m / (2.0 * w)
+    up = w * (theta / variance + centre / tau2)
+    down = w * (theta / variance - centre / tau2)
+    both = np.logaddexp(up * up / (2.0 * w), down * down / (2.0 * w))
+    return base + float(both) - math.log(2.0)
 
 
 @dataclass(slots=True)
@@ -74,6 +93,8 @@ class AucMixture:
     """
 
     tau: float = DEFAULT_TAU
+    centre: float = 0.0
+    """Where the prior on the shift is centred (see :func:`auc_log_e`)."""
     log_e: float = 0.0
     max_log_e: float = 0.0
     looks: int = 0
@@ -99,7 +120,7 @@ class AucMixture:
         ``effect`` is 0 under no difference and positive when harmful; ``variance`` is its
         variance under no difference.
         """
-        self.log_e = auc_log_e(effect, variance, self.tau, one_sided=one_sided)
+        self.log_e = auc_log_e(effect, variance, self.tau, one_sided=one_sided, centre=self.centre)
         self.max_log_e = max(self.max_log_e, self.log_e)
         self.looks += 1
         return self.log_e
@@ -123,10 +144,12 @@ class DistributionEvidence:
     tails: dict[float, AucMixture] = field(default_factory=dict)
 
     @classmethod
-    def for_spec(cls, prior_width: float, quantiles: tuple[float, ...]) -> DistributionEvidence:
-        """Fresh evidence for a metric with this prior width and these tail quantiles."""
+    def for_spec(
+        cls, prior_width: float, prior_centre: float, quantiles: tuple[float, ...]
+    ) -> DistributionEvidence:
+        """Fresh evidence for a metric with this prior and these tail quantiles."""
         tails = {q: AucMixture(tau=TAIL_TAU * (1.0 - q)) for q in quantiles}
-        return cls(AucMixture(tau=prior_width), tails)
+        return cls(AucMixture(tau=prior_width, centre=prior_centre), tails)
 
 
 def logsumexp(a: NDArray[np.float64]) -> float:

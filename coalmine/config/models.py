@@ -301,7 +301,10 @@ class MetricSpec(_Section):
     nan_strategy: Literal["remove", "replace"] = "remove"
     """NaN samples: ``remove`` drops them, ``replace`` counts them as 0."""
     prior_width: float = Field(default=0.03, gt=0, le=0.5)
-    """Width of the sequential test's prior on the AUC shift (0.5 = no effect)."""
+    """Width (sd) of the sequential test's prior on the AUC shift (AUC 0.5 = no effect)."""
+    prior_centre: float = Field(default=0.04, ge=0, lt=0.5)
+    """Centre of that prior, as a harmful AUC shift (0: centred on no effect). 0.04 is about
+    +7% on latency with a log-sd of 0.5: effects a canary must catch, not tiny ones."""
     effect: EffectMeasure = "auto"
     """Distribution: the change a regression is measured by: ``shift`` (Hodges-Lehmann,
     over the baseline median), ``mean`` (ratio of means), or ``auto`` (``mean`` when one

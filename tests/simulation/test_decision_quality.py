@@ -183,19 +183,15 @@ def test_20_percent_latency_detected() -> None:
 
 
 def test_10_percent_latency_is_caught_with_a_tolerance_below_it() -> None:
-    # The issue's target: median <= 10 min and >= 95% within 30 min. With the default
-    # allowed_change of 10%, a +10% canary sits exactly at the tolerance and is a regression
-    # only about half the time, by definition; a team that must catch +10% sets a smaller
-    # tolerance (5% here) and a prior width matched to that effect (AUC shift ~0.05).
-    # Measured on these 50 seeded runs: all caught within 60 min, median 10 min, 47 of 50
-    # (94%) within 30 min: the 95% part of the target is not met (docs/statistics.md).
-    # This guards what is achieved: >= 90% within 30 min (45 of 50), median <= 11 min.
+    # Target: median <= 10 min and >= 95% within 30 min. With the default allowed_change
+    # of 10%, a +10% canary sits exactly at the tolerance and is a regression only about
+    # half the time, by definition; a team that must catch +10% sets a smaller tolerance
+    # (5% here). The default prior (centred on an AUC shift of 0.04) does the rest.
+    # Measured on these 50 seeded runs (the daily swing): all caught within 60 min, 46
+    # (92%) within 30, median 10 min; centred on 0, the prior needs 11.3.
     runs = run_all(
         {"lat+10": REGRESSION_RUNS},
-        Options(
-            seed=SEED,
-            overrides=("latency_ms.allowed_change=0.05", "latency_ms.prior_width=0.05"),
-        ),
+        Options(seed=SEED, overrides=("latency_ms.allowed_change=0.05",)),
         processes=2,
         progress=False,
     )["lat+10"]
@@ -204,7 +200,7 @@ def test_10_percent_latency_is_caught_with_a_tolerance_below_it() -> None:
     detail = f"{s}; detection minutes {times}"
     assert s.detect_60 == len(runs), detail
     assert s.detect_30 >= 0.90 * len(runs), detail
-    assert s.detect_p50_min <= 11, detail
+    assert s.detect_p50_min <= 10, detail
 
 
 # --- real metric shapes (issue: never promote a canary that is clearly worse) -------------

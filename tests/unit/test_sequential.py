@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from scipy import special
+from scipy import integrate, special, stats
 
 from coalmine.analyzers.mann_whitney import rank_sum_test
 from coalmine.analyzers.sequential import (
@@ -23,10 +23,12 @@ ALPHA = 0.05
 THRESHOLD = math.log(1 / ALPHA)
 
 
-def auc_first_rejection(seed: int, factor: float, looks: int = 30, per_look: int = 50):
+def auc_first_rejection(
+    seed: int, factor: float, looks: int = 30, per_look: int = 50, centre: float = 0.0
+):
     rng = np.random.default_rng(seed)
     base, canary = [], []
-    evidence = AucMixture()
+    evidence = AucMixture(centre=centre)
     for look in range(1, looks + 1):
         base.append(np.round(rng.lognormal(4.6, 0.5, per_look)))  # whole ms: ties
         canary.append(np.round(factor * rng.lognormal(4.6, 0.5, per_look)))
@@ -61,6 +63,47 @@ def test_auc_log_e_is_zero_without_evidence_and_grows_with_it():
     # One-sided: evidence for the harmless direction is not evidence of harm.
     assert auc_log_e(-0.05, 1e-4, 0.03, one_sided=True) < 0
     assert auc_log_e(0.05, 0.0, 0.03, one_sided=True) == 0.0
+
+
+@pytest.mark.parametrize("one_sided", [True, False])
+@pytest.mark.parametrize("centre", [0.0, 0.02, 0.04, 0.1])
+@pytest.mark.parametrize("theta", [-0.03, 0.0, 0.01, 0.06])
+def test_auc_log_e_is_the_likelihood_ratio_integrated_over_the_prior(one_sided, centre, theta):
+    # The closed form against numerical integration of the normal likelihood ratio over
+    # the prior: N(centre, tau^2) truncated to the harmful side when one-sided, the even
+    # mixture of N(+centre, tau^2) and N(-centre, tau^2) when not.
+    variance, tau = 4e-4, 0.03
+
+    def ratio(t: float) -> float:
+        return math.exp(t * theta / variance - t * t / (2 * variance))
+
+    def density(t: float) -> float:
+        if one_sided:
+            return stats.norm.pdf(t, centre, tau) / stats.norm.sf(0.0, centre, tau)
+        return 0.5 * (stats.norm.pdf(t, centre, tau) + stats.norm.pdf(t, -centre, tau))
+
+    low = 0.0 if one_sided else -1.0
+    value, _ = integrate.quad(lambda t: ratio(t) * density(t), low, 1.0, points=[theta])
+    got = auc_log_e(theta, variance, tau, one_sided=one_sided, centre=centre)
+    assert got == pytest.approx(math.log(value), rel=1e-6, abs=1e-9)
+
+
+def test_centred_prior_holds_alpha_over_thirty_looks():
+    # Same bound as the half-normal's: any prior gives a valid mixture (measured: 6 of 300,
+    # the half-normal 5).
+    rejected = sum(auc_first_rejection(seed, 1.0, centre=0.04) is not None for seed in range(300))
+    assert rejected / 300 < 0.088
+
+
+def test_centred_prior_finds_a_ten_percent_slowdown_sooner():
+    # The same 100 seeded canaries (+10%, AUC shift ~0.054), judged with the prior centred
+    # on 0.04 and on 0: measured mean first rejection 9.3 looks against 10.2, median 7
+    # against 9 (a canary not found in 30 looks counts as 31).
+    seeds = range(2000, 2100)
+    centred = [auc_first_rejection(s, 1.10, centre=0.04) or 31 for s in seeds]
+    half = [auc_first_rejection(s, 1.10) or 31 for s in seeds]
+    assert np.mean(centred) < np.mean(half) - 0.5, (np.mean(centred), np.mean(half))
+    assert np.median(centred) <= np.median(half)
 
 
 def rate_first_rejection(seed: int, ratio: float, looks: int = 120, rps: float = 20.0):
