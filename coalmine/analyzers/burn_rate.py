@@ -350,10 +350,60 @@ def ratio_fails(  # noqa: PLR0913 - analyze_ratio's arguments
                 alpha,
             ).fails
         )
-    rules = _burn_rules(
-        spec, error_budget(spec), counts, alpha, evidence if sequential else None, window
-    )
+    budget = error_budget(spec)
+    screened = sequential and evidence is not None and window is not None
+    if (
+        screened
+        and evidence is not None
+        and not _guards_may_fire(spec, budget, counts, alpha, evidence)
+    ):
+        return relative_fails
+    rules = _burn_rules(spec, budget, counts, alpha, evidence if sequential else None, window)
     return relative_fails or any(rule.fires for rule in rules)
+
+
+def _guards_may_fire(
+    spec: MetricSpec,
+    budget: float,
+    counts: tuple[int, int, int, int],
+    alpha: float,
+    evidence: RatioEvidence,
+) -> bool:
+    """Could a sequential burn-rate rule fire now? False only when none can.
+
+    A rule fires only when its guard's running maximum reaches the threshold. At or below
+    its level the canary's ratio gives an e-value below 1, which cannot raise the maximum;
+    so with every ratio there and every maximum below the threshold, none fires.
+    """
+    bad_c, canary_total = counts[3] - counts[2], counts[3]
+    plan = _plan(spec, sequential=True)
+    threshold = _guard_threshold(len(plan), alpha)
+    return any(
+        bad_c > _guard_level(factor, budget) * canary_total
+        or evidence.guard_max_log_e.get(name, 0.0) >= threshold
+        for name, factor, _ in plan
+    )
+
+
+def _plan(spec: MetricSpec, *, sequential: bool) -> list[tuple[str, float, float]]:
+    """The burn-rate rules: name, burn factor, and the divisor of the long window (of max_duration).
+
+    The slow rule runs only with the sequential guards.
+    """
+    plan = [("fast", spec.fast_burn, 6.0)]
+    if sequential:
+        plan.append(("slow", spec.slow_burn, 1.0))
+    return plan
+
+
+def _guard_level(factor: float, budget: float) -> float:
+    """The bad-event ratio a rule's guard tests against: ``factor`` times the budget."""
+    return min(1.0, factor * budget)
+
+
+def _guard_threshold(rules: int, alpha: float) -> float:
+    """The log e-value a guard must reach: the burn rules share the non-relative alpha."""
+    return math.log(rules / ((1.0 - RELATIVE_SHARE) * alpha))
 
 
 def _checked_counts(
@@ -490,12 +540,10 @@ def _burn_rules(
 ) -> list[_BurnRule]:
     baseline_good, baseline_total, canary_good, canary_total = counts
     bad_c, bad_b = canary_total - canary_good, baseline_total - baseline_good
-    plan = [("fast", spec.fast_burn, 6.0)]
-    if evidence is not None:
-        plan.append(("slow", spec.slow_burn, 1.0))
+    plan = _plan(spec, sequential=evidence is not None)
     rules = []
     for name, factor, divisor in plan:
-        level = min(1.0, factor * budget)
+        level = _guard_level(factor, budget)
         long_window = None if window is None else window.duration / divisor
         if evidence is not None and window is not None and long_window is not None:
             long = evidence.window(window.now - long_window)
@@ -507,7 +555,7 @@ def _burn_rules(
             best = max(evidence.guard_max_log_e.get(name, 0.0), log_e)
             evidence.guard_max_log_e[name] = best
             p_value = min(1.0, math.exp(-best))
-            significant = best >= math.log(len(plan) / ((1.0 - RELATIVE_SHARE) * alpha))
+            significant = best >= _guard_threshold(len(plan), alpha)
         else:
             long = short = (bad_c, canary_total, bad_b, baseline_total)
             p_value = _binom_at_least(bad_c, canary_total, level)

@@ -190,21 +190,42 @@ class RateRatioEProcess:
     multiplies across batches; the e-process mixes it over a grid of ``r > r0``. It stays
     valid when the split drifts or differs from the announced weight. Counts are gathered
     with ``add`` and enter the evidence at ``update``, once both cohorts have traffic.
+
+    A batch with ``c`` of its ``k`` bad events the canary's adds
+    ``c log(r / r0) - k (log1p(rho (r - 1)) - log1p(rho (r0 - 1)))`` to the log likelihood
+    ratio of ``r`` (the binomial's, rewritten). Its first term needs only the running sum of
+    ``c``, so each batch costs four operations on the grid.
     """
 
     r0: float = 1.0
-    log_lr: NDArray[np.float64] = field(init=False)
     max_log_e: float = 0.0
     batches: int = 0
     _log_e: float | None = field(default=0.0, repr=False)
     """The current log e-value; None until it is asked for after batches that lowered it."""
     _ratios: NDArray[np.float64] = field(init=False, repr=False)
     _log_w: NDArray[np.float64] = field(init=False, repr=False)
+    _log_r: NDArray[np.float64] = field(init=False, repr=False)
+    """``log(r / r0)`` on the grid."""
+    _r_less_one: NDArray[np.float64] = field(init=False, repr=False)
+    _weighted: NDArray[np.float64] = field(init=False, repr=False)
+    """Log prior weights less every batch's ``k log1p(rho (r - 1))``."""
+    _scratch: NDArray[np.float64] = field(init=False, repr=False)
+    _canary_bad: int = field(default=0, repr=False)
+    _offset: float = field(default=0.0, repr=False)
+    """Every batch's ``k log1p(rho (r0 - 1))``."""
     _pending: list[int] = field(default_factory=lambda: [0, 0, 0, 0], repr=False)
 
     def __post_init__(self) -> None:
         self._ratios, self._log_w = _grid(self.r0)
-        self.log_lr = np.zeros_like(self._ratios)
+        self._log_r = np.log(self._ratios / self.r0)
+        self._r_less_one = self._ratios - 1.0
+        self._weighted = self._log_w.copy()
+        self._scratch = np.empty_like(self._ratios)
+
+    @property
+    def log_lr(self) -> NDArray[np.float64]:
+        """The log likelihood ratio of each ratio on the grid against ``r0``."""
+        return self._canary_bad * self._log_r + (self._weighted - self._log_w) + self._offset
 
     def add(
         self, bad_canary: int, total_canary: int, bad_baseline: int, total_baseline: int
@@ -221,15 +242,19 @@ class RateRatioEProcess:
         bad_c, total_c, bad_b, total_b = self._pending
         if total_c > 0 and total_b > 0:
             self._pending = [0, 0, 0, 0]
-            if bad_c + bad_b > 0:
+            bad = bad_c + bad_b
+            if bad > 0:
                 rho = total_c / (total_c + total_b)
-                theta = rho * self._ratios / (rho * self._ratios + 1.0 - rho)
+                scratch = self._scratch
+                np.multiply(self._r_less_one, rho, out=scratch)
+                np.log1p(scratch, out=scratch)
+                scratch *= bad
+                self._weighted -= scratch
+                self._canary_bad += bad_c
+                self._offset += bad * math.log1p(rho * (self.r0 - 1.0))
                 theta0 = rho * self.r0 / (rho * self.r0 + 1.0 - rho)
-                self.log_lr += bad_c * np.log(theta / theta0) + bad_b * np.log(
-                    (1.0 - theta) / (1.0 - theta0)
-                )
-                if bad_c > theta0 * (bad_c + bad_b):
-                    self._log_e = logsumexp(self._log_w + self.log_lr)
+                if bad_c > theta0 * bad:
+                    self._log_e = self._mixture()
                     self.max_log_e = max(self.max_log_e, self._log_e)
                 else:
                     # The canary's share of the batch's bad events is at most theta0's:
@@ -242,13 +267,19 @@ class RateRatioEProcess:
     def log_e(self) -> float:
         """The current log e-value."""
         if self._log_e is None:
-            self._log_e = logsumexp(self._log_w + self.log_lr)
+            self._log_e = self._mixture()
         return self._log_e
 
     @property
     def p_value(self) -> float:
         """Anytime-valid p-value: ``min(1, 1 / max e)``."""
         return min(1.0, math.exp(-self.max_log_e))
+
+    def _mixture(self) -> float:
+        scratch = self._scratch
+        np.multiply(self._log_r, self._canary_bad, out=scratch)
+        scratch += self._weighted
+        return logsumexp(scratch) + self._offset
 
 
 def binomial_guard_log_e(bad: int, total: int, level: float) -> float:
