@@ -23,7 +23,7 @@ as the daemon takes the messages.
    the samples they hold).
 
 The baseline is the samples themselves: ``deployments x metrics x 2 x minutes x
-samples-per-minute`` float64 values (8 bytes each). The issue-7 target: RSS <= 300 MB.
+samples-per-minute`` float64 values (8 bytes each). The target: RSS <= 300 MB.
 """
 
 from __future__ import annotations
@@ -339,7 +339,7 @@ def main() -> None:
             f"{raw:.1f} MB; ratio RSS / samples {figures['loaded'] / raw:.2f}, RSS growth / "
             f"samples {(figures['loaded'] - figures['idle']) / raw:.2f}"
         )
-        print(f"issue-7 target: RSS <= {TARGET_MB:g} MB: {'met' if met else 'NOT met'}")
+        print(f"target: RSS <= {TARGET_MB:g} MB: {'met' if met else 'NOT met'}")
     write_json(args.json, figures)
 
 

@@ -27,7 +27,7 @@ Run from the repository root: ``python benchmarks/recovery.py [--deployments 100
    offsets) up to the fetch high watermark, and exits; spawn to exit, and its own time
    after its imports.
 
-The issue-7 target: rebuilt in under 30 s. Ends are taken from the producer's acks and the
+The target: rebuilt in under 30 s. Ends are taken from the producer's acks and the
 fetch high watermark, as tansu's ListOffsets(latest) answers the last batch's base offset + 1
 (on Apache Kafka both agree).
 """
@@ -305,7 +305,7 @@ def report(args, marks, metrics, reread, bare, second: tuple) -> dict:
         f"bare read {ratio:.1f} spawn to done, {ratio_reading:.1f} reading alone"
     )
     met = rebuilt < TARGET_SECONDS
-    print(f"issue-7 target: < {TARGET_SECONDS:g} s: {'met' if met else 'NOT met'}")
+    print(f"target: < {TARGET_SECONDS:g} s: {'met' if met else 'NOT met'}")
     return {
         "rebuilt": rebuilt,
         "startup": startup,

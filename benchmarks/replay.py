@@ -24,7 +24,7 @@ What happens:
    dependency: ``pip install pyinstrument``) and prints where the time goes.
 3. **Report.** Deployments per minute, messages per second, decisions.
 
-``--live`` then checks the issue's done-criterion, "a replay of 1000 recorded deployments
+``--live`` then checks the target, "a replay of 1000 recorded deployments
 finishes in under a minute with the same final decisions and verdict ids as the live
 daemon gave on the same stream":
 

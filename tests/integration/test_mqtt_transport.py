@@ -451,7 +451,7 @@ def test_settings_sections() -> None:
     assert settings.mqtt.topic_prefix == "coalmine"
     both = Settings(bus={"consume": ["kafka", "mqtt"], "publish": ["mqtt"]})
     assert both.bus.consume == ["kafka", "mqtt"]
-    # The example writes empty strings for "no credentials".
+    # A configuration may write empty strings for "no credentials".
     unset = MqttSettings.model_validate({"username": "", "password": "", "client_id": ""})
     assert (unset.username, unset.password, unset.client_id) == (None, None, None)
     secret = MqttSettings(username="u", password=SecretStr("hunter2-secret"))

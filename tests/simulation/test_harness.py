@@ -237,7 +237,7 @@ def test_scenario_overrides_follow_the_command_line() -> None:
 def _reference_llr(
     bt: list[int], bb: list[int], ct: list[int], cb: list[int], r1: float
 ) -> list[float]:
-    """The issue's formula, term by term, in plain floats."""
+    """The oracle's log likelihood ratio, term by term, in plain floats."""
 
     def theta(rho: float, r: float) -> float:
         return rho * r / (rho * r + 1 - rho)
