@@ -158,7 +158,7 @@ def logsumexp(a: NDArray[np.float64]) -> float:
     The same operations in the same order (the largest terms taken out of the sum and
     added back through ``log1p``), so the result is bit-identical, without scipy's
     array-API dispatch: 7 us where scipy takes 57 us on the 200-point grid, and it runs on
-    every update of a ratio metric's e-process.
+    every update of a ratio metric's e-process that may raise it.
     """
     a_max = a.max()
     if not np.isfinite(a_max):
