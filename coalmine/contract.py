@@ -733,26 +733,16 @@ def _typed_event(typed: _TypedMetricEvent) -> MetricEvent | None:
             typed.service, typed.metric, time, _EMPTY, good, total, True,  # type: ignore[arg-type]
             typed.deployment_id, typed.cohort, typed.version, typed.instance,
         )  # fmt: skip
-    if value is _UNSET and values is not _UNSET:  # the common shape: inline
+    if value is _UNSET and values is not _UNSET:  # the common shape
         samples = _array(values, dtype=_FLOAT64)
+    elif value is not _UNSET and values is _UNSET:
+        samples = _array((value,), dtype=_FLOAT64)
     else:
-        single = _typed_samples(value, values)
-        if single is None:
-            return None
-        samples = single
+        return None  # neither or both: the validating path names the problem
     return _metric_event(
         typed.service, typed.metric, time, samples, 0, 0, False,
         typed.deployment_id, typed.cohort, typed.version, typed.instance,
     )  # fmt: skip
-
-
-def _typed_samples(
-    value: float | msgspec.UnsetType, values: list[float] | msgspec.UnsetType
-) -> NDArray[np.float64] | None:
-    """Exactly one of ``value`` and ``values``, as samples; None otherwise."""
-    if value is not _UNSET:
-        return None if values is not _UNSET else np.array((value,), dtype=np.float64)
-    return None if values is _UNSET else np.array(values, dtype=np.float64)
 
 
 def metric_event_from_mapping(obj: Mapping[str, Any]) -> MetricEvent:

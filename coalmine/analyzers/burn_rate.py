@@ -351,10 +351,10 @@ def ratio_fails(  # noqa: PLR0913 - analyze_ratio's arguments
             ).fails
         )
     budget = error_budget(spec)
-    screened = sequential and evidence is not None and window is not None
     if (
-        screened
+        sequential
         and evidence is not None
+        and window is not None
         and not _guards_may_fire(spec, budget, counts, alpha, evidence)
     ):
         return relative_fails

@@ -75,13 +75,10 @@ def auc_log_e(
             + float(special.log_ndtr(m / math.sqrt(w)))
             - float(special.log_ndtr(centre / tau))
         )
-    if centre == 0.0:
-        m = w * theta / variance
-        return base + m * m / (2.0 * w)
     up = w * (theta / variance + centre / tau2)
     down = w * (theta / variance - centre / tau2)
-    both = np.logaddexp(up * up / (2.0 * w), down * down / (2.0 * w))
-    return base + float(both) - math.log(2.0)
+    high, low = sorted((up * up / (2.0 * w), down * down / (2.0 * w)), reverse=True)
+    return base + high + math.log1p(math.exp(low - high)) - math.log(2.0)
 
 
 @dataclass(slots=True)
