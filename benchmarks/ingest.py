@@ -27,7 +27,7 @@ The foreign formats carry no deployment id: the daemon, configured with the matc
 ``[[inputs]]`` entry, routes them by service and version. Every message is decoded once
 after the fill (not timed) to check it yields what it should and count the samples.
 
-The sides, ``bare``, ``bare+json`` and ``coalmine``, and the timing rule are
+The sides, ``bare``, ``bare+json``, ``bare+decode`` and ``coalmine``, and the timing rule are
 ``harness/ingest.py``'s; they run interleaved, R times each. The coalmine side opens the D
 deployments in its router before it starts (as in production, where they start minutes
 before their metrics flow), so that no metric overtakes its ``started`` event; each of its
@@ -59,6 +59,7 @@ from benchmarks.harness.broker import add_broker_option, describe, start_broker
 from benchmarks.harness.ingest import (
     FORMATS,
     INTERVAL,
+    REFERENCES,
     T0,
     VERSIONS,
     Format,
@@ -337,7 +338,12 @@ async def _pass(bootstrap: str, work: IngestWorkload, args: argparse.Namespace) 
     runs: list[Measurement] = []
     for run in range(1, args.runs + 1):  # interleaved: bare, coalmine, bare, coalmine, ...
         runs.append(await run_bare(bootstrap, work, run, args.max_poll_records))
-        runs.append(await run_bare(bootstrap, work, run, args.max_poll_records, parse=True))
+        runs.extend(
+            [
+                await run_bare(bootstrap, work, run, args.max_poll_records, side=side)
+                for side in REFERENCES
+            ]
+        )
         runs.append(await run_coalmine(bootstrap, work, run, args.max_poll_records))
     _report(work, runs, sum(len(value) for value in values), samples)
 

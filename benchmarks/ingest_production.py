@@ -20,7 +20,8 @@ judgements per deployment (9,000 verdicts per run).
 The fill, the sides, the timing rule and the table are ``harness/ingest.py``'s, as in
 ``ingest.py``: the topics are filled before anything is timed; then, interleaved, R times each:
 ``bare`` (an ``AIOKafkaConsumer`` that only counts the messages: the baseline),
-``bare+json`` (plus ``orjson.loads`` of each, for reference) and ``coalmine`` (the real
+``bare+json`` and ``bare+decode`` (plus ``orjson.loads`` or the contract's decode of each,
+for reference) and ``coalmine`` (the real
 ``Daemon`` on a ``KafkaTransport``: fetch, decode, route, buffer, judge, publish and await
 the verdicts' acknowledgements, commit). Clocks start once the first batch is handled and
 stop at the last message. Each run's ratio is coalmine / the bare run just before it; the
@@ -53,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks, supp
 from benchmarks.harness.broker import add_broker_option, describe, start_broker
 from benchmarks.harness.ingest import (
     INTERVAL,
+    REFERENCES,
     T0,
     IngestWorkload,
     Measurement,
@@ -195,8 +197,11 @@ async def _main(args: argparse.Namespace) -> None:
         runs: list[Measurement] = []
         for run in range(1, args.runs + 1):
             runs.append(await run_bare(broker.bootstrap, work, run, args.max_poll_records))
-            runs.append(
-                await run_bare(broker.bootstrap, work, run, args.max_poll_records, parse=True)
+            runs.extend(
+                [
+                    await run_bare(broker.bootstrap, work, run, args.max_poll_records, side=side)
+                    for side in REFERENCES
+                ]
             )
             runs.append(await run_coalmine(broker.bootstrap, work, run, args.max_poll_records))
         _report(runs, work.samples)

@@ -212,7 +212,7 @@ async def daemon_rss(args, expected: int) -> dict:
     )
     warnings, errors = daemon.log_problems()
     if warnings or errors or active != args.deployments or dropped or invalid:
-        print(f"  WARNING: the figures are suspect (log: {warnings} warnings, {errors} errors)")
+        print(f"  WARNING: the figures are suspect (log: {daemon.describe_problems()})")
     return {"idle": idle, "opened": opened, "loaded": loaded, "peak": peak, "seconds": taken}
 
 

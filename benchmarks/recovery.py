@@ -270,11 +270,10 @@ def report(args, marks, metrics, reread, bare, second: tuple) -> dict:
     recovered = total(metrics, "coalmine_recovered_deployments_total") or 0
     suppressed = total(metrics, "coalmine_verdicts_suppressed_total") or 0
     published = total(metrics, "coalmine_verdicts_total") or 0
-    warnings, errors = daemon.log_problems()
     print(
         f"  coalmine_recovered_deployments_total {recovered:,.0f}, verdicts suppressed "
         f"{suppressed:,.0f} (already published), published anew {published:,.0f}; RSS "
-        f"{rss:.0f} MB; exit {code} on SIGTERM; log: {warnings} warnings, {errors} errors"
+        f"{rss:.0f} MB; exit {code} on SIGTERM; log: {daemon.describe_problems()}"
     )
     needed = ("every record re-read", f"{args.deployments} open")
     rebuilt = max(marks[m] for m in needed) if all(m in marks for m in needed) else math.inf

@@ -651,13 +651,12 @@ async def live(
     critical = [o for o in state.observed if o.kind == "critical"]
     outside = [o.latency for o in window]
     produced_rate = produced / (ended - warm_at)
-    warnings, errors = daemon.log_problems()
     print(
         f"\nproduced {produced_rate:,.0f} metric messages/s after the warm-up (asked {rate:,.0f})"
     )
     print(
         f"daemon: {cpu / span:.0%} of a core, RSS {rss:.0f} MB; exit {code} on SIGTERM; "
-        f"log: {warnings} warnings, {errors} errors"
+        f"log: {daemon.describe_problems()}"
     )
     print(
         f"broker ({args.broker}): {broker_cpu / span:.0%} of a core; load and measuring (this "

@@ -248,10 +248,17 @@ class DaemonProcess:
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:]) or "(empty log)"
 
-    def log_problems(self) -> tuple[int, int]:
+    def log_problems(self) -> tuple[list[str], list[str]]:
         """(warning lines, error lines) of its log."""
         text = self.log_path.read_text(errors="replace").splitlines()
         return (
-            sum(1 for line in text if "WARNING" in line),
-            sum(1 for line in text if "ERROR" in line or "Traceback" in line),
+            [line for line in text if "WARNING" in line],
+            [line for line in text if "ERROR" in line or "Traceback" in line],
         )
+
+    def describe_problems(self, shown: int = 3) -> str:
+        """``N warnings, M errors``, then the first ``shown`` of each, one per line."""
+        warnings, errors = self.log_problems()
+        lines = [f"{len(warnings)} warnings, {len(errors)} errors"]
+        lines += [f"    {line}" for line in warnings[:shown] + errors[:shown]]
+        return "\n".join(lines)

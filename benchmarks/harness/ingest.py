@@ -4,8 +4,10 @@ same topics, and the table of their runs (``ingest.py``, ``ingest_production.py`
 The topics are filled before anything is timed (``fill``). Then each side reads them all:
 
 * ``bare``: an ``AIOKafkaConsumer`` in its own group (earliest, no commits) that only counts
-  the metric messages: the baseline; ``bare+json`` adds ``orjson.loads`` of each, for
-  reference;
+  the metric messages: the baseline; for reference, ``bare+json`` adds ``orjson.loads`` of
+  each, and ``bare+decode`` the contract's decode of each (the daemon's first step, as
+  ``decode_all`` runs it): what is left between that side and ``coalmine`` is routing,
+  buffering, judging, publishing and committing;
 * ``coalmine``: the daemon itself (``Daemon``, HTTP off) on a ``KafkaTransport`` in its own
   group: fetch, decode, route, buffer, judge, publish the verdicts and wait for the
   broker's acknowledgement, commit; every batch, as in production.
@@ -41,7 +43,7 @@ from coalmine.config.models import HttpSettings, KafkaSettings, MetricSpec, Prof
 from coalmine.config.settings import Settings
 from coalmine.contract import decode_metric_events, format_time
 from coalmine.daemon.app import Daemon
-from coalmine.formats import InputSettings, metric_decoder
+from coalmine.formats import InputSettings, MetricDecoder, metric_decoder
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -208,13 +210,19 @@ class Decoded:
     skipped: Counter[str]
 
 
+def contract_decoder(
+    work: IngestWorkload,
+) -> tuple[Callable[[bytes], list[MetricEvent]], MetricDecoder | None]:
+    """The daemon's decode of the workload's messages, and its foreign decoder if any."""
+    if work.format == "native":
+        return decode_metric_events, None
+    decoder = metric_decoder(work.inputs()[0])
+    return decoder.decode, decoder
+
+
 def decode_all(work: IngestWorkload, values: list[bytes]) -> Decoded:
     """Decode every message as the daemon will (one fresh decoder, not timed)."""
-    decode: Callable[[bytes], list[MetricEvent]] = decode_metric_events
-    decoder = None
-    if work.format != "native":
-        decoder = metric_decoder(work.inputs()[0])
-        decode = decoder.decode
+    decode, decoder = contract_decoder(work)
     samples = counted = 0
     begun = time.perf_counter()
     for value in values:
@@ -261,9 +269,20 @@ async def fill(bootstrap: str, work: IngestWorkload, metrics: list[tuple[bytes, 
 
 
 async def run_bare(
-    bootstrap: str, work: IngestWorkload, run: int, max_records: int, *, parse: bool = False
+    bootstrap: str, work: IngestWorkload, run: int, max_records: int, *, side: str = "bare"
 ) -> Measurement:
-    """The baseline: a consumer that counts the metric messages (``parse``: and loads each)."""
+    """The baseline: a consumer that counts the metric messages.
+
+    ``side``: ``bare`` only counts; ``bare+json`` also loads each with ``orjson``;
+    ``bare+decode`` also decodes each as the daemon does (``decode_all``'s decoder).
+    """
+    parse: Callable[[bytes], object] | None = None
+    if side == "bare+json":
+        parse = orjson.loads
+    elif side == "bare+decode":
+        parse = contract_decoder(work)[0]
+    elif side != "bare":
+        raise ValueError(f"unknown side {side!r}")
     consumer = AIOKafkaConsumer(
         work.source,
         bootstrap_servers=bootstrap,
@@ -282,15 +301,15 @@ async def run_bare(
                 batches = await consumer.getmany(timeout_ms=500, max_records=max_records)
                 for messages in batches.values():
                     seen += len(messages)
-                    if parse:
+                    if parse is not None:
                         for message in messages:
-                            orjson.loads(message.value)
+                            parse(message.value)
                 if seen and clock.started is None:
                     clock.start(seen)
             clock.stop()
     finally:
         await consumer.stop()
-    return clock.measurement("bare+json" if parse else "bare", run, seen, None)
+    return clock.measurement(side, run, seen, None)
 
 
 class TimedTransport(KafkaTransport):
@@ -420,7 +439,9 @@ async def run_coalmine(
 
 # -- the table ------------------------------------------------------------------------------
 
-SIDES = ("bare", "bare+json", "coalmine")
+SIDES = ("bare", "bare+json", "bare+decode", "coalmine")
+"""Every side a report shows, in this order; ``REFERENCES`` are the sides between."""
+REFERENCES = ("bare+json", "bare+decode")
 
 
 def _row(m: Measurement, samples: float, label: str) -> str:
@@ -428,7 +449,7 @@ def _row(m: Measurement, samples: float, label: str) -> str:
     verdicts = "-" if m.verdicts is None else f"{m.verdicts:,}"
     others = "n/a" if m.others_cpu is None else f"{m.others_cpu:.1f}"
     return (
-        f"{m.side:<9} {label:>6} {m.rate:>12,.0f} {m.rate * samples:>12,.0f} "
+        f"{m.side:<11} {label:>6} {m.rate:>12,.0f} {m.rate * samples:>12,.0f} "
         f"{per_million:>14.2f} {m.seconds:>8.2f} {m.cpu:>7.2f} {m.broker_cpu:>10.1f} "
         f"{others:>10} {verdicts:>9}"
     )
@@ -441,7 +462,7 @@ def report_runs(runs: list[Measurement], samples: float) -> tuple[float, float]:
     over the bare run just before it; returns (the median of those, the best of each side's).
     """
     header = (
-        f"{'side':<9} {'run':>6} {'messages/s':>12} {'samples/s':>12} "
+        f"{'side':<11} {'run':>6} {'messages/s':>12} {'samples/s':>12} "
         f"{'CPU s/1M smp':>14} {'wall s':>8} {'CPU s':>7} {'broker CPU':>10} {'others CPU':>10} "
         f"{'verdicts':>9}"
     )
@@ -467,9 +488,10 @@ def report_runs(runs: list[Measurement], samples: float) -> tuple[float, float]:
         f"  median {median:.3f}, range {min(ratios):.3f}-{max(ratios):.3f}; "
         f"best of each side {best_ratio:.3f}"
     )
-    print(
-        f"  (for reference, best of each: coalmine / bare+json "
-        f"{best['coalmine'].rate / best['bare+json'].rate:.3f}, bare+json / bare "
-        f"{best['bare+json'].rate / best['bare'].rate:.3f})"
-    )
+    for side in REFERENCES:
+        print(
+            f"  (for reference, best of each: coalmine / {side} "
+            f"{best['coalmine'].rate / best[side].rate:.3f}, {side} / bare "
+            f"{best[side].rate / best['bare'].rate:.3f})"
+        )
     return median, best_ratio
