@@ -20,13 +20,13 @@ import math
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from coalmine.config.models import MetricKind
-from coalmine.contract import MetricEvent
+from coalmine.contract import MetricEvent, new_metric_event
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -266,9 +266,8 @@ class _Last:
     values: tuple[float, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    """What one point of a series adds.
+class Step(NamedTuple):
+    """What one point of a series adds (a tuple: made for every point, it must be cheap).
 
     ``status``: ``ok``; ``reset`` (the series restarted: ``delta`` is the new value);
     ``first_point`` (a cumulative series seen for the first time: its value is the baseline,
@@ -381,22 +380,21 @@ class RatioAccumulator:
             pool_total -= whole
             pool_bad -= bad_count
             metric, service, version, instance = key
-            event = MetricEvent(
-                service=service,
-                metric=metric,
-                time=time,
-                good=whole - bad_count,
-                total=whole,
-                is_ratio=True,
-                version=version,
-                instance=instance,
-            )
+            event = new_metric_event(
+                service, metric, time, _EMPTY, whole - bad_count, whole, True,
+                None, None, version, instance,
+            )  # fmt: skip
         if abs(pool_total) > self._EPS or abs(pool_bad) > self._EPS:
             self._pending[key] = (pool_total, pool_bad)
             if len(self._pending) > self._max:
                 self._pending.popitem(last=False)
                 self.evicted += 1
         return event
+
+
+def _joined(chunks: list[NDArray[np.float64]]) -> NDArray[np.float64]:
+    """The chunks end to end (the one chunk itself, uncopied, when there is one)."""
+    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
 
 class MessageEvents:
@@ -421,15 +419,10 @@ class MessageEvents:
     def events(self, ratios: RatioAccumulator) -> list[MetricEvent]:
         """The message's events: samples first, then the ratio events it completes."""
         out = [
-            MetricEvent(
-                service=key[1],
-                metric=key[0],
-                time=time,
-                values=chunks[0] if len(chunks) == 1 else np.concatenate(chunks),
-                version=key[2],
-                instance=key[3],
+            new_metric_event(
+                service, metric, time, _joined(chunks), 0, 0, False, None, None, version, instance
             )
-            for (key, time), chunks in self._samples.items()
+            for ((metric, service, version, instance), time), chunks in self._samples.items()
         ]
         for key, (total, bad, time) in self._counts.items():
             event = ratios.add(key, total, bad, time)

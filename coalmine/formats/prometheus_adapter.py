@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 import orjson
@@ -63,8 +63,7 @@ class _BucketUse:
     with_total: bool  # a histogram ratio: total is the +Inf bucket of the same pair
 
 
-@dataclass(frozen=True, slots=True)
-class _Sample:
+class _Sample(NamedTuple):  # a tuple: one is made for every message
     name: str
     labels: dict[str, str]
     seconds: float
