@@ -36,6 +36,7 @@ from coalmine.bus.kafka import KafkaTransport, ensure_topics
 from coalmine.bus.placement import murmur2_partition
 from coalmine.daemon.app import Daemon
 from coalmine.tools.simulator import Scenario, SimulatedMessage, simulate, three_deployments
+from support.brokers import Tansu
 from support.scenario import EXPECTED, T0
 from tests.integration.test_daemon_kafka import (
     create_topics,
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 
     from coalmine.config.models import KafkaSettings, TopicsSettings
     from coalmine.config.settings import Settings
+    from support.kafka_broker import ApacheKafka
 
 CODECS = {
     "snappy": DefaultRecordBatch.CODEC_SNAPPY,
@@ -203,11 +205,14 @@ def total(daemon: Daemon, name: str) -> float:
 )
 async def test_the_daemon_judges_librdkafka_batches_of_every_codec(
     produce: Callable[[KafkaSettings, TopicsSettings, str, Sequence[SimulatedMessage]], None],
+    kafka_broker: ApacheKafka | Tansu,
     kafka_settings: KafkaSettings,
     topic_name: Callable[[str], str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Three deployments per codec, each codec's deploy events and metrics in its batches."""
+    if produce is produce_with_kcat and isinstance(kafka_broker, Tansu):
+        pytest.skip("kcat's librdkafka (2.0, Debian 12) cannot read tansu's ApiVersions answer")
     settings: Settings = make_settings(kafka_settings, topic_name)
     topics = settings.topics
     await create_topics(settings.kafka, topics)
