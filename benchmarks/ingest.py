@@ -57,9 +57,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks, supp
 
 from benchmarks.harness.broker import add_broker_option, describe, start_broker
 from benchmarks.harness.ingest import (
+    BARE_SIDES,
     FORMATS,
     INTERVAL,
-    REFERENCES,
     T0,
     VERSIONS,
     Format,
@@ -336,12 +336,11 @@ async def _pass(bootstrap: str, work: IngestWorkload, args: argparse.Namespace) 
     if decoded.skipped:
         print(f"  WARNING the decoder skipped points: {dict(decoded.skipped)}")
     runs: list[Measurement] = []
-    for run in range(1, args.runs + 1):  # interleaved: bare, coalmine, bare, coalmine, ...
-        runs.append(await run_bare(bootstrap, work, run, args.max_poll_records))
+    for run in range(1, args.runs + 1):  # interleaved: the bare sides, then coalmine, a round
         runs.extend(
             [
                 await run_bare(bootstrap, work, run, args.max_poll_records, side=side)
-                for side in REFERENCES
+                for side in BARE_SIDES
             ]
         )
         runs.append(await run_coalmine(bootstrap, work, run, args.max_poll_records))

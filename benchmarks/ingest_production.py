@@ -21,11 +21,11 @@ The fill, the sides, the timing rule and the table are ``harness/ingest.py``'s, 
 ``ingest.py``: the topics are filled before anything is timed; then, interleaved, R times each:
 ``bare`` (an ``AIOKafkaConsumer`` that only counts the messages: the baseline),
 ``bare+json`` and ``bare+decode`` (plus ``orjson.loads`` or the contract's decode of each,
-for reference) and ``coalmine`` (the real
-``Daemon`` on a ``KafkaTransport``: fetch, decode, route, buffer, judge, publish and await
-the verdicts' acknowledgements, commit). Clocks start once the first batch is handled and
-stop at the last message. Each run's ratio is coalmine / the bare run just before it; the
-report gives every run's ratio, their median and range, and the best of each side.
+for reference) and ``coalmine`` (the real ``Daemon`` on a ``KafkaTransport``: fetch, decode,
+route, buffer, judge, publish and await the verdicts' acknowledgements, commit). Clocks
+start once the first batch is handled and stop at the last message. Each run's ratio is
+coalmine / the bare run just before it; the report gives every run's ratio, their median
+and range, and the best of each side.
 
 ``--profile PATH`` adds one coalmine run under ``cProfile`` after the measured ones (its
 figures are not reported: the profiler slows every Python call), writes the stats to PATH
@@ -53,8 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks, supp
 
 from benchmarks.harness.broker import add_broker_option, describe, start_broker
 from benchmarks.harness.ingest import (
+    BARE_SIDES,
     INTERVAL,
-    REFERENCES,
     T0,
     IngestWorkload,
     Measurement,
@@ -196,11 +196,10 @@ async def _main(args: argparse.Namespace) -> None:
         del values
         runs: list[Measurement] = []
         for run in range(1, args.runs + 1):
-            runs.append(await run_bare(broker.bootstrap, work, run, args.max_poll_records))
             runs.extend(
                 [
                     await run_bare(broker.bootstrap, work, run, args.max_poll_records, side=side)
-                    for side in REFERENCES
+                    for side in BARE_SIDES
                 ]
             )
             runs.append(await run_coalmine(broker.bootstrap, work, run, args.max_poll_records))

@@ -52,8 +52,8 @@ Two measures of each verdict, after ``--warmup`` seconds:
 
 The target, p99 <= 50 ms, is checked on both: inside, and end to end (outside: the
 deciding message acknowledged to the verdict read back), which adds the broker delivering
-both ways and is printed against the floor. The
-daemon's, the broker's and this process's CPU over the live run are printed beside them.
+both ways and is printed against the floor. The daemon's, the broker's and this process's
+CPU over the live run are printed beside them.
 """
 
 from __future__ import annotations

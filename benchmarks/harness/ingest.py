@@ -439,9 +439,12 @@ async def run_coalmine(
 
 # -- the table ------------------------------------------------------------------------------
 
-SIDES = ("bare", "bare+json", "bare+decode", "coalmine")
-"""Every side a report shows, in this order; ``REFERENCES`` are the sides between."""
 REFERENCES = ("bare+json", "bare+decode")
+"""The bare consumer's sides that also parse or decode each message, for reference."""
+BARE_SIDES = ("bare", *REFERENCES)
+"""The sides ``run_bare`` runs, in the order a round runs them."""
+SIDES = (*BARE_SIDES, "coalmine")
+"""Every side a report shows, in this order."""
 
 
 def _row(m: Measurement, samples: float, label: str) -> str:

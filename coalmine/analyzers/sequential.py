@@ -67,15 +67,14 @@ def auc_log_e(
     tau2 = tau * tau
     w = variance * tau2 / (variance + tau2)
     base = 0.5 * math.log(w / tau2) - centre * centre / (2.0 * tau2)
+    up = w * (theta / variance + centre / tau2)  # m, for the prior's harmful centre
     if one_sided:
-        m = w * (theta / variance + centre / tau2)
         return (
             base
-            + m * m / (2.0 * w)
-            + float(special.log_ndtr(m / math.sqrt(w)))
+            + up * up / (2.0 * w)
+            + float(special.log_ndtr(up / math.sqrt(w)))
             - float(special.log_ndtr(centre / tau))
         )
-    up = w * (theta / variance + centre / tau2)
     down = w * (theta / variance - centre / tau2)
     high, low = sorted((up * up / (2.0 * w), down * down / (2.0 * w)), reverse=True)
     return base + high + math.log1p(math.exp(low - high)) - math.log(2.0)
